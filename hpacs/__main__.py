@@ -1,0 +1,5 @@
+import sys
+
+from hpacs.cli import main
+
+sys.exit(main())

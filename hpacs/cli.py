@@ -1,0 +1,150 @@
+"""`hpacs` command line: serve, import, reindex."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from hpacs import __version__
+from hpacs.config import Config, ConfigError, load_config
+from hpacs.log import configure_logging
+
+# flag dest -> (config section, key)
+_SERVER_FLAGS = {
+    "data_dir": ("server", "data_dir"),
+    "host": ("server", "host"),
+    "dicom_port": ("server", "dicom_port"),
+    "http_port": ("server", "http_port"),
+    "ae_title": ("server", "ae_title"),
+    "max_associations": ("dicom", "max_associations"),
+    "max_pdu_length": ("dicom", "max_pdu_length"),
+    "duplicate_policy": ("store", "duplicate_policy"),
+    "durability": ("index", "durability"),
+    "log_level": ("log", "level"),
+    "log_format": ("log", "format"),
+}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (flags override it)")
+    p.add_argument("--data-dir", type=Path, help="archive directory (default ./hpacs-data)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    p.add_argument("--log-format", choices=["json", "text"], help="log format (default json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpacs", description="hpacs: a high-performance PACS (DICOM and DICOMweb archive).")
+    parser.add_argument("--version", action="version", version=f"hpacs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the archive server (DICOM + HTTP on one loop)")
+    _add_common(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (default 8042)")
+    serve.add_argument("--ae-title", help="our AE title (default HPACS)")
+    serve.add_argument("--max-associations", type=int, help="concurrent associations (64)")
+    serve.add_argument("--max-pdu-length", type=int, help="largest PDU we receive (1048576)")
+    serve.add_argument("--duplicate-policy", choices=["keep", "replace", "reject"],
+                       help="what a re-sent SOP Instance UID does (default keep)")
+    serve.add_argument("--durability", choices=["files", "sync"],
+                       help="index durability mode (default files)")
+
+    imp = sub.add_parser("import", help="store files and folders (recursively) into the archive")
+    _add_common(imp)
+    imp.add_argument("paths", nargs="+", type=Path, help="files or folders")
+    imp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    rei = sub.add_parser("reindex", help="rebuild the index from the stored files alone")
+    _add_common(rei)
+    rei.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, dict[str, Any]] = {}
+    for dest, (section, key) in _SERVER_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"hpacs: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log.level, config.log.format)
+    if args.command == "serve":
+        from hpacs.app import run_server
+
+        return run_server(config)
+    if args.command == "import":
+        return _run(_import(config, args.paths, progress=not args.no_progress))
+    if args.command == "reindex":
+        return _run(_reindex(config, progress=not args.no_progress))
+    return 2
+
+
+def _run(coro) -> int:
+    import uvloop
+
+    from hpacs.store.archive import ArchiveLockedError
+
+    try:
+        return uvloop.run(coro)
+    except ArchiveLockedError as exc:
+        print(f"hpacs: {exc} (stop the server first)", file=sys.stderr)
+        return 3
+
+
+async def _import(config: Config, paths: list[Path], progress: bool) -> int:
+    from tqdm import tqdm
+
+    from hpacs.store.archive import Archive, iter_input_files
+
+    files = list(iter_input_files(paths))
+    missing = [p for p in paths if not Path(p).exists()]
+    for p in missing:
+        print(f"hpacs: {p}: no such file or folder", file=sys.stderr)
+    counts: Counter[str] = Counter()
+    rejected: list[tuple[Path, str]] = []
+    async with Archive(config) as archive:
+        with tqdm(total=len(files), unit="file", disable=not progress, file=sys.stderr) as bar:
+            async for path, result in archive.import_paths(files):
+                counts[result.outcome.value] += 1
+                if not result.outcome.ok and result.outcome.value != "duplicate-rejected":
+                    rejected.append((path, result.comment))
+                bar.update(1)
+    stored = counts["stored"] + counts["replaced"]
+    duplicates = counts["duplicate-kept"] + counts["duplicate-rejected"]
+    print(f"stored {stored}, duplicate {duplicates}, rejected {len(rejected)}"
+          f" (of {len(files)} files)")
+    for path, reason in rejected:
+        print(f"  rejected {path}: {reason}")
+    return 1 if missing else 0
+
+
+async def _reindex(config: Config, progress: bool) -> int:
+    from tqdm import tqdm
+
+    from hpacs.store.archive import Archive
+
+    async with Archive(config) as archive:
+        with tqdm(unit="file", disable=not progress, file=sys.stderr) as bar:
+            report = await archive.rebuild_index(progress=bar.update)
+    print(f"indexed {report.indexed} instances, {len(report.unreadable)} unreadable or orphan")
+    for path, reason in report.unreadable:
+        print(f"  {path}: {reason}")
+    return 1 if report.unreadable else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""One typed configuration: embedded defaults, a TOML file, then environment, then CLI flags.
+
+Every CLI flag has a config key (``section.key``) and an environment variable
+``HPACS_SECTION__KEY`` (e.g. ``HPACS_SERVER__DICOM_PORT=104``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+DuplicatePolicy = Literal["keep", "replace", "reject"]
+Durability = Literal["files", "sync"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path = Path("./hpacs-data")
+    host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    http_port: int = 8042
+    ae_title: str = "HPACS"
+
+
+@dataclass(frozen=True, slots=True)
+class DicomConfig:
+    check_called_ae: bool = True
+    #: Calling AE titles allowed to associate; empty means anyone.
+    allowed_calling_aes: tuple[str, ...] = ()
+    max_associations: int = 64
+    #: Largest P-DATA PDU we accept (announced in A-ASSOCIATE-AC); 0 is not allowed here.
+    max_pdu_length: int = 1_048_576
+    #: ARTIM (PS3.8 9.1.5): waiting for A-ASSOCIATE-RQ after connect, and for close after release.
+    acse_timeout: float = 30.0
+    #: An association with no traffic for this long is aborted.
+    idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    #: What a re-sent SOP Instance UID does: keep the first copy (and answer success),
+    #: replace it atomically, or reject the new copy with a failure status.
+    duplicate_policy: DuplicatePolicy = "keep"
+    #: fsync every file before it is acknowledged (turn off only for throwaway benchmarks).
+    fsync: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class IndexConfig:
+    #: "files": fsync'd files are the log, the index is synced every sync_interval and
+    #: recovered from newer files after a crash. "sync": every index commit is fsync'd.
+    durability: Durability = "files"
+    sync_interval: float = 1.0
+    max_batch: int = 512
+    map_size_gb: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "INFO"
+    #: "json" for one JSON object per line, "text" for humans.
+    format: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    dicom: DicomConfig = field(default_factory=DicomConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+class ConfigError(ValueError):
+    """A config file, variable or flag that does not fit the schema."""
+
+
+def _coerce(value: Any, annotation: str, where: str) -> Any:
+    try:
+        if annotation == "Path":
+            return Path(value)
+        if annotation == "bool":
+            if isinstance(value, str):
+                if value.lower() in {"1", "true", "yes", "on"}:
+                    return True
+                if value.lower() in {"0", "false", "no", "off"}:
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if annotation == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if annotation == "float":
+            return float(value)
+        if annotation.startswith("tuple"):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            return tuple(str(v) for v in value)
+        if annotation in {"DuplicatePolicy", "Durability"}:
+            allowed = {"DuplicatePolicy": ("keep", "replace", "reject"),
+                       "Durability": ("files", "sync")}[annotation]
+            if value not in allowed:
+                raise ValueError(f"must be one of {', '.join(allowed)}")
+            return value
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: invalid value {value!r} ({exc})") from None
+
+
+def _merge(base: Any, updates: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(base)}
+    changes: dict[str, Any] = {}
+    for key, value in updates.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+        current = getattr(base, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key}: expected a table")
+            changes[key] = _merge(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _coerce(value, str(known[key].type), f"{where}.{key}")
+    return replace(base, **changes)
+
+
+def _env_updates(environ: dict[str, str]) -> dict[str, Any]:
+    updates: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if name.startswith("HPACS_") and "__" in name:
+            section, key = name[len("HPACS_"):].lower().split("__", 1)
+            updates.setdefault(section, {})[key] = value
+    return updates
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Defaults, then the TOML file, then HPACS_* variables, then explicit overrides (CLI)."""
+    config = Config()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        config = _merge(config, data, str(path))
+    config = _merge(config, _env_updates(dict(os.environ if environ is None else environ)), "env")
+    if overrides:
+        config = _merge(config, overrides, "flags")
+    return config

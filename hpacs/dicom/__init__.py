@@ -1,0 +1,1 @@
+"""Low-level DICOM encoding facts shared by every layer (no I/O, no pydicom datasets)."""

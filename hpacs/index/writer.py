@@ -1,0 +1,242 @@
+"""The single index writer: an asyncio task doing group commit on one dedicated thread.
+
+Every ``submit`` enqueues a record and awaits a future. The task takes everything queued (up to
+``max_batch``) and applies it in ONE LMDB write transaction on a single-thread executor (LMDB
+write transactions are bound to their thread; the loop never blocks on a commit), then resolves
+all the futures. While one commit runs, the next batch accumulates: the batch size adapts to the
+load by itself, no timer.
+
+Durability ("files" vs "sync") and the checkpoint:
+- "sync": the env fsyncs on every commit; a future resolves only once its record is durable.
+  The checkpoint is written in every transaction (free: it is durable with it).
+- "files": commits are not fsynced (the fsynced stored files are the log). Every
+  ``sync_interval`` the writer stores ``checkpoint`` T = min(stored_at of every record queued but
+  not yet committed, now, ``floor()``) inside a transaction, then ``env.sync(True)``. No record
+  with stored_at < T is uncommitted, so recovery re-indexes the files stored at or after T.
+  Records stored but not yet submitted are invisible here: the store layer must submit right
+  after the rename or report its in-flight minimum through ``floor``.
+- ``start()`` clears meta "clean" (durably) after reading it into :attr:`was_clean`; ``stop()``
+  drains, commits, syncs and sets it: a missing flag at start means a crash.
+
+A failing transaction (MapFullError, disk full...) fails its batch with :class:`IndexWriteError`;
+when the batch held several records they are retried one per transaction first, so one poisonous
+record fails alone. The writer keeps running either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import msgspec
+
+from hpacs.index.db import DURABILITY_MODES, IndexDB
+from hpacs.index.schema import InstanceRecord
+
+
+class IndexWriteError(RuntimeError):
+    """The index could not commit a record (the instance must not be acknowledged)."""
+
+
+class CommitResult(msgspec.Struct, frozen=True):
+    """What ``submit`` returns once the record is committed."""
+
+    previous: InstanceRecord | None  # the record stored before under this SOP Instance UID
+
+
+@dataclass
+class WriterStats:
+    commits: int = 0  # write transactions committed (batches, checkpoints, retries)
+    records: int = 0  # records committed
+    syncs: int = 0  # explicit env.sync calls (files-mode checkpoints, stop)
+    failed_batches: int = 0
+    failed_records: int = 0
+
+
+_Item = tuple[InstanceRecord, "asyncio.Future[CommitResult]"]
+
+
+class IndexWriter:
+    def __init__(
+        self,
+        db: IndexDB,
+        durability: str | None = None,
+        sync_interval: float = 1.0,
+        max_batch: int = 512,
+        max_queue: int = 4096,
+        floor: Callable[[], float | None] | None = None,
+    ) -> None:
+        durability = durability or db.durability
+        if durability not in DURABILITY_MODES:
+            raise ValueError(f"durability must be one of {DURABILITY_MODES}")
+        self.db = db
+        self.durability = durability
+        # a "sync" writer on an env opened for "files" must sync explicitly after each commit
+        self._explicit_sync = durability == "sync" and db.durability != "sync"
+        self.sync_interval = sync_interval
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.floor = floor
+        self.stats = WriterStats()
+        self.was_clean: bool | None = None
+        self._pending: deque[_Item] = deque()
+        self._slots = asyncio.Semaphore(max_queue)
+        self._wakeup = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._dirty = False  # committed since the last durable checkpoint
+        self._next_checkpoint = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="hpacs-index-writer")
+        self.was_clean = self.db.meta_get("clean")
+        await loop.run_in_executor(self._executor, self._mark, False)
+        self._next_checkpoint = loop.time() + self.sync_interval
+        self._task = asyncio.create_task(self._run(), name="hpacs-index-writer")
+
+    async def stop(self) -> None:
+        """Drain the queue, commit, sync, and mark the index cleanly shut down."""
+        if self._task is None or self._executor is None:
+            return
+        self._stopping = True
+        self._wakeup.set()
+        await self._task
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._mark, True)
+        self._executor.shutdown(wait=True)
+        self._task = None
+        self._executor = None
+
+    def _mark(self, clean: bool) -> None:
+        with self.db.env.begin(write=True) as txn:
+            if clean:
+                self.db.meta_set("checkpoint", time.time(), txn=txn)
+            self.db.meta_set("clean", clean, txn=txn)
+        self.db.env.sync(True)
+        self.stats.commits += 1
+        self.stats.syncs += 1
+
+    # ------------------------------------------------------------------ submit
+    async def submit(self, record: InstanceRecord) -> CommitResult:
+        """Queue ``record``; returns once the transaction holding it committed (and, in "sync"
+        mode, is on disk). Raises IndexWriteError if it could not be committed."""
+        if self._stopping or self._task is None:
+            raise IndexWriteError("index writer is not running")
+        await self._slots.acquire()  # backpressure: at most max_queue records in flight
+        if self._stopping:
+            self._slots.release()
+            raise IndexWriteError("index writer is stopping")
+        fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, fut))
+        self._wakeup.set()
+        return await fut
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ the task
+    def _checkpoint_value(self) -> float:
+        t = time.time()
+        for rec, _ in self._pending:
+            if rec.stored_at < t:
+                t = rec.stored_at
+        if self.floor is not None:
+            f = self.floor()
+            if f is not None and f < t:
+                t = f
+        return t
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        files_mode = self.durability == "files"
+        while True:
+            if not self._pending:
+                if self._stopping:
+                    break
+                timeout = None
+                if files_mode and self._dirty:
+                    timeout = max(0.0, self._next_checkpoint - loop.time())
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+            n = min(len(self._pending), self.max_batch)
+            batch = [self._pending.popleft() for _ in range(n)]
+            checkpoint: float | None = None
+            sync = False
+            if not files_mode:
+                checkpoint = self._checkpoint_value() if batch else None
+            elif (self._dirty or batch) and loop.time() >= self._next_checkpoint:
+                checkpoint = self._checkpoint_value()
+                sync = True
+            if not batch and checkpoint is None:
+                continue
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._commit, [r for r, _ in batch], checkpoint, sync
+                )
+            except Exception as exc:  # the txn was aborted: nothing of it is visible
+                self.stats.failed_batches += 1
+                if checkpoint is not None:  # retry the checkpoint later, never spin on it
+                    self._next_checkpoint = loop.time() + self.sync_interval
+                if len(batch) > 1:
+                    await self._retry_one_by_one(batch)
+                elif batch:
+                    self._fail(batch[0], exc)
+                continue
+            if sync:
+                self._dirty = False
+                self._next_checkpoint = loop.time() + self.sync_interval
+            elif batch:
+                self._dirty = True
+            for (_, fut), prev in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(CommitResult(prev))
+                self._slots.release()
+
+    async def _retry_one_by_one(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        for item in batch:
+            try:
+                (prev,) = await loop.run_in_executor(
+                    self._executor, self._commit, [item[0]], None, False
+                )
+            except Exception as exc:
+                self._fail(item, exc)
+                continue
+            self._dirty = True
+            if not item[1].done():
+                item[1].set_result(CommitResult(prev))
+            self._slots.release()
+
+    def _fail(self, item: _Item, exc: Exception) -> None:
+        self.stats.failed_records += 1
+        fut = item[1]
+        if not fut.done():
+            err = IndexWriteError(f"index commit failed for {item[0].sop_instance_uid}: {exc!r}")
+            err.__cause__ = exc
+            fut.set_exception(err)
+        self._slots.release()
+
+    def _commit(
+        self, records: list[InstanceRecord], checkpoint: float | None, sync: bool
+    ) -> list[InstanceRecord | None]:
+        """Runs on the writer thread: one transaction for the whole batch."""
+        db = self.db
+        with db.write() as w:
+            results = [db.apply(w, r) for r in records]
+            if checkpoint is not None:
+                db.meta_set("checkpoint", checkpoint, txn=w.txn)
+        self.stats.commits += 1
+        self.stats.records += len(records)
+        if sync or self._explicit_sync:
+            db.env.sync(True)
+            self.stats.syncs += 1
+        return results

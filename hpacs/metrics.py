@@ -1,0 +1,24 @@
+"""Prometheus metrics, one registry per server so tests can run several side by side."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.associations_active = Gauge(
+            "hpacs_associations_active", "DICOM associations currently open", registry=r)
+        self.associations_total = Counter(
+            "hpacs_associations_total", "DICOM associations by result", ["result"], registry=r)
+        self.instances_total = Counter(
+            "hpacs_instances_total", "Instances received, by outcome", ["outcome"], registry=r)
+        self.bytes_received_total = Counter(
+            "hpacs_bytes_received_total", "Bytes of data sets stored", registry=r)
+        self.store_seconds = Histogram(
+            "hpacs_store_seconds", "From last fragment to durable (fsync + index commit)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0), registry=r)
+        self.aborts_total = Counter(
+            "hpacs_aborts_total", "Associations aborted, by reason", ["reason"], registry=r)

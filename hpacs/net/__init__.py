@@ -1,0 +1,1 @@
+"""asyncio adapters: the thin I/O shells around the sans-IO upper layer."""

@@ -1,0 +1,374 @@
+"""The DICOM server: an asyncio Protocol per association around ``ul.Connection``.
+
+All protocol decisions live in ``ul`` (PDUs, state table, negotiation) and ``dimse`` (message
+assembly, statuses); this module only moves bytes, runs timers and awaits the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from hpacs.config import Config
+from hpacs.dimse import commands as cmd
+from hpacs.dimse import status
+from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
+from hpacs.dimse.services import echo_response, store_refused, store_response, unsupported_response
+from hpacs.log import get_logger
+from hpacs.metrics import Metrics
+from hpacs.store.ingest import Ingestor, Receiver
+from hpacs.ul import (
+    Aborted,
+    AcceptorPolicy,
+    AssociateReject,
+    AssociationRequested,
+    Connection,
+    ConnectionClosed,
+    DataReceived,
+    LocalProtocolError,
+    ProtocolError,
+    ReleaseConfirmed,
+    ReleaseRequested,
+    Role,
+    local_limit_exceeded,
+    negotiate,
+)
+from hpacs.ul.pdu import ABORT_REASON_UNEXPECTED_PARAMETER, ABORT_SOURCE_PROVIDER
+
+log = get_logger("hpacs.dimse")
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+class DimseServer:
+    """Listens for associations; owns the set of live ones (for limits and shutdown)."""
+
+    def __init__(self, config: Config, ingestor: Ingestor, metrics: Metrics) -> None:
+        self.config = config
+        self.ingestor = ingestor
+        self.metrics = metrics
+        d = config.dicom
+        self.policy = AcceptorPolicy(
+            ae_title=config.server.ae_title,
+            check_called_ae=d.check_called_ae,
+            allowed_calling_aes=frozenset(d.allowed_calling_aes) or None,
+            max_pdu_length=d.max_pdu_length,
+        )
+        self.associations: set[Association] = set()
+        self.draining = False
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: Association(self), host, port,
+                                                reuse_address=True, backlog=256)
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let each association finish the message it is in; then abort."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        deadline = time.monotonic() + grace
+        for assoc in list(self.associations):
+            assoc.drain()
+        while self.associations and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for assoc in list(self.associations):
+            await assoc.finish_pending()
+            assoc.close(abort=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class Association(asyncio.Protocol):
+    """One TCP connection: bytes in → ul events → DIMSE messages → store → responses out."""
+
+    def __init__(self, server: DimseServer) -> None:
+        self.server = server
+        self.conn = Connection(Role.ACCEPTOR, max_pdu_length=server.config.dicom.max_pdu_length)
+        self.assembler = MessageAssembler()
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.calling_ae = ""
+        self.receiver: Receiver | None = None
+        self.request: cmd.Command | None = None
+        #: Why the current C-STORE is refused before its data set arrives (status, comment).
+        self._refusal: tuple[int, str] | None = None
+        self.pending: set[asyncio.Task] = set()
+        self._artim: asyncio.TimerHandle | None = None
+        self._artim_epoch = -1
+        self._idle: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._draining = False
+        self._counted = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.server.associations.add(self)
+        self._touch()
+        self._sync_timers()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = time.monotonic()
+        self._handle(self.conn.receive_data(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.conn.closed:
+            with contextlib.suppress(LocalProtocolError):
+                self._handle(self.conn.receive_data(b""))
+        self._cleanup()
+
+    # -- events -------------------------------------------------------------------------------
+    def _handle(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, DataReceived):
+                for pdv in event.pdvs:
+                    if not self._on_pdv(pdv):
+                        break
+            elif isinstance(event, AssociationRequested):
+                self._on_request(event)
+            elif isinstance(event, ReleaseRequested):
+                self._on_release()
+            elif isinstance(event, ReleaseConfirmed):
+                self._send(self.conn.release_reply())
+            elif isinstance(event, Aborted):
+                log.info("assoc.aborted_by_peer", peer=self.peer, ae=self.calling_ae,
+                         source=event.source, reason=event.reason)
+                self.server.metrics.aborts_total.labels("peer").inc()
+                self._discard_receiver()
+            elif isinstance(event, ProtocolError):
+                log.warning("assoc.protocol_error", peer=self.peer, ae=self.calling_ae,
+                            reason=event.reason, error=event.message)
+                self.server.metrics.aborts_total.labels("protocol").inc()
+                self._discard_receiver()
+            elif isinstance(event, ConnectionClosed):
+                pass
+        self._flush()
+
+    def _on_request(self, event: AssociationRequested) -> None:
+        rq = event.request
+        self.calling_ae = rq.calling_ae
+        server = self.server
+        active = sum(1 for a in server.associations if a._counted)
+        if server.draining or active >= server.config.dicom.max_associations:
+            answer = local_limit_exceeded()
+        else:
+            answer = negotiate(rq, server.policy)
+        if isinstance(answer, AssociateReject):
+            log.warning("assoc.rejected", peer=self.peer, calling=rq.calling_ae,
+                        called=rq.called_ae, result=answer.result, source=answer.source,
+                        reason=answer.reason)
+            server.metrics.associations_total.labels("rejected").inc()
+            self._send(self.conn.reject(answer))
+            return
+        self._send(self.conn.accept(answer))
+        self._counted = True
+        server.metrics.associations_total.labels("accepted").inc()
+        server.metrics.associations_active.inc()
+        log.info("assoc.accepted", peer=self.peer, calling=rq.calling_ae, called=rq.called_ae,
+                 contexts=len(self.conn.accepted_contexts))
+
+    def _on_pdv(self, pdv) -> bool:
+        try:
+            message = self.assembler.receive(pdv.context_id, pdv.is_command, pdv.is_last, pdv.data)
+        except DimseError as exc:
+            self._protocol_abort(str(exc))
+            return False
+        if message is None:
+            return True
+        if isinstance(message, CommandReceived):
+            self._on_command(message)
+            return True
+        # a data set fragment
+        if self.receiver is not None:
+            self.receiver.write(message.data)
+        if message.last:
+            self._dataset_complete(message.context_id)
+        return True
+
+    def _on_command(self, message: CommandReceived) -> None:
+        command = message.command
+        field = command.get(cmd.COMMAND_FIELD)
+        self.request = command
+        if field == cmd.CommandField.C_ECHO_RQ and not message.has_dataset:
+            self._respond(message.context_id, echo_response(command))
+            self.request = None
+            return
+        if field == cmd.CommandField.C_STORE_RQ and message.has_dataset:
+            self._begin_store(message.context_id, command)
+            return
+        if not message.has_dataset:
+            self._respond(message.context_id, unsupported_response(command))
+            self.request = None
+        # otherwise the data set is drained and answered in _dataset_complete
+
+    def _begin_store(self, context_id: int, command: cmd.Command) -> None:
+        abstract, transfer_syntax = self.conn.accepted_contexts[context_id]
+        sop_class = command.get(cmd.AFFECTED_SOP_CLASS_UID, "")
+        sop_instance = command.get(cmd.AFFECTED_SOP_INSTANCE_UID, "")
+        if sop_class != abstract or abstract == VERIFICATION:
+            self._refusal = (status.SOP_CLASS_NOT_SUPPORTED,
+                             f"SOP class {sop_class} not negotiated on context {context_id}")
+            return
+        if not sop_instance:
+            self._refusal = (status.CANNOT_UNDERSTAND, "no Affected SOP Instance UID")
+            return
+        self._refusal = None
+        self.receiver = self.server.ingestor.begin(
+            sop_class, sop_instance, transfer_syntax, source=self.calling_ae)
+
+    def _dataset_complete(self, context_id: int) -> None:
+        request, self.request = self.request, None
+        receiver, self.receiver = self.receiver, None
+        if request is None:
+            return
+        if request.get(cmd.COMMAND_FIELD) != cmd.CommandField.C_STORE_RQ:
+            self._respond(context_id, unsupported_response(request))
+            return
+        if receiver is None:
+            code, comment = self._refusal or (status.PROCESSING_FAILURE, "")
+            log.warning("store.refused", ae=self.calling_ae, status=hex(code), reason=comment)
+            self.server.metrics.instances_total.labels("refused").inc()
+            self._respond(context_id, store_refused(request, code, comment))
+            return
+        task = asyncio.ensure_future(self._finish_store(context_id, request, receiver))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _finish_store(self, context_id: int, request: cmd.Command,
+                            receiver: Receiver) -> None:
+        started = time.perf_counter()
+        try:
+            result = await receiver.finish()
+        except Exception:
+            log.exception("store.internal_error", sop=receiver.sop_instance_uid)
+            self._respond(context_id, store_refused(request, status.PROCESSING_FAILURE,
+                                                    "internal error"))
+            return
+        metrics = self.server.metrics
+        metrics.store_seconds.observe(time.perf_counter() - started)
+        metrics.instances_total.labels(result.outcome.value).inc()
+        if result.outcome.ok:
+            metrics.bytes_received_total.inc(receiver.size)
+        self._respond(context_id, store_response(request, result))
+        if self._draining and not self.pending - {asyncio.current_task()}:
+            self.close(abort=True)
+
+    def _on_release(self) -> None:
+        if self.pending:
+            task = asyncio.ensure_future(self._release_after_pending())
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+        else:
+            self._send(self.conn.release_reply())
+
+    async def _release_after_pending(self) -> None:
+        await self.finish_pending(exclude=asyncio.current_task())
+        if not self.conn.closed:
+            self._send(self.conn.release_reply())
+            self._flush()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _respond(self, context_id: int, response: bytes) -> None:
+        if self.conn.closed or not self.conn.established:
+            return
+        try:
+            buffers = self.conn.send_data_buffers(context_id, True, response)
+        except LocalProtocolError:
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(buffers)
+
+    def _send(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _flush(self) -> None:
+        self._send(self.conn.data_to_send())
+        self._sync_timers()
+        if self.conn.closed and self.transport is not None:
+            self.transport.close()
+
+    def _protocol_abort(self, reason: str) -> None:
+        log.warning("assoc.dimse_error", peer=self.peer, ae=self.calling_ae, error=reason)
+        self.server.metrics.aborts_total.labels("dimse").inc()
+        self._discard_receiver()
+        with contextlib.suppress(LocalProtocolError):
+            self._send(self.conn.abort(ABORT_SOURCE_PROVIDER, ABORT_REASON_UNEXPECTED_PARAMETER))
+        if self.transport is not None:
+            self.transport.close()
+
+    def _discard_receiver(self) -> None:
+        if self.receiver is not None:
+            self.receiver.discard()
+            self.receiver = None
+
+    async def finish_pending(self, exclude: asyncio.Task | None = None) -> None:
+        tasks = [t for t in self.pending if t is not exclude]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def drain(self) -> None:
+        """Server shutdown: abort now if idle, else once the message in progress is answered."""
+        self._draining = True
+        if self.assembler.idle and not self.pending:
+            self.close(abort=True)
+
+    def close(self, abort: bool) -> None:
+        if abort and not self.conn.closed:
+            with contextlib.suppress(LocalProtocolError):
+                self._send(self.conn.abort())
+        self._discard_receiver()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _cleanup(self) -> None:
+        self._discard_receiver()
+        for handle in (self._artim, self._idle):
+            if handle is not None:
+                handle.cancel()
+        if self in self.server.associations:
+            self.server.associations.discard(self)
+            if self._counted:
+                self.server.metrics.associations_active.dec()
+
+    # -- timers -------------------------------------------------------------------------------
+    def _sync_timers(self) -> None:
+        conn = self.conn
+        if not conn.artim_running:
+            if self._artim is not None:
+                self._artim.cancel()
+                self._artim = None
+        elif conn.artim_epoch != self._artim_epoch:
+            if self._artim is not None:
+                self._artim.cancel()
+            self._artim_epoch = conn.artim_epoch
+            self._artim = asyncio.get_running_loop().call_later(
+                self.server.config.dicom.acse_timeout, self._on_artim)
+
+    def _on_artim(self) -> None:
+        self._artim = None
+        log.warning("assoc.artim_timeout", peer=self.peer, state=self.conn.state.name)
+        self._send(self.conn.timeout())
+        if self.transport is not None:
+            self.transport.close()
+
+    def _touch(self) -> None:
+        self._last_activity = time.monotonic()
+        timeout = self.server.config.dicom.idle_timeout
+        self._idle = asyncio.get_running_loop().call_later(timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        timeout = self.server.config.dicom.idle_timeout
+        idle_for = time.monotonic() - self._last_activity
+        if self.pending or idle_for < timeout:
+            self._idle = asyncio.get_running_loop().call_later(
+                max(timeout - idle_for, 0.05), self._check_idle)
+            return
+        log.warning("assoc.idle_timeout", peer=self.peer, ae=self.calling_ae, seconds=timeout)
+        self.server.metrics.aborts_total.labels("idle").inc()
+        self.close(abort=True)

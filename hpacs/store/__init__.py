@@ -1,0 +1,1 @@
+"""Storage: the hot file store and the ingest pipeline that feeds the index."""

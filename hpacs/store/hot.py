@@ -1,0 +1,126 @@
+"""The hot store: plain Part 10 files on local disk, laid out by UIDs, written atomically.
+
+Layout under ``<data>/hot``: ``<h[0:2]>/<h[2:4]>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``
+where ``h`` is the SHA-1 of the Study Instance UID, so that no directory grows huge and a study
+stays together (migration moves whole studies). Files are written to ``<data>/tmp`` first, then
+fsync'd and renamed into place; the parent directory is fsync'd so the rename survives a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+HOT_DIR = "hot"
+TMP_DIR = "tmp"
+SUFFIX = ".dcm"
+
+
+class HotStore:
+    def __init__(self, data_dir: Path, fsync: bool = True) -> None:
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / HOT_DIR
+        self.tmp = self.data_dir / TMP_DIR
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    # -- layout -------------------------------------------------------------------------------
+    @staticmethod
+    def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """Path of an instance relative to the data dir (what the index stores)."""
+        h = hashlib.sha1(study_uid.encode("ascii")).hexdigest()
+        return f"{HOT_DIR}/{h[0:2]}/{h[2:4]}/{study_uid}/{series_uid}/{sop_uid}{SUFFIX}"
+
+    def absolute(self, relative: str) -> Path:
+        return self.data_dir / relative
+
+    # -- writing ------------------------------------------------------------------------------
+    def open_temp(self) -> tuple[int, Path]:
+        """A new temp file (O_EXCL) in the same file system as the store."""
+        path = self.tmp / f"{uuid.uuid4().hex}.part"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return fd, path
+
+    def commit(self, fd: int, temp: Path, relative: str) -> None:
+        """fsync, close and atomically rename ``temp`` into place. Blocking: run in an executor."""
+        try:
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = self.data_dir / relative
+        parent = final.parent
+        if not parent.is_dir():
+            self._make_dirs(parent)
+        os.replace(temp, final)
+        if self.fsync:
+            _fsync_dir(parent)
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create missing directories, fsyncing each new entry's parent so it is durable."""
+        missing = []
+        while not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            if self.fsync:
+                _fsync_dir(d.parent)
+
+    @staticmethod
+    def discard(fd: int | None, temp: Path) -> None:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+    def remove(self, relative: str) -> None:
+        """Delete a stored file (e.g. the old copy of a replaced instance)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / relative).unlink()
+
+    def clean_tmp(self) -> int:
+        """Remove leftovers of interrupted transfers; they were never acknowledged."""
+        count = 0
+        for entry in self.tmp.iterdir():
+            entry.unlink(missing_ok=True)
+            count += 1
+        return count
+
+    # -- reading ------------------------------------------------------------------------------
+    def iter_files(self, modified_since: float | None = None) -> Iterator[str]:
+        """Relative paths of every stored file (or those in series dirs changed since a time)."""
+        for top in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not top.is_dir():
+                continue
+            for mid in os.scandir(top.path):
+                if not mid.is_dir():
+                    continue
+                for study in os.scandir(mid.path):
+                    if not study.is_dir():
+                        continue
+                    for series in os.scandir(study.path):
+                        if not series.is_dir():
+                            continue
+                        if modified_since is not None and series.stat().st_mtime < modified_since:
+                            continue
+                        for inst in os.scandir(series.path):
+                            if inst.name.endswith(SUFFIX) and inst.is_file():
+                                yield os.path.relpath(inst.path, self.data_dir)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

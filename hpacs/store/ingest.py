@@ -1,0 +1,322 @@
+"""The ingest pipeline shared by C-STORE, `hpacs import` and (later) STOW-RS.
+
+A data set streams in as fragments. Each fragment is appended to a temp file (after a Part 10
+preamble and file meta naming the transfer syntax it arrived in: the bytes are never decoded or
+re-encoded) and fed to the header scanner, which collects the index keys and checks that the
+top-level elements add up to exactly the bytes received. On the last fragment the file is
+fsync'd and renamed into place, its record goes to the single index writer, and only when that
+commit is done does the caller learn the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import msgspec
+
+from hpacs.config import DuplicatePolicy
+from hpacs.dicom.part10 import build_file_meta
+from hpacs.dicom.scan import HeaderScanner, ScanError
+from hpacs.dicom.transfer_syntax import Encoding, encoding_of
+from hpacs.index.db import IndexDB
+from hpacs.index.schema import WANTED_TAGS, InstanceRecord, RecordError, record_from_scan
+from hpacs.index.writer import IndexWriteError, IndexWriter
+from hpacs.log import get_logger
+from hpacs.store.hot import HotStore
+
+log = get_logger("hpacs.store")
+
+
+class Outcome(Enum):
+    """What became of one instance; the services map these to DICOM / HTTP statuses."""
+
+    STORED = "stored"
+    REPLACED = "replaced"
+    DUPLICATE_KEPT = "duplicate-kept"
+    DUPLICATE_REJECTED = "duplicate-rejected"
+    INVALID = "invalid"  # malformed, truncated, missing UIDs
+    MISMATCH = "mismatch"  # data set does not match its command (SOP class / instance)
+    OUT_OF_RESOURCES = "out-of-resources"  # disk or index full
+
+    @property
+    def ok(self) -> bool:
+        return self in (Outcome.STORED, Outcome.REPLACED, Outcome.DUPLICATE_KEPT)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    outcome: Outcome
+    comment: str = ""
+    record: InstanceRecord | None = None
+
+
+class Ingestor:
+    """Turns streamed data sets into durable, indexed instances."""
+
+    def __init__(
+        self,
+        hot: HotStore,
+        db: IndexDB,
+        duplicate_policy: DuplicatePolicy = "keep",
+        writer: IndexWriter | None = None,
+    ) -> None:
+        self.hot = hot
+        self.db = db
+        self.writer: IndexWriter = writer  # type: ignore[assignment]  # set before use
+        self.duplicate_policy = duplicate_policy
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: stored_at of records whose file may be in place but whose index commit is pending.
+        self._unindexed: dict[int, float] = {}
+        self.in_flight = 0
+
+    def oldest_unindexed(self) -> float | None:
+        """For the writer's checkpoint: no file stored before this time lacks its commit."""
+        return min(self._unindexed.values(), default=None)
+
+    def begin(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        *,
+        source: str = "",
+    ) -> Receiver:
+        """Start receiving one data set (the command's UIDs are checked against it at the end)."""
+        return Receiver(self, sop_class_uid, sop_instance_uid, transfer_syntax_uid, source)
+
+    async def store_bytes(
+        self,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        chunks: Iterable[bytes | memoryview],
+        *,
+        source: str = "",
+    ) -> StoreResult:
+        """Store a data set given as an iterable of fragments."""
+        receiver = self.begin(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source=source)
+        for chunk in chunks:
+            receiver.write(chunk)
+        return await receiver.finish()
+
+    def _lock(self, sop_uid: str) -> asyncio.Lock:
+        lock = self._locks.get(sop_uid)
+        if lock is None:
+            lock = self._locks[sop_uid] = asyncio.Lock()
+        return lock
+
+    async def _commit(self, receiver: Receiver, record: InstanceRecord) -> StoreResult:
+        """Apply the duplicate policy, make the file durable, index it. Serialized per SOP UID."""
+        sop_uid = record.sop_instance_uid
+        lock = self._lock(sop_uid)
+        try:
+            async with lock:
+                return await self._commit_locked(receiver, record)
+        finally:
+            if not lock.locked() and self._locks.get(sop_uid) is lock:
+                del self._locks[sop_uid]
+
+    async def _commit_locked(self, receiver: Receiver, record: InstanceRecord) -> StoreResult:
+        existing = self.db.get_instance(record.sop_instance_uid)
+        if existing is not None and self.duplicate_policy != "replace":
+            receiver.discard()
+            if self.duplicate_policy == "reject":
+                log.warning("store.duplicate_rejected", sop=record.sop_instance_uid,
+                            source=receiver.source)
+                return StoreResult(Outcome.DUPLICATE_REJECTED,
+                                   "duplicate SOP Instance UID rejected by policy")
+            log.info("store.duplicate_kept", sop=record.sop_instance_uid, source=receiver.source)
+            return StoreResult(Outcome.DUPLICATE_KEPT)
+
+        loop = asyncio.get_running_loop()
+        fd, receiver.fd = receiver.fd, None
+        token = id(receiver)
+        record = msgspec.structs.replace(record, stored_at=time.time())
+        self._unindexed[token] = record.stored_at
+        try:
+            try:
+                await loop.run_in_executor(None, self.hot.commit, fd, receiver.temp, record.path)
+            except OSError as exc:
+                self.hot.discard(None, receiver.temp)
+                return _resource_failure(exc, record, receiver)
+            try:
+                result = await self.writer.submit(record)
+            except IndexWriteError as exc:
+                if existing is None or existing.path != record.path:
+                    self.hot.remove(record.path)
+                log.error("store.index_failed", sop=record.sop_instance_uid, error=str(exc))
+                return StoreResult(Outcome.OUT_OF_RESOURCES, f"index write failed: {exc}")
+        finally:
+            del self._unindexed[token]
+        previous = result.previous
+        if previous is not None and previous.path != record.path:
+            self.hot.remove(previous.path)
+        outcome = Outcome.REPLACED if previous is not None else Outcome.STORED
+        return StoreResult(outcome, "", record)
+
+
+def _resource_failure(exc: OSError, record: InstanceRecord, receiver: Receiver) -> StoreResult:
+    reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+    log.error("store.write_failed", sop=record.sop_instance_uid, source=receiver.source,
+              error=str(exc))
+    return StoreResult(Outcome.OUT_OF_RESOURCES, f"cannot write the instance: {reason}")
+
+
+class Receiver:
+    """One data set on its way in. ``write`` never raises: the first error is kept for the end."""
+
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        source: str,
+    ) -> None:
+        self.ingestor = ingestor
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.source = source
+        self.size = 0
+        self.fd: int | None = None
+        self.temp: Path = Path()
+        self._failure: StoreResult | None = None
+        self._inflater: zlib._Decompress | None = None  # type: ignore[name-defined]
+        self._finished = False
+        ingestor.in_flight += 1
+        try:
+            encoding: Encoding = encoding_of(transfer_syntax_uid)
+        except KeyError:
+            self._failure = StoreResult(
+                Outcome.INVALID, f"transfer syntax {transfer_syntax_uid} cannot be stored")
+            return
+        self._little_endian = encoding.little_endian
+        self._scanner = HeaderScanner(WANTED_TAGS, encoding.explicit_vr, encoding.little_endian)
+        if encoding.deflated:
+            self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            self.fd, self.temp = ingestor.hot.open_temp()
+            self._append(build_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid))
+        except OSError as exc:
+            self._fail_os(exc)
+
+    def _fail_os(self, exc: OSError) -> None:
+        reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+        log.error("store.write_failed", sop=self.sop_instance_uid, source=self.source,
+                  error=str(exc))
+        self._failure = StoreResult(Outcome.OUT_OF_RESOURCES,
+                                    f"cannot write the instance: {reason}")
+        self.discard()
+
+    def _append(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = _os_write(self.fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append one fragment of the data set (bytes exactly as received)."""
+        if self._failure is not None:
+            return
+        try:
+            self._append(data)
+        except OSError as exc:
+            self._fail_os(exc)
+            return
+        try:
+            if self._inflater is not None:
+                data = self._inflater.decompress(data)
+            self._scanner.feed(data)
+        except (ScanError, zlib.error) as exc:
+            self._failure = StoreResult(Outcome.INVALID, f"malformed data set: {exc}")
+            self.discard()
+
+    def discard(self) -> None:
+        """Drop the temp file (association aborted, or the instance was refused)."""
+        if self.fd is not None or self.temp != Path():
+            self.ingestor.hot.discard(self.fd, self.temp)
+            self.fd = None
+        self._end()
+
+    def _end(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self.ingestor.in_flight -= 1
+
+    async def finish(self) -> StoreResult:
+        """The last fragment arrived: validate, make durable, index. Returns the outcome."""
+        try:
+            return await self._finish()
+        finally:
+            if self.fd is not None:
+                self.discard()
+            self._end()
+
+    async def _finish(self) -> StoreResult:
+        if self._failure is not None:
+            self._log_refusal(self._failure)
+            return self._failure
+        try:
+            if self._inflater is not None:
+                self._scanner.feed(self._inflater.flush())
+                if not self._inflater.eof:
+                    raise ScanError("deflated data set ends before the end of its stream")
+            values = self._scanner.finish()
+            record = record_from_scan(
+                values,
+                little_endian=self._little_endian,
+                transfer_syntax=self.transfer_syntax_uid,
+                path="",
+                size=self.size,
+                stored_at=time.time(),
+            )
+        except (ScanError, zlib.error) as exc:
+            return self._refuse(Outcome.INVALID, f"malformed or truncated data set: {exc}")
+        except RecordError as exc:
+            return self._refuse(Outcome.INVALID, str(exc))
+        if record.sop_instance_uid != self.sop_instance_uid:
+            return self._refuse(
+                Outcome.MISMATCH,
+                f"SOP Instance UID {record.sop_instance_uid} in the data set differs from "
+                f"{self.sop_instance_uid} in the command",
+            )
+        if record.sop_class_uid != self.sop_class_uid:
+            return self._refuse(
+                Outcome.MISMATCH,
+                f"SOP Class UID {record.sop_class_uid} in the data set differs from "
+                f"{self.sop_class_uid} in the command",
+            )
+        relative = self.ingestor.hot.relative_path(
+            record.study_uid, record.series_uid, record.sop_instance_uid)
+        record = msgspec.structs.replace(record, path=relative)
+        result = await self.ingestor._commit(self, record)
+        if result.outcome.ok:
+            log.debug("store.stored", sop=record.sop_instance_uid, outcome=result.outcome.value,
+                      size=self.size, source=self.source)
+        return result
+
+    def _refuse(self, outcome: Outcome, comment: str) -> StoreResult:
+        self.discard()
+        result = StoreResult(outcome, comment)
+        self._log_refusal(result)
+        return result
+
+    def _log_refusal(self, result: StoreResult) -> None:
+        log.warning("store.refused", sop=self.sop_instance_uid, outcome=result.outcome.value,
+                    reason=result.comment, source=self.source)
+
+
+def _os_write(fd: int | None, view: memoryview) -> int:
+    if fd is None:
+        raise OSError(errno.EBADF, "temp file is closed")
+    return os.write(fd, view)
