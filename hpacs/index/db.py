@@ -268,12 +268,18 @@ class IndexDB:
             readonly=readonly,
         )
         self.dbs: dict[bytes, Any] = {}
-        with self.env.begin(write=not readonly) as txn:
+        if readonly:
+            # DBI handles opened inside a read-only transaction die with it: let py-lmdb
+            # open (and commit) them on its own.
             for name in _PLAIN_DBS:
-                self.dbs[name] = self.env.open_db(name, txn=txn, create=not readonly)
+                self.dbs[name] = self.env.open_db(name, create=False)
             for name in _DUP_DBS:
-                self.dbs[name] = self.env.open_db(name, txn=txn, dupsort=True,
-                                                  create=not readonly)  # fmt: skip
+                self.dbs[name] = self.env.open_db(name, dupsort=True, create=False)
+        with self.env.begin(write=not readonly) as txn:
+            for name in _PLAIN_DBS if not readonly else ():
+                self.dbs[name] = self.env.open_db(name, txn=txn)
+            for name in _DUP_DBS if not readonly else ():
+                self.dbs[name] = self.env.open_db(name, txn=txn, dupsort=True)
             raw = txn.get(b"schema", db=self.dbs[b"meta"])
             if raw is None and not readonly:
                 txn.put(b"schema", _ENC.encode(SCHEMA_VERSION), db=self.dbs[b"meta"])

@@ -32,6 +32,7 @@ def test_end_to_end_storescp(tmp_path):
         out=tmp_path / "reports",
         workdir=tmp_path / "work",
         timeout=60,
+        retries=0,
         log=lambda s: None,
     )
     rows = {(r["peer"], r["assocs"]): r for r in report["summary"]}
@@ -67,6 +68,7 @@ def test_peer_that_cannot_start_is_reported(tmp_path, monkeypatch):
         out=None,
         workdir=tmp_path,
         timeout=60,
+        retries=0,
         log=lambda s: None,
     )
     rows = {r["peer"]: r for r in report["summary"]}
@@ -101,6 +103,7 @@ def test_stored_count_mismatch_fails_the_run(tmp_path, monkeypatch):
         out=None,
         workdir=tmp_path,
         timeout=60,
+        retries=0,
         log=lambda s: None,
     )
     assert report["summary"][0]["ok_runs"] == 0
@@ -113,3 +116,23 @@ def test_load_probes_are_bounded():
     t0 = time.monotonic()
     ingest.wait_quiet(0.2, threshold=-1)  # never quiet enough: gives up after max_wait
     assert time.monotonic() - t0 < 2
+
+
+def test_disturbed_runs_are_repeated(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "MAX_OTHER", -1.0)  # every run looks disturbed
+    monkeypatch.setattr(ingest, "machine_cpu_seconds", iter(range(0, 10**6, 100)).__next__)
+    report = ingest.run_benchmark(
+        files=2,
+        runs=1,
+        assocs=[1],
+        peer_names=["storescp"],
+        out=None,
+        workdir=tmp_path,
+        timeout=60,
+        retries=1,
+        log=lambda s: None,
+    )
+    (row,) = report["summary"]
+    assert row["runs"] == 2 and row["disturbed_runs"] == 2
+    assert row["summarized_runs"] == 2  # no clean run: the disturbed ones are all we have
+    assert "| storescp | 1 |" in report["markdown"]

@@ -1,0 +1,171 @@
+"""Helpers for driving real peers against a running hpacs (pynetdicom as the SCU)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import pydicom
+from pynetdicom import AE, _config
+from pynetdicom.presentation import build_context
+
+from hpacs.dicom.part10 import read_file_meta
+from hpacs.index.db import IndexDB
+
+_config.LOG_HANDLER_LEVEL = "none"
+
+
+@contextmanager
+def chunked_sending():
+    """pynetdicom sends a file's data set bytes exactly as stored (no decode/re-encode)."""
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        yield
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+
+
+def associate(server, contexts, ae_title="PYNETDICOM", called=None, max_pdu=16382):
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.maximum_pdu_size = max_pdu
+    for ctx in contexts:
+        ae.add_requested_context(ctx.abstract_syntax, ctx.transfer_syntax)
+    return ae.associate("127.0.0.1", server.dicom_port, ae_title=called or server.ae_title)
+
+
+def send_files(server, paths: list[Path]) -> dict[Path, int]:
+    """Send each file as-is on as few associations as 128 contexts allow; path -> status."""
+    groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for path in paths:
+        meta = read_file_meta(path)
+        groups[(meta.sop_class_uid, meta.transfer_syntax_uid)].append(path)
+    keys = sorted(groups)
+    statuses: dict[Path, int] = {}
+    with chunked_sending():
+        for start in range(0, len(keys), 120):
+            chunk = keys[start:start + 120]
+            assoc = associate(server, [build_context(sc, ts) for sc, ts in chunk])
+            assert assoc.is_established
+            for key in chunk:
+                for path in groups[key]:
+                    status = assoc.send_c_store(path)
+                    statuses[path] = status.Status if "Status" in status else -1
+            assoc.release()
+    return statuses
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set part of a Part 10 file (everything after the file meta)."""
+    meta = read_file_meta(path)
+    return Path(path).read_bytes()[meta.dataset_offset:]
+
+
+def open_index(data_dir: Path) -> IndexDB:
+    return IndexDB(data_dir / "index", readonly=True)
+
+
+def sop_uid_of(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
+
+
+class RecordingProxy:
+    """A loopback TCP proxy that records what clients send, to check what an SCU really sent."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.streams: list[bytearray] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = False
+        self._accept = threading.Thread(target=self._serve, daemon=True)
+        self._accept.start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while not self._stop:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            record = bytearray()
+            self.streams.append(record)
+            for src, dst, rec in ((client, upstream, record), (upstream, client, None)):
+                t = threading.Thread(target=self._pump, args=(src, dst, rec), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    @staticmethod
+    def _pump(src, dst, record) -> None:
+        import socket
+
+        try:
+            while data := src.recv(1 << 20):
+                if record is not None:
+                    record += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (dst, src):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        for t in self._threads:
+            t.join(10)
+
+
+def sent_datasets(stream: bytes) -> dict[str, bytes]:
+    """SOP Instance UID -> data set bytes of every C-STORE-RQ in a recorded client stream,
+    parsed with pynetdicom's own PDU decoder (the reference, not ours)."""
+    from io import BytesIO
+
+    from pynetdicom.dsutils import decode
+    from pynetdicom.pdu import P_DATA_TF
+
+    out: dict[str, bytes] = {}
+    command = bytearray()
+    dataset = bytearray()
+    uid = None
+    pos = 0
+    while pos + 6 <= len(stream):
+        pdu_type = stream[pos]
+        length = int.from_bytes(stream[pos + 2:pos + 6], "big")
+        raw = stream[pos:pos + 6 + length]
+        pos += 6 + length
+        if pdu_type != 0x04:
+            continue
+        pdu = P_DATA_TF()
+        pdu.decode(bytes(raw))
+        for item in pdu.presentation_data_value_items:
+            header, value = item.presentation_data_value[0], item.presentation_data_value[1:]
+            if header & 1:  # command
+                command += value
+                if header & 2:
+                    ds = decode(BytesIO(bytes(command)), True, True)
+                    command.clear()
+                    uid = str(ds.AffectedSOPInstanceUID) if ds.CommandField == 1 else None
+            else:
+                dataset += value
+                if header & 2:
+                    if uid is not None:
+                        out[uid] = bytes(dataset)
+                    dataset.clear()
+    return out
