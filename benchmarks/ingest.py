@@ -59,6 +59,8 @@ class RunResult:
     server_cpu_s: float = 0.0
     #: CPU time of the whole machine during the run; minus client and peer = other load.
     machine_cpu_s: float = 0.0
+    #: CPU time of user-space processes other than the client's and the peer's.
+    other_cpu_s: float = 0.0
     #: Background load (cores) measured just before the run.
     load_before: float = 0.0
     #: Other work on the machine took more than ``MAX_OTHER`` cores during the run.
@@ -71,10 +73,6 @@ class RunResult:
         return self.files / self.wall_s if self.wall_s else 0.0
 
     @property
-    def other_cpu_s(self) -> float:
-        return max(0.0, self.machine_cpu_s - self.client_cpu_s - self.server_cpu_s)
-
-    @property
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.wall_s if self.wall_s else 0.0
 
@@ -83,7 +81,6 @@ class RunResult:
             **asdict(self),
             "files_per_s": round(self.files_per_s, 2),
             "mb_per_s": round(self.mb_per_s, 2),
-            "other_cpu_s": round(self.other_cpu_s, 3),
         }
 
 
@@ -176,6 +173,11 @@ def machine_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
+def foreign_cpu_seconds(exclude: set[int]) -> float:
+    """CPU seconds of user-space processes outside the sessions in ``exclude``."""
+    return sum(v for sid, v in peers_mod.cpu_by_session().items() if sid not in exclude)
+
+
 def background_load(window: float = 0.5) -> float:
     """Busy cores over the next ``window`` seconds (we only sleep meanwhile)."""
     c0, t0 = machine_cpu_seconds(), time.perf_counter()
@@ -219,9 +221,12 @@ def run_once(
         with peers_mod.start(peer_name, rundir) as peer:
             if quiet_wait > 0:
                 res.load_before = wait_quiet(quiet_wait)
+            ours = {os.getsid(0), peer.proc.pid}  # the benchmark (+ storescu), the peer
             cpu0, mach0 = peer.cpu_seconds(), machine_cpu_seconds()
+            other0 = foreign_cpu_seconds(ours)
             wall, client_cpu, codes = drive(peer, split(files, assocs), timeout=timeout)
             res.machine_cpu_s = machine_cpu_seconds() - mach0
+            res.other_cpu_s = max(0.0, foreign_cpu_seconds(ours) - other0)
             res.server_cpu_s = peer.cpu_seconds() - cpu0
             res.wall_s, res.client_cpu_s, res.exit_codes = wall, client_cpu, codes
             res.stored = peer.stored_count()
@@ -369,8 +374,8 @@ def markdown(report: dict) -> str:
         "",
         "MB = 10^6 bytes. CPU % is CPU time over wall time (100 = one core busy); "
         "client = the storescu processes, peer = the server's whole process tree, "
-        "other = everything else on the machine during the run (a shared machine makes the "
-        "numbers noisy; a run during which other work used more than "
+        "other = all other user-space processes during the run (kernel I/O threads left out; "
+        "a shared machine makes the numbers noisy; a run during which others used more than "
         f"{MAX_OTHER:g} core is repeated, and left out when a clean one exists: runs used "
         "counts the runs summarized over all attempts). "
         "storescp-ignore stores nothing: it is the client/loopback ceiling.",

@@ -120,6 +120,29 @@ def session_cpu_seconds(sid: int) -> float:
     return total / _CLK_TCK
 
 
+def cpu_by_session() -> dict[int, float]:
+    """CPU seconds (user+sys, incl. reaped children) of user-space processes, per session.
+
+    Kernel threads are left out: the I/O a peer causes (journal, writeback) runs there and is
+    not somebody else's load.
+    """
+    out: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[1]) == 2 or entry.name == "2":  # kthreadd and its children
+            continue
+        sid = int(fields[3])
+        out[sid] = out.get(sid, 0.0) + sum(int(x) for x in fields[11:15]) / _CLK_TCK
+    return out
+
+
 @dataclass
 class Peer:
     """A running DICOM peer."""

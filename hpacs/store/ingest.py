@@ -285,17 +285,11 @@ class Receiver:
         except RecordError as exc:
             return self._refuse(Outcome.INVALID, str(exc))
         if record.sop_instance_uid != self.sop_instance_uid:
-            return self._refuse(
-                Outcome.MISMATCH,
-                f"SOP Instance UID {record.sop_instance_uid} in the data set differs from "
-                f"{self.sop_instance_uid} in the command",
-            )
+            return self._refuse(Outcome.MISMATCH, "SOP Instance UID differs from the command",
+                                found=record.sop_instance_uid)
         if record.sop_class_uid != self.sop_class_uid:
-            return self._refuse(
-                Outcome.MISMATCH,
-                f"SOP Class UID {record.sop_class_uid} in the data set differs from "
-                f"{self.sop_class_uid} in the command",
-            )
+            return self._refuse(Outcome.MISMATCH, "SOP Class UID differs from the command",
+                                found=record.sop_class_uid, expected=self.sop_class_uid)
         relative = self.ingestor.hot.relative_path(
             record.study_uid, record.series_uid, record.sop_instance_uid)
         record = msgspec.structs.replace(record, path=relative)
@@ -305,15 +299,17 @@ class Receiver:
                       size=self.size, source=self.source)
         return result
 
-    def _refuse(self, outcome: Outcome, comment: str) -> StoreResult:
+    def _refuse(self, outcome: Outcome, comment: str, **details: str) -> StoreResult:
+        """Refuse the instance. ``comment`` goes back to the peer (Error Comment is an LO:
+        keep it under 64 characters); ``details`` go to the log only."""
         self.discard()
         result = StoreResult(outcome, comment)
-        self._log_refusal(result)
+        self._log_refusal(result, **details)
         return result
 
-    def _log_refusal(self, result: StoreResult) -> None:
+    def _log_refusal(self, result: StoreResult, **details: str) -> None:
         log.warning("store.refused", sop=self.sop_instance_uid, outcome=result.outcome.value,
-                    reason=result.comment, source=self.source)
+                    reason=result.comment, source=self.source, **details)
 
 
 def _os_write(fd: int | None, view: memoryview) -> int:

@@ -112,6 +112,7 @@ def test_stored_count_mismatch_fails_the_run(tmp_path, monkeypatch):
 
 def test_load_probes_are_bounded():
     assert ingest.machine_cpu_seconds() > 0
+    assert ingest.foreign_cpu_seconds({os.getsid(0)}) >= 0
     assert 0 <= ingest.background_load(0.05) <= (os.cpu_count() or 1) + 0.5
     t0 = time.monotonic()
     ingest.wait_quiet(0.2, threshold=-1)  # never quiet enough: gives up after max_wait
@@ -120,7 +121,8 @@ def test_load_probes_are_bounded():
 
 def test_disturbed_runs_are_repeated(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest, "MAX_OTHER", -1.0)  # every run looks disturbed
-    monkeypatch.setattr(ingest, "machine_cpu_seconds", iter(range(0, 10**6, 100)).__next__)
+    busy = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(ingest, "foreign_cpu_seconds", lambda exclude: next(busy))
     report = ingest.run_benchmark(
         files=2,
         runs=1,

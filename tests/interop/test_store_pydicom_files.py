@@ -154,6 +154,7 @@ def test_dcmtk_storescu_stores_test_files_in_their_own_syntax(server):
     for uid, path in sent.items():
         stored = _stored_path(server.data_dir, path)
         assert stored.is_file(), path.name
-        assert read_file_meta(stored).transfer_syntax_uid == str(read_file_meta(path).transfer_syntax_uid)
+        wire_syntax = str(read_file_meta(path).transfer_syntax_uid)
+        assert read_file_meta(stored).transfer_syntax_uid == wire_syntax
         assert dataset_bytes(stored) == on_wire[uid], path.name
     assert len(sent) > 100
