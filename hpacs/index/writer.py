@@ -1,10 +1,12 @@
-"""The single index writer: an asyncio task doing group commit on one dedicated thread.
+"""The single index writer: an asyncio task doing group commit.
 
 Every ``submit`` enqueues a record and awaits a future. The task takes everything queued (up to
-``max_batch``) and applies it in ONE LMDB write transaction on a single-thread executor (LMDB
-write transactions are bound to their thread; the loop never blocks on a commit), then resolves
-all the futures. While one commit runs, the next batch accumulates: the batch size adapts to the
-load by itself, no timer.
+``max_batch``) and applies it in ONE LMDB write transaction, then resolves all the futures.
+While one commit runs, the next batch accumulates: the batch size adapts to the load by itself,
+no timer. In "sync" mode the transaction runs on a dedicated single thread (an fsync'd commit
+costs milliseconds: the loop must not wait for it). In "files" mode a commit does no I/O wait
+(~0.1 ms), so it runs inline in the task, saving two thread hops on every acknowledgement;
+only the periodic ``env.sync`` goes to the thread.
 
 Durability ("files" vs "sync") and the checkpoint:
 - "sync": the env fsyncs on every commit; a future resolves only once its record is durable.
@@ -179,9 +181,17 @@ class IndexWriter:
             if not batch and checkpoint is None:
                 continue
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self._commit, [r for r, _ in batch], checkpoint, sync
-                )
+                records = [r for r, _ in batch]
+                if files_mode:
+                    # No fsync in this mode, so a commit is short: do it right here on the loop
+                    # (no thread hop on the ingest path) and push only the sync to the thread.
+                    results = self._commit(records, checkpoint, False)
+                    if sync:
+                        await loop.run_in_executor(self._executor, self._sync)
+                else:
+                    results = await loop.run_in_executor(
+                        self._executor, self._commit, records, checkpoint, sync
+                    )
             except Exception as exc:  # the txn was aborted: nothing of it is visible
                 self.stats.failed_batches += 1
                 if checkpoint is not None:  # retry the checkpoint later, never spin on it
@@ -205,9 +215,12 @@ class IndexWriter:
         loop = asyncio.get_running_loop()
         for item in batch:
             try:
-                (prev,) = await loop.run_in_executor(
-                    self._executor, self._commit, [item[0]], None, False
-                )
+                if self.durability == "files":
+                    (prev,) = self._commit([item[0]], None, False)
+                else:
+                    (prev,) = await loop.run_in_executor(
+                        self._executor, self._commit, [item[0]], None, False
+                    )
             except Exception as exc:
                 self._fail(item, exc)
                 continue
@@ -225,10 +238,15 @@ class IndexWriter:
             fut.set_exception(err)
         self._slots.release()
 
+    def _sync(self) -> None:
+        self.db.env.sync(True)
+        self.stats.syncs += 1
+
     def _commit(
         self, records: list[InstanceRecord], checkpoint: float | None, sync: bool
     ) -> list[InstanceRecord | None]:
-        """Runs on the writer thread: one transaction for the whole batch."""
+        """One transaction for the whole batch (on the writer thread, or inline in "files"
+        mode where it does no I/O wait)."""
         db = self.db
         with db.write() as w:
             results = [db.apply(w, r) for r in records]

@@ -81,6 +81,7 @@ class Archive:
 
     async def close(self) -> None:
         await self.writer.stop()
+        self.ingestor.close()
         self.db.close()
         self._release_lock()
 
@@ -159,6 +160,7 @@ class Archive:
         """Rebuild the index from the hot files alone (``hpacs reindex``)."""
         report = RebuildReport()
         await self.writer.stop()
+        self.ingestor.close()
         self.db.close()
         index_dir = self.data_dir / INDEX_DIR
         for entry in index_dir.iterdir() if index_dir.exists() else ():

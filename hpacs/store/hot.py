@@ -50,7 +50,9 @@ class HotStore:
         """fsync, close and atomically rename ``temp`` into place. Blocking: run in an executor."""
         try:
             if self.fsync:
-                os.fsync(fd)
+                # fdatasync: the data and the size (all a reader needs); the directory entry is
+                # made durable by the directory fsync after the rename
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         final = self.data_dir / relative

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import os
 import time
 import zlib
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 
 import msgspec
 
@@ -31,8 +30,12 @@ from hpacs.index.schema import WANTED_TAGS, InstanceRecord, RecordError, record_
 from hpacs.index.writer import IndexWriteError, IndexWriter
 from hpacs.log import get_logger
 from hpacs.store.hot import HotStore
+from hpacs.store.sink import FileSink
 
 log = get_logger("hpacs.store")
+
+#: Threads for file I/O (each works on one file at a time, in order).
+IO_THREADS = 16
 
 
 class Outcome(Enum):
@@ -76,6 +79,11 @@ class Ingestor:
         #: stored_at of records whose file may be in place but whose index commit is pending.
         self._unindexed: dict[int, float] = {}
         self.in_flight = 0
+        #: File I/O runs here, one file's work in order (see store/sink.py).
+        self.io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="hpacs-io")
+
+    def close(self) -> None:
+        self.io.shutdown(wait=True)
 
     def oldest_unindexed(self) -> float | None:
         """For the writer's checkpoint: no file stored before this time lacks its commit."""
@@ -136,16 +144,13 @@ class Ingestor:
             log.info("store.duplicate_kept", sop=record.sop_instance_uid, source=receiver.source)
             return StoreResult(Outcome.DUPLICATE_KEPT)
 
-        loop = asyncio.get_running_loop()
-        fd, receiver.fd = receiver.fd, None
         token = id(receiver)
         record = msgspec.structs.replace(record, stored_at=time.time())
         self._unindexed[token] = record.stored_at
         try:
             try:
-                await loop.run_in_executor(None, self.hot.commit, fd, receiver.temp, record.path)
+                await receiver.sink.commit(record.path)
             except OSError as exc:
-                self.hot.discard(None, receiver.temp)
                 return _resource_failure(exc, record, receiver)
             try:
                 result = await self.writer.submit(record)
@@ -187,8 +192,7 @@ class Receiver:
         self.transfer_syntax_uid = transfer_syntax_uid
         self.source = source
         self.size = 0
-        self.fd: int | None = None
-        self.temp: Path = Path()
+        self.sink = FileSink(ingestor.hot, ingestor.io)
         self._failure: StoreResult | None = None
         self._inflater: zlib._Decompress | None = None  # type: ignore[name-defined]
         self._finished = False
@@ -203,36 +207,23 @@ class Receiver:
         self._scanner = HeaderScanner(WANTED_TAGS, encoding.explicit_vr, encoding.little_endian)
         if encoding.deflated:
             self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            self.fd, self.temp = ingestor.hot.open_temp()
-            self._append(build_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid))
-        except OSError as exc:
-            self._fail_os(exc)
+        meta = build_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
+        self.sink.write(meta)
+        self.size = len(meta)
 
-    def _fail_os(self, exc: OSError) -> None:
-        reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
-        log.error("store.write_failed", sop=self.sop_instance_uid, source=self.source,
-                  error=str(exc))
-        self._failure = StoreResult(Outcome.OUT_OF_RESOURCES,
-                                    f"cannot write the instance: {reason}")
-        self.discard()
-
-    def _append(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            written = _os_write(self.fd, view)
-            view = view[written:]
-        self.size += len(data)
+    @property
+    def backlog(self) -> int:
+        """Bytes received but not yet written (the network layer may pause reading on it)."""
+        return self.sink.queued_bytes
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append one fragment of the data set (bytes exactly as received)."""
         if self._failure is not None:
             return
-        try:
-            self._append(data)
-        except OSError as exc:
-            self._fail_os(exc)
-            return
+        if isinstance(data, bytearray):
+            data = bytes(data)  # the caller may reuse it; the sink writes later
+        self.sink.write(data)
+        self.size += len(data)
         try:
             if self._inflater is not None:
                 data = self._inflater.decompress(data)
@@ -243,9 +234,7 @@ class Receiver:
 
     def discard(self) -> None:
         """Drop the temp file (association aborted, or the instance was refused)."""
-        if self.fd is not None or self.temp != Path():
-            self.ingestor.hot.discard(self.fd, self.temp)
-            self.fd = None
+        self.sink.discard()
         self._end()
 
     def _end(self) -> None:
@@ -258,8 +247,7 @@ class Receiver:
         try:
             return await self._finish()
         finally:
-            if self.fd is not None:
-                self.discard()
+            self.sink.discard()  # no-op once committed
             self._end()
 
     async def _finish(self) -> StoreResult:
@@ -310,9 +298,3 @@ class Receiver:
     def _log_refusal(self, result: StoreResult, **details: str) -> None:
         log.warning("store.refused", sop=self.sop_instance_uid, outcome=result.outcome.value,
                     reason=result.comment, source=self.source, **details)
-
-
-def _os_write(fd: int | None, view: memoryview) -> int:
-    if fd is None:
-        raise OSError(errno.EBADF, "temp file is closed")
-    return os.write(fd, view)

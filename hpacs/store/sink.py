@@ -1,0 +1,146 @@
+"""A temp file written off the event loop, in order, while the data set is still arriving.
+
+The loop only queues fragments (a deque append); a worker thread opens the temp file, writes
+the fragments as they come, starts kernel writeback as it goes, and at the end fsyncs and
+renames the file into place. So disk work overlaps the network transfer, uses the second core
+(``os.write``/``fsync`` release the GIL), and the loop never blocks on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from concurrent.futures import Executor
+from pathlib import Path
+
+from hpacs.store.hot import HotStore
+from hpacs.store.writeback import start_writeback
+
+#: Start kernel writeback every this many bytes (see store/writeback.py).
+WRITEBACK_STEP = 128 * 1024
+
+
+class _Commit:
+    __slots__ = ("future", "loop", "relative")
+
+    def __init__(self, relative: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.relative = relative
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+
+_DISCARD = object()
+
+
+class FileSink:
+    """Ordered, asynchronous writes of one file. ``write`` and ``discard`` never block."""
+
+    def __init__(self, hot: HotStore, executor: Executor) -> None:
+        self.hot = hot
+        self.executor = executor
+        self.error: OSError | None = None
+        self.queued_bytes = 0
+        self._queue: deque = deque()
+        self._lock = threading.Lock()
+        self._running = False
+        self._fd: int | None = None
+        self._temp: Path | None = None
+        self._written = 0
+        self._flushed = 0
+        self._closed = False
+
+    # -- loop side ----------------------------------------------------------------------------
+    def write(self, data: bytes | memoryview) -> None:
+        self._put(data, len(data))
+
+    def discard(self) -> None:
+        """Drop the file (whatever was queued is not written)."""
+        if not self._closed:
+            self._closed = True
+            self._put(_DISCARD, 0)
+
+    def commit(self, relative: str) -> asyncio.Future[None]:
+        """Once everything queued is written: fsync, rename to ``relative``, fsync the
+        directory. The future fails with the first OSError met on the way."""
+        self._closed = True
+        item = _Commit(relative, asyncio.get_running_loop())
+        self._put(item, 0)
+        return item.future
+
+    def _put(self, item: object, size: int) -> None:
+        with self._lock:
+            self._queue.append(item)
+            self.queued_bytes += size
+            if self._running:
+                return
+            self._running = True
+        self.executor.submit(self._drain)
+
+    # -- worker side --------------------------------------------------------------------------
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running = False
+                    return
+                item = self._queue.popleft()
+            if isinstance(item, _Commit):
+                self._do_commit(item)
+            elif item is _DISCARD:
+                self._drop()
+            else:
+                self._do_write(item)
+                with self._lock:
+                    self.queued_bytes -= len(item)
+
+    def _do_write(self, data: bytes | memoryview) -> None:
+        if self.error is not None:
+            return
+        try:
+            if self._fd is None:
+                self._fd, self._temp = self.hot.open_temp()
+            view = memoryview(data)
+            while view:
+                view = view[_write(self._fd, view):]
+            self._written += len(data)
+            if self._written - self._flushed >= WRITEBACK_STEP:
+                start_writeback(self._fd, self._flushed, self._written - self._flushed)
+                self._flushed = self._written
+        except OSError as exc:
+            self.error = exc
+            self._drop()
+
+    def _do_commit(self, item: _Commit) -> None:
+        error = self.error
+        if error is None:
+            try:
+                if self._fd is None:
+                    self._fd, self._temp = self.hot.open_temp()
+                fd, self._fd = self._fd, None
+                self.hot.commit(fd, self._temp, item.relative)
+            except OSError as exc:
+                error = exc
+                self._drop()
+        item.loop.call_soon_threadsafe(_settle, item.future, error)
+
+    def _drop(self) -> None:
+        if self._temp is not None:
+            self.hot.discard(self._fd, self._temp)
+        self._fd = None
+        self._temp = None
+
+
+def _settle(future: asyncio.Future[None], error: OSError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _write(fd: int, view: memoryview) -> int:
+    import os
+
+    return os.write(fd, view)
