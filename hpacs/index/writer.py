@@ -93,6 +93,7 @@ class IndexWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._dirty = False  # committed since the last durable checkpoint
+        self._flush_scheduled = False
         self._next_checkpoint = 0.0
 
     # ------------------------------------------------------------------ lifecycle
@@ -135,10 +136,46 @@ class IndexWriter:
         if self._stopping:
             self._slots.release()
             raise IndexWriteError("index writer is stopping")
-        fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[CommitResult] = loop.create_future()
         self._pending.append((record, fut))
-        self._wakeup.set()
+        if self.durability == "files":
+            # A commit costs no I/O wait here: every record submitted during this loop
+            # iteration goes into one transaction right after it (no task or thread hop).
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        else:
+            self._wakeup.set()
         return await fut
+
+    def _flush(self) -> None:
+        """Files mode: commit everything pending, inline, in batches of max_batch."""
+        self._flush_scheduled = False
+        while self._pending:
+            n = min(len(self._pending), self.max_batch)
+            batch = [self._pending.popleft() for _ in range(n)]
+            try:
+                results = self._commit([r for r, _ in batch], None, False)
+            except Exception as exc:  # the txn was aborted: nothing of it is visible
+                self.stats.failed_batches += 1
+                for item in batch:  # retry one per transaction: a bad record fails alone
+                    try:
+                        (prev,) = self._commit([item[0]], None, False)
+                    except Exception as one_exc:
+                        self._fail(item, one_exc if len(batch) > 1 else exc)
+                    else:
+                        self._resolve(item, prev)
+                continue
+            for item, prev in zip(batch, results, strict=True):
+                self._resolve(item, prev)
+        self._dirty = True
+        self._wakeup.set()  # the task times the next checkpoint
+
+    def _resolve(self, item: _Item, prev: InstanceRecord | None) -> None:
+        if not item[1].done():
+            item[1].set_result(CommitResult(prev))
+        self._slots.release()
 
     @property
     def queued(self) -> int:
@@ -157,77 +194,72 @@ class IndexWriter:
         return t
 
     async def _run(self) -> None:
+        if self.durability == "files":
+            await self._run_checkpoints()
+        else:
+            await self._run_sync_commits()
+
+    async def _run_checkpoints(self) -> None:
+        """Files mode: records are committed by ``_flush``; this task only makes the index
+        durable every sync_interval (checkpoint + env.sync on the thread)."""
         loop = asyncio.get_running_loop()
-        files_mode = self.durability == "files"
+        while not self._stopping:
+            timeout = max(0.0, self._next_checkpoint - loop.time()) if self._dirty else None
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            if self._dirty and loop.time() >= self._next_checkpoint:
+                await self._checkpoint(loop)
+        self._flush()
+
+    async def _checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self._commit([], self._checkpoint_value(), False)
+            await loop.run_in_executor(self._executor, self._sync)
+        except Exception:  # retry at the next interval, never spin on it
+            self.stats.failed_batches += 1
+        else:
+            self._dirty = False
+        self._next_checkpoint = loop.time() + self.sync_interval
+
+    async def _run_sync_commits(self) -> None:
+        """Sync mode: group commit on the thread, every commit fsync'd."""
+        loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
                 if self._stopping:
                     break
-                timeout = None
-                if files_mode and self._dirty:
-                    timeout = max(0.0, self._next_checkpoint - loop.time())
                 self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                await self._wakeup.wait()
+                continue
             n = min(len(self._pending), self.max_batch)
             batch = [self._pending.popleft() for _ in range(n)]
-            checkpoint: float | None = None
-            sync = False
-            if not files_mode:
-                checkpoint = self._checkpoint_value() if batch else None
-            elif (self._dirty or batch) and loop.time() >= self._next_checkpoint:
-                checkpoint = self._checkpoint_value()
-                sync = True
-            if not batch and checkpoint is None:
-                continue
+            records = [r for r, _ in batch]
             try:
-                records = [r for r, _ in batch]
-                if files_mode:
-                    # No fsync in this mode, so a commit is short: do it right here on the loop
-                    # (no thread hop on the ingest path) and push only the sync to the thread.
-                    results = self._commit(records, checkpoint, False)
-                    if sync:
-                        await loop.run_in_executor(self._executor, self._sync)
-                else:
-                    results = await loop.run_in_executor(
-                        self._executor, self._commit, records, checkpoint, sync
-                    )
+                results = await loop.run_in_executor(
+                    self._executor, self._commit, records, self._checkpoint_value(), False
+                )
             except Exception as exc:  # the txn was aborted: nothing of it is visible
                 self.stats.failed_batches += 1
-                if checkpoint is not None:  # retry the checkpoint later, never spin on it
-                    self._next_checkpoint = loop.time() + self.sync_interval
                 if len(batch) > 1:
                     await self._retry_one_by_one(batch)
-                elif batch:
+                else:
                     self._fail(batch[0], exc)
                 continue
-            if sync:
-                self._dirty = False
-                self._next_checkpoint = loop.time() + self.sync_interval
-            elif batch:
-                self._dirty = True
-            for (_, fut), prev in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(CommitResult(prev))
-                self._slots.release()
+            for item, prev in zip(batch, results, strict=True):
+                self._resolve(item, prev)
 
     async def _retry_one_by_one(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         for item in batch:
             try:
-                if self.durability == "files":
-                    (prev,) = self._commit([item[0]], None, False)
-                else:
-                    (prev,) = await loop.run_in_executor(
-                        self._executor, self._commit, [item[0]], None, False
-                    )
+                (prev,) = await loop.run_in_executor(
+                    self._executor, self._commit, [item[0]], None, False
+                )
             except Exception as exc:
                 self._fail(item, exc)
                 continue
-            self._dirty = True
-            if not item[1].done():
-                item[1].set_result(CommitResult(prev))
-            self._slots.release()
+            self._resolve(item, prev)
 
     def _fail(self, item: _Item, exc: Exception) -> None:
         self.stats.failed_records += 1

@@ -9,6 +9,7 @@ renames the file into place. So disk work overlaps the network transfer, uses th
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections import deque
 from concurrent.futures import Executor
@@ -31,6 +32,7 @@ class _Commit:
 
 
 _DISCARD = object()
+_IOV_MAX = 1024
 
 
 class FileSink:
@@ -85,31 +87,37 @@ class FileSink:
                     self._running = False
                     return
                 item = self._queue.popleft()
+                if not isinstance(item, _Commit) and item is not _DISCARD:
+                    # take every data fragment queued so far: one writev for all of them
+                    chunks = [item]
+                    while self._queue and _is_data(self._queue[0]):
+                        chunks.append(self._queue.popleft())
+                    item = chunks
             if isinstance(item, _Commit):
                 self._do_commit(item)
             elif item is _DISCARD:
                 self._drop()
             else:
-                self._do_write(item)
+                size = self._do_write(item)
                 with self._lock:
-                    self.queued_bytes -= len(item)
+                    self.queued_bytes -= size
 
-    def _do_write(self, data: bytes | memoryview) -> None:
+    def _do_write(self, chunks: list) -> int:
+        size = sum(len(c) for c in chunks)
         if self.error is not None:
-            return
+            return size
         try:
             if self._fd is None:
                 self._fd, self._temp = self.hot.open_temp()
-            view = memoryview(data)
-            while view:
-                view = view[_write(self._fd, view):]
-            self._written += len(data)
-            if self._written - self._flushed >= WRITEBACK_STEP:
+            _write_all(self._fd, chunks, size)
+            self._written += size
+            if self.hot.fsync and self._written - self._flushed >= WRITEBACK_STEP:
                 start_writeback(self._fd, self._flushed, self._written - self._flushed)
                 self._flushed = self._written
         except OSError as exc:
             self.error = exc
             self._drop()
+        return size
 
     def _do_commit(self, item: _Commit) -> None:
         error = self.error
@@ -140,7 +148,19 @@ def _settle(future: asyncio.Future[None], error: OSError | None) -> None:
         future.set_exception(error)
 
 
-def _write(fd: int, view: memoryview) -> int:
-    import os
+def _is_data(item: object) -> bool:
+    return item is not _DISCARD and not isinstance(item, _Commit)
 
-    return os.write(fd, view)
+
+def _write_all(fd: int, chunks: list, size: int) -> None:
+    """writev everything, resuming after short writes (IOV_MAX bounds one call)."""
+    views = [memoryview(c).cast("B") for c in chunks]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while written and views:
+            if written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][written:]
+                written = 0
