@@ -36,9 +36,8 @@ def store_response(request: Command, result: StoreResult) -> bytes:
     extra: Command = {}
     if code != status.SUCCESS and result.comment:
         extra[ERROR_COMMENT] = result.comment[:64]
-        if result.outcome is Outcome.MISMATCH:
-            extra[OFFENDING_ELEMENT] = (
-                (0x00080018,) if "Instance" in result.comment else (0x00080016,))
+        if result.offending_tag is not None:
+            extra[OFFENDING_ELEMENT] = (result.offending_tag,)
     return response_to(request, CommandField.C_STORE_RSP, code, extra)
 
 

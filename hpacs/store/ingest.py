@@ -34,6 +34,9 @@ from hpacs.store.sink import FileSink
 
 log = get_logger("hpacs.store")
 
+SOP_CLASS_UID_TAG = 0x00080016
+SOP_INSTANCE_UID_TAG = 0x00080018
+
 #: Threads for file I/O (each works on one file at a time, in order).
 IO_THREADS = 16
 
@@ -59,6 +62,8 @@ class StoreResult:
     outcome: Outcome
     comment: str = ""
     record: InstanceRecord | None = None
+    #: The data element at fault, as a tag int (e.g. SOP Instance UID on a mismatch).
+    offending_tag: int | None = None
 
 
 class Ingestor:
@@ -274,10 +279,11 @@ class Receiver:
             return self._refuse(Outcome.INVALID, str(exc))
         if record.sop_instance_uid != self.sop_instance_uid:
             return self._refuse(Outcome.MISMATCH, "SOP Instance UID differs from the command",
-                                found=record.sop_instance_uid)
+                                SOP_INSTANCE_UID_TAG, found=record.sop_instance_uid)
         if record.sop_class_uid != self.sop_class_uid:
             return self._refuse(Outcome.MISMATCH, "SOP Class UID differs from the command",
-                                found=record.sop_class_uid, expected=self.sop_class_uid)
+                                SOP_CLASS_UID_TAG, found=record.sop_class_uid,
+                                expected=self.sop_class_uid)
         relative = self.ingestor.hot.relative_path(
             record.study_uid, record.series_uid, record.sop_instance_uid)
         record = msgspec.structs.replace(record, path=relative)
@@ -287,11 +293,12 @@ class Receiver:
                       size=self.size, source=self.source)
         return result
 
-    def _refuse(self, outcome: Outcome, comment: str, **details: str) -> StoreResult:
+    def _refuse(self, outcome: Outcome, comment: str, offending_tag: int | None = None,
+                **details: str) -> StoreResult:
         """Refuse the instance. ``comment`` goes back to the peer (Error Comment is an LO:
         keep it under 64 characters); ``details`` go to the log only."""
         self.discard()
-        result = StoreResult(outcome, comment)
+        result = StoreResult(outcome, comment, offending_tag=offending_tag)
         self._log_refusal(result, **details)
         return result
 

@@ -225,14 +225,22 @@ def _store_command(sop_uid: str, message_id: int = 1) -> bytes:
         c.AFFECTED_SOP_INSTANCE_UID: sop_uid})
 
 
-def _read_response_status(sock: socket.socket) -> tuple[int, str]:
-    from hpacs.dimse import commands as c
+def _read_response(sock: socket.socket) -> dict:
+    """The next DIMSE response (one PDU, one command PDV), decoded by pynetdicom."""
+    from io import BytesIO
+
+    from pynetdicom.dsutils import decode
 
     header = _recv_exact(sock, 6)
     assert header[0] == 0x04, header
     body = _recv_exact(sock, struct.unpack(">I", header[2:6])[0])
-    command = c.decode_command(body[6:])
-    return command[c.STATUS], command.get(c.ERROR_COMMENT, "")
+    assert body[5] & 0x03 == 0x03  # one last command fragment
+    return decode(BytesIO(body[6:]), True, True)
+
+
+def _read_response_status(sock: socket.socket) -> tuple[int, str]:
+    rsp = _read_response(sock)
+    return rsp.Status, rsp.get("ErrorComment", "")
 
 
 def _dataset_bytes(ds: pydicom.Dataset) -> bytes:
@@ -276,9 +284,11 @@ def test_dataset_that_does_not_match_its_command_is_refused(server, raw_assoc):
     ds = make_ct(number=8)
     raw_assoc.sendall(_pdata(3, 0x03, _store_command("1.2.3.4.5.6.7.8")))
     raw_assoc.sendall(_pdata(3, 0x02, _dataset_bytes(ds)))
-    status, comment = _read_response_status(raw_assoc)
-    assert status == 0xA900
-    assert "differs" in comment
+    rsp = _read_response(raw_assoc)
+    assert rsp.Status == 0xA900
+    assert "differs" in rsp.ErrorComment
+    assert rsp.OffendingElement == 0x00080018  # SOP Instance UID
+    assert rsp.AffectedSOPInstanceUID == "1.2.3.4.5.6.7.8"
     _no_partial_files(server)
 
 
