@@ -20,6 +20,10 @@ from hpacs.store.writeback import start_writeback
 
 #: Start kernel writeback every this many bytes (see store/writeback.py).
 WRITEBACK_STEP = 128 * 1024
+#: Fragments are handed to the I/O thread once this many bytes are queued (or at the end).
+#: Measured: handing over every PDU-sized fragment beats batching a whole 0.5 MB slice
+#: (1 association: ~325 vs ~260 files/s), since the disk work then overlaps the transfer.
+BATCH_BYTES = 64 * 1024
 
 
 class _Commit:
@@ -54,7 +58,7 @@ class FileSink:
 
     # -- loop side ----------------------------------------------------------------------------
     def write(self, data: bytes | memoryview) -> None:
-        self._put(data, len(data))
+        self._put(data, len(data), start=self.queued_bytes + len(data) >= BATCH_BYTES)
 
     def discard(self) -> None:
         """Drop the file (whatever was queued is not written)."""
@@ -70,11 +74,11 @@ class FileSink:
         self._put(item, 0)
         return item.future
 
-    def _put(self, item: object, size: int) -> None:
+    def _put(self, item: object, size: int, start: bool = True) -> None:
         with self._lock:
             self._queue.append(item)
             self.queued_bytes += size
-            if self._running:
+            if self._running or not start:
                 return
             self._running = True
         self.executor.submit(self._drain)
