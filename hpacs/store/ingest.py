@@ -1,11 +1,12 @@
 """The ingest pipeline shared by C-STORE, `hpacs import` and (later) STOW-RS.
 
-A data set streams in as fragments. Each fragment is appended to a temp file (after a Part 10
+A data set streams in as fragments. Each fragment is queued to a temp file (after a Part 10
 preamble and file meta naming the transfer syntax it arrived in: the bytes are never decoded or
-re-encoded) and fed to the header scanner, which collects the index keys and checks that the
-top-level elements add up to exactly the bytes received. On the last fragment the file is
-fsync'd and renamed into place, its record goes to the single index writer, and only when that
-commit is done does the caller learn the outcome.
+re-encoded), which an I/O thread writes while the rest arrives (store/sink.py), and is fed to
+the header scanner, which collects the index keys and checks that the top-level elements add
+up to exactly the bytes received. On the last fragment the file is fsync'd and renamed into
+place, its record goes to the single index writer, and only when that commit is done does the
+caller learn the outcome.
 """
 
 from __future__ import annotations
@@ -215,11 +216,6 @@ class Receiver:
         meta = build_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
         self.sink.write(meta)
         self.size = len(meta)
-
-    @property
-    def backlog(self) -> int:
-        """Bytes received but not yet written (the network layer may pause reading on it)."""
-        return self.sink.queued_bytes
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append one fragment of the data set (bytes exactly as received)."""
