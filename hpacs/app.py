@@ -66,6 +66,11 @@ class Server:
 
 
 async def serve(config: Config) -> int:
+    # Signal handlers first: a SIGTERM right after the ready line must stop us cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     server = Server(config)
     try:
         await server.start()
@@ -74,12 +79,8 @@ async def serve(config: Config) -> int:
         return 3
     except OSError as exc:
         print(f"hpacs: cannot start: {exc}", file=sys.stderr)
-        await server.archive.close()
+        await server.stop()
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("server.stopping")
     await server.stop()

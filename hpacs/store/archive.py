@@ -80,9 +80,12 @@ class Archive:
         self.ingestor.writer = self.writer
 
     async def close(self) -> None:
-        await self.writer.stop()
-        self.ingestor.close()
-        self.db.close()
+        """Stop the writer (drain, commit, sync), the I/O threads and the index; safe to call
+        after a failed or partial open."""
+        if hasattr(self, "writer"):
+            await self.writer.stop()
+            self.ingestor.close()
+            self.db.close()
         self._release_lock()
 
     async def __aenter__(self) -> Archive:
