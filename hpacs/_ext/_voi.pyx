@@ -1,0 +1,295 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Fused modality LUT + VOI + 8-bit kernel, compiled: the twin of ``voi.py`` (see its docstring).
+
+One pass over the stored values, no intermediate array, the GIL released: integer data whose
+range is small goes through a stored-value -> uint8 table built here (same function, same
+double arithmetic as the twin), everything else is computed per pixel.
+"""
+
+from libc.math cimport exp, floor
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
+from hpacs._ext.voi import LINEAR, LINEAR_EXACT, MAX_TABLE, SIGMOID, TABLE, _validate
+
+ctypedef fused pix_t:
+    uint8_t
+    int8_t
+    uint16_t
+    int16_t
+    uint32_t
+    int32_t
+    float
+    double
+
+cdef struct Params:
+    double slope
+    double intercept
+    const uint16_t* mlut
+    int64_t mlut_n
+    int64_t mlut_first
+    int func
+    double center
+    double width
+    const uint16_t* vlut
+    int64_t vlut_n
+    double vlut_first
+    double vlut_scale
+    bint invert
+
+
+cdef inline uint8_t _value(double x, bint is_int, const Params* p) noexcept nogil:
+    cdef double y, t, c, w, d
+    cdef int64_t i
+    if p.mlut != NULL:
+        i = <int64_t>x - p.mlut_first
+        if i < 0:
+            i = 0
+        elif i > p.mlut_n - 1:
+            i = p.mlut_n - 1
+        y = <double>p.mlut[i]
+    else:
+        y = x * p.slope + p.intercept
+    if p.func == 0 or p.func == 1:
+        if p.func == 0:
+            c = p.center - 0.5
+            w = p.width - 1.0
+        else:
+            c = p.center
+            w = p.width
+        if y <= c - w / 2:
+            t = 0.0
+        elif y > c + w / 2:
+            t = 255.0
+        else:
+            t = ((y - c) / w + 0.5) * 255.0
+    elif p.func == 2:
+        t = 255.0 / (1.0 + exp(-4.0 * (y - p.center) / p.width))
+    else:
+        if y >= p.vlut_first:
+            d = y - p.vlut_first
+            if d > <double>(p.vlut_n - 1):
+                i = p.vlut_n - 1
+            else:
+                i = <int64_t>d
+        else:
+            i = 0
+        t = <double>p.vlut[i] * p.vlut_scale
+    t = floor(t + 0.5)
+    if t < 0.0:
+        t = 0.0
+    elif t > 255.0:
+        t = 255.0
+    if p.invert:
+        return <uint8_t>(255 - <int>t)
+    return <uint8_t>t
+
+
+cdef void _run(const pix_t* s, uint8_t* o, Py_ssize_t n, int64_t lo, int64_t hi,
+               bint use_table, const Params* p, uint8_t* tab) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int64_t v, span = hi - lo
+    cdef uint64_t_ d
+    if pix_t is float or pix_t is double:
+        for i in range(n):
+            o[i] = _value(<double>s[i], False, p)
+        return
+    if not use_table:
+        for i in range(n):
+            o[i] = _value(<double>s[i], True, p)
+        return
+    for v in range(lo, hi + 1):
+        tab[v - lo] = _value(<double>v, True, p)
+    if (pix_t is uint8_t or pix_t is int8_t or pix_t is uint16_t or pix_t is int16_t) and (
+            lo <= _type_min(s) and hi >= _type_max(s)):
+        # the table covers every value of the type: no range check
+        for i in range(n):
+            o[i] = tab[<int64_t>s[i] - lo]
+        return
+    for i in range(n):
+        d = <uint64_t_>(<int64_t>s[i] - lo)
+        if d <= <uint64_t_>span:
+            o[i] = tab[d]
+        else:
+            o[i] = _value(<double>s[i], True, p)
+
+
+cdef inline int64_t _type_min(const pix_t* s) noexcept nogil:
+    if pix_t is int8_t:
+        return -128
+    elif pix_t is int16_t:
+        return -32768
+    elif pix_t is int32_t:
+        return -2147483648
+    return 0
+
+
+cdef inline int64_t _type_max(const pix_t* s) noexcept nogil:
+    if pix_t is uint8_t:
+        return 255
+    elif pix_t is int8_t:
+        return 127
+    elif pix_t is uint16_t:
+        return 65535
+    elif pix_t is int16_t:
+        return 32767
+    return 4294967295
+
+
+ctypedef unsigned long long uint64_t_
+
+
+cdef void _minmax(const pix_t* s, Py_ssize_t n, double* lo, double* hi) noexcept nogil:
+    cdef pix_t a = s[0], b = s[0], v
+    cdef Py_ssize_t i
+    for i in range(1, n):
+        v = s[i]
+        if v < a:
+            a = v
+        if v > b:
+            b = v
+    lo[0] = <double>a
+    hi[0] = <double>b
+
+
+cdef enum:
+    T_U8 = 1
+    T_I8 = 2
+    T_U16 = 3
+    T_I16 = 4
+    T_U32 = 5
+    T_I32 = 6
+    T_F32 = 7
+    T_F64 = 8
+
+_TYPES = {"B": T_U8, "b": T_I8, "H": T_U16, "h": T_I16, "I": T_U32, "i": T_I32,
+          "f": T_F32, "d": T_F64}
+if np.dtype(np.uint32).char != "I" or np.dtype(np.int32).char != "i":  # pragma: no cover
+    raise ImportError("unexpected numpy type codes")
+
+
+cdef void* _data(a) except NULL:
+    cdef uint8_t[::1] raw = a.reshape(-1).view(np.uint8)
+    return <void*>&raw[0]
+
+
+cdef const void* _cdata(a) except NULL:
+    cdef const uint8_t[::1] raw = a.reshape(-1).view(np.uint8)
+    return <const void*>&raw[0]
+
+
+def _dispatch_minmax(src):
+    cdef double lo = 0, hi = 0
+    cdef Py_ssize_t n = src.size
+    cdef const void* s = _cdata(src)
+    cdef int t = _TYPES[src.dtype.char]
+    with nogil:
+        if t == T_U8:
+            _minmax(<const uint8_t*>s, n, &lo, &hi)
+        elif t == T_I8:
+            _minmax(<const int8_t*>s, n, &lo, &hi)
+        elif t == T_U16:
+            _minmax(<const uint16_t*>s, n, &lo, &hi)
+        elif t == T_I16:
+            _minmax(<const int16_t*>s, n, &lo, &hi)
+        elif t == T_U32:
+            _minmax(<const uint32_t*>s, n, &lo, &hi)
+        elif t == T_I32:
+            _minmax(<const int32_t*>s, n, &lo, &hi)
+        elif t == T_F32:
+            _minmax(<const float*>s, n, &lo, &hi)
+        else:
+            _minmax(<const double*>s, n, &lo, &hi)
+    return lo, hi
+
+
+def minmax(src):
+    """Smallest and largest value of ``src`` (ints for integer arrays)."""
+    a = np.ascontiguousarray(src)
+    if a.size == 0:
+        raise ValueError("empty array")
+    if a.dtype.kind not in "iuf" or a.dtype.itemsize > 8 or (
+            a.dtype.kind in "iu" and a.dtype.itemsize > 4) or a.dtype.byteorder == ">":
+        return (int(a.min()), int(a.max())) if a.dtype.kind in "iub" else (
+            float(a.min()), float(a.max()))
+    lo, hi = _dispatch_minmax(a)
+    return (int(lo), int(hi)) if a.dtype.kind in "iu" else (lo, hi)
+
+
+def window_u8(
+    src,
+    out,
+    *,
+    double slope=1.0,
+    double intercept=0.0,
+    mlut=None,
+    long long mlut_first=0,
+    int func=LINEAR,
+    double center=127.5,
+    double width=256.0,
+    vlut=None,
+    long long vlut_first=0,
+    double vlut_scale=1.0,
+    bint invert=False,
+    long long lo=0,
+    long long hi=-1,
+):
+    """Map ``src`` (stored values) into ``out`` (uint8, same shape, C-contiguous)."""
+    if _validate(src, out, mlut, func, width, vlut) is None:
+        return
+    cdef Params p
+    cdef const uint16_t[::1] mview
+    cdef const uint16_t[::1] vview
+    p.slope = slope
+    p.intercept = intercept
+    p.mlut = NULL
+    p.mlut_n = 0
+    p.mlut_first = mlut_first
+    p.func = func
+    p.center = center
+    p.width = width
+    p.vlut = NULL
+    p.vlut_n = 0
+    p.vlut_first = <double>vlut_first
+    p.vlut_scale = vlut_scale
+    p.invert = invert
+    if mlut is not None:
+        mview = np.ascontiguousarray(mlut, dtype=np.uint16)
+        p.mlut = &mview[0]
+        p.mlut_n = mview.shape[0]
+    if vlut is not None:
+        vview = np.ascontiguousarray(vlut, dtype=np.uint16)
+        p.vlut = &vview[0]
+        p.vlut_n = vview.shape[0]
+    cdef Py_ssize_t n = src.size
+    cdef const void* s = _cdata(src)
+    cdef uint8_t* o = <uint8_t*>_data(out)
+    cdef int t = _TYPES[src.dtype.char]
+    cdef bint use_table = src.dtype.kind in "iu" and 0 < hi - lo + 1 <= MAX_TABLE
+    cdef uint8_t* tab = NULL
+    if use_table:
+        tab = <uint8_t*>malloc(hi - lo + 1)
+        if tab == NULL:
+            raise MemoryError()
+    try:
+        with nogil:
+            if t == T_U8:
+                _run(<const uint8_t*>s, o, n, lo, hi, use_table, &p, tab)
+            elif t == T_I8:
+                _run(<const int8_t*>s, o, n, lo, hi, use_table, &p, tab)
+            elif t == T_U16:
+                _run(<const uint16_t*>s, o, n, lo, hi, use_table, &p, tab)
+            elif t == T_I16:
+                _run(<const int16_t*>s, o, n, lo, hi, use_table, &p, tab)
+            elif t == T_U32:
+                _run(<const uint32_t*>s, o, n, lo, hi, use_table, &p, tab)
+            elif t == T_I32:
+                _run(<const int32_t*>s, o, n, lo, hi, use_table, &p, tab)
+            elif t == T_F32:
+                _run(<const float*>s, o, n, lo, hi, use_table, &p, tab)
+            else:
+                _run(<const double*>s, o, n, lo, hi, use_table, &p, tab)
+    finally:
+        free(tab)
