@@ -59,6 +59,15 @@ class IndexConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryConfig:
+    #: C-FIND: at most this many matches are returned; beyond it the final status is 0xA700
+    #: ("more than N matches: narrow the query") after the first N pending responses.
+    max_matches: int = 10000
+    #: PN attributes (PatientName...) match case-insensitively (wildcards and single values).
+    case_insensitive_names: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     #: "json" for one JSON object per line, "text" for humans.
@@ -71,6 +80,7 @@ class Config:
     dicom: DicomConfig = field(default_factory=DicomConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 

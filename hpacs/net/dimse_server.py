@@ -14,7 +14,19 @@ from hpacs.config import Config
 from hpacs.dimse import commands as cmd
 from hpacs.dimse import status
 from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
+from hpacs.dimse.find import (
+    FIND_SOP_CLASSES,
+    MAX_IDENTIFIER_BYTES,
+    STATUS_UNABLE_TO_PROCESS,
+    FindError,
+    encode_match,
+    final_response,
+    parse_find,
+    pending_response,
+    too_many_matches,
+)
 from hpacs.dimse.services import echo_response, store_refused, store_response, unsupported_response
+from hpacs.index.query import QueryEngine
 from hpacs.log import get_logger
 from hpacs.metrics import Metrics
 from hpacs.store.ingest import Ingestor, Receiver
@@ -55,6 +67,7 @@ class DimseServer:
             allowed_calling_aes=frozenset(d.allowed_calling_aes) or None,
             max_pdu_length=d.max_pdu_length,
         )
+        self.query_engine = QueryEngine(ingestor.db)
         self.associations: set[Association] = set()
         self.draining = False
         self._server: asyncio.base_events.Server | None = None
@@ -102,6 +115,16 @@ class Association(asyncio.Protocol):
         self._last_activity = 0.0
         self._draining = False
         self._counted = False
+        #: C-FIND: the identifier being received (None when the data set is not a query's).
+        self._identifier: bytearray | None = None
+        self._identifier_overflow = False
+        #: Message IDs of C-FINDs received and not yet answered, and those cancelled.
+        self._find_ids: set[int] = set()
+        self._cancelled: set[int] = set()
+        self._last_find: asyncio.Task | None = None
+        #: Cleared while the transport's write buffer is over its high-water mark.
+        self._writable = asyncio.Event()
+        self._writable.set()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -115,6 +138,12 @@ class Association(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last_activity = time.monotonic()
         self._handle(self.conn.receive_data(data))
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.conn.closed:
@@ -186,6 +215,12 @@ class Association(asyncio.Protocol):
         # a data set fragment
         if self.receiver is not None:
             self.receiver.write(message.data)
+        elif self._identifier is not None and not self._identifier_overflow:
+            if len(self._identifier) + len(message.data) > MAX_IDENTIFIER_BYTES:
+                self._identifier_overflow = True
+                self._identifier.clear()
+            else:
+                self._identifier += message.data
         if message.last:
             self._dataset_complete(message.context_id)
         return True
@@ -193,6 +228,12 @@ class Association(asyncio.Protocol):
     def _on_command(self, message: CommandReceived) -> None:
         command = message.command
         field = command.get(cmd.COMMAND_FIELD)
+        if field == cmd.CommandField.C_CANCEL_RQ:
+            # PS3.7 9.3.2.3: never answered; the operation it names ends with status Cancel
+            target = command.get(cmd.MESSAGE_ID_BEING_RESPONDED_TO)
+            if target in self._find_ids:
+                self._cancelled.add(target)
+            return
         self.request = command
         if field == cmd.CommandField.C_ECHO_RQ and not message.has_dataset:
             self._respond(message.context_id, echo_response(command))
@@ -200,6 +241,11 @@ class Association(asyncio.Protocol):
             return
         if field == cmd.CommandField.C_STORE_RQ and message.has_dataset:
             self._begin_store(message.context_id, command)
+            return
+        if field == cmd.CommandField.C_FIND_RQ and message.has_dataset:
+            self._identifier = bytearray()
+            self._identifier_overflow = False
+            self._find_ids.add(command.get(cmd.MESSAGE_ID, 0))
             return
         if not message.has_dataset:
             self._respond(message.context_id, unsupported_response(command))
@@ -225,6 +271,15 @@ class Association(asyncio.Protocol):
         request, self.request = self.request, None
         receiver, self.receiver = self.receiver, None
         if request is None:
+            return
+        if request.get(cmd.COMMAND_FIELD) == cmd.CommandField.C_FIND_RQ:
+            identifier, self._identifier = self._identifier, None
+            overflow, self._identifier_overflow = self._identifier_overflow, False
+            task = asyncio.ensure_future(self._run_find(
+                context_id, request, bytes(identifier or b""), overflow, self._last_find))
+            self._last_find = task
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
             return
         if request.get(cmd.COMMAND_FIELD) != cmd.CommandField.C_STORE_RQ:
             self._respond(context_id, unsupported_response(request))
@@ -258,6 +313,92 @@ class Association(asyncio.Protocol):
         if self._draining and not self.pending - {asyncio.current_task()}:
             self.close(abort=True)
 
+    async def _run_find(self, context_id: int, request: cmd.Command, identifier: bytes,
+                        overflow: bool, previous: asyncio.Task | None) -> None:
+        """Answer one C-FIND: pending responses streamed page by page, then the final one.
+
+        Requests on one association are answered in order (no asynchronous operations are
+        negotiated): wait for the previous C-FIND first. Each page is read in its own short LMDB
+        read transaction; the loop is yielded between pages (and while the peer is not reading)
+        so ingest on other associations keeps flowing.
+        """
+        message_id = request.get(cmd.MESSAGE_ID, 0)
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            await self._find(context_id, request, identifier, overflow, message_id)
+        except Exception:
+            log.exception("find.internal_error", ae=self.calling_ae)
+            self._respond(context_id, final_response(request, STATUS_UNABLE_TO_PROCESS,
+                                                     "internal error"))
+        finally:
+            self._find_ids.discard(message_id)
+            self._cancelled.discard(message_id)
+            self._flush()
+        if self._draining and not self.pending - {asyncio.current_task()}:
+            self.close(abort=True)
+
+    async def _find(self, context_id: int, request: cmd.Command, identifier: bytes,
+                    overflow: bool, message_id: int) -> None:
+        abstract, transfer_syntax = self.conn.accepted_contexts[context_id]
+        sop_class = request.get(cmd.AFFECTED_SOP_CLASS_UID, "")
+        if sop_class != abstract or sop_class not in FIND_SOP_CLASSES:
+            self._respond(context_id, final_response(
+                request, status.SOP_CLASS_NOT_SUPPORTED,
+                f"SOP class {sop_class} not negotiated on context {context_id}"))
+            return
+        if overflow:
+            self._respond(context_id, final_response(request, status.OUT_OF_RESOURCES,
+                                                     "identifier larger than 1 MiB"))
+            return
+        config = self.server.config
+        try:
+            req = parse_find(sop_class, identifier, transfer_syntax,
+                             case_insensitive_names=config.query.case_insensitive_names)
+        except FindError as exc:
+            log.warning("find.refused", ae=self.calling_ae, status=hex(exc.status),
+                        reason=exc.comment)
+            self._respond(context_id, final_response(request, exc.status, exc.comment,
+                                                     exc.offending))
+            return
+        started = time.perf_counter()
+        limit = config.query.max_matches
+        ae = config.server.ae_title
+        sent = 0
+        final: bytes | None = None
+        pages = self.server.query_engine.pages(req.query)
+        try:
+            for page in pages:
+                for match in page:
+                    if message_id in self._cancelled or self.conn.closed:
+                        break
+                    if sent >= limit:
+                        final = too_many_matches(request, limit)
+                        break
+                    self._respond(context_id, pending_response(request, req),
+                                  encode_match(req, match, retrieve_ae=ae))
+                    sent += 1
+                if final is not None or self.conn.closed:
+                    break
+                if message_id in self._cancelled:
+                    final = final_response(request, status.CANCEL)
+                    break
+                if self._draining:
+                    final = final_response(request, status.OUT_OF_RESOURCES,
+                                           "server shutting down")
+                    break
+                await asyncio.sleep(0)  # let other associations run between pages
+                if not self._writable.is_set():
+                    await self._writable.wait()
+        finally:
+            pages.close()
+        if final is None:
+            cancelled = message_id in self._cancelled
+            final = final_response(request, status.CANCEL if cancelled else status.SUCCESS)
+        self._respond(context_id, final)
+        log.info("find.done", ae=self.calling_ae, qr_level=req.level, matches=sent,
+                 ms=round((time.perf_counter() - started) * 1000, 2))
+
     def _on_release(self) -> None:
         if self.pending:
             task = asyncio.ensure_future(self._release_after_pending())
@@ -273,11 +414,13 @@ class Association(asyncio.Protocol):
             self._flush()
 
     # -- helpers ------------------------------------------------------------------------------
-    def _respond(self, context_id: int, response: bytes) -> None:
+    def _respond(self, context_id: int, response: bytes, dataset: bytes | None = None) -> None:
         if self.conn.closed or not self.conn.established:
             return
         try:
             buffers = self.conn.send_data_buffers(context_id, True, response)
+            if dataset is not None:
+                buffers += self.conn.send_data_buffers(context_id, False, dataset)
         except LocalProtocolError:
             return
         if self.transport is not None and not self.transport.is_closing():
@@ -328,6 +471,7 @@ class Association(asyncio.Protocol):
 
     def _cleanup(self) -> None:
         self._discard_receiver()
+        self._writable.set()  # wake a query waiting for the peer to read
         for handle in (self._artim, self._idle):
             if handle is not None:
                 handle.cancel()

@@ -38,6 +38,10 @@ from hpacs.ul.pdu import (
 )
 
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+#: Query/Retrieve FIND information models we serve (Patient Root, Study Root).
+FIND_SOP_CLASSES: frozenset[str] = frozenset(
+    {"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"}
+)
 
 #: Every storage SOP class pynetdicom knows (it tracks the current standard), plus the retired
 #: ones its default SCU contexts still propose (old US/NM/standalone classes real modalities send).
@@ -53,6 +57,10 @@ STORAGE_SOP_CLASSES: frozenset[str] = frozenset(
 UNCOMPRESSED_TRANSFER_SYNTAXES: frozenset[str] = frozenset(
     uid for uid, enc in STORABLE.items() if not enc.encapsulated
 )
+#: Query identifiers: the uncompressed syntaxes without deflate (identifiers are tiny).
+QUERY_TRANSFER_SYNTAXES: frozenset[str] = frozenset(
+    uid for uid, enc in STORABLE.items() if not enc.encapsulated and not enc.deflated
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +73,7 @@ class AcceptorPolicy:
     #: None accepts any calling AE title.
     allowed_calling_aes: frozenset[str] | None = None
     abstract_syntaxes: frozenset[str] = field(
-        default_factory=lambda: STORAGE_SOP_CLASSES | {VERIFICATION_SOP_CLASS}
+        default_factory=lambda: STORAGE_SOP_CLASSES | {VERIFICATION_SOP_CLASS} | FIND_SOP_CLASSES
     )
     storage_sop_classes: frozenset[str] = STORAGE_SOP_CLASSES
     transfer_syntaxes: frozenset[str] = field(default_factory=lambda: frozenset(STORABLE))
@@ -106,11 +114,12 @@ def negotiate(
                 PresentationContextResult(pc.context_id, PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, first)
             )
             continue
-        supported = (
-            policy.transfer_syntaxes
-            if pc.abstract_syntax in policy.storage_sop_classes
-            else uncompressed
-        )
+        if pc.abstract_syntax in policy.storage_sop_classes:
+            supported = policy.transfer_syntaxes
+        elif pc.abstract_syntax in FIND_SOP_CLASSES:
+            supported = uncompressed & QUERY_TRANSFER_SYNTAXES
+        else:
+            supported = uncompressed
         chosen = next((ts for ts in pc.transfer_syntaxes if ts in supported), None)
         if chosen is None:
             results.append(

@@ -1,0 +1,250 @@
+"""The C-FIND SCP (PS3.4 Annex C, Query/Retrieve FIND), apart from any I/O.
+
+:func:`parse_find` turns a C-FIND-RQ identifier into a :class:`FindRequest` (or raises
+:class:`FindError` carrying the failure status); :func:`encode_match` builds one pending
+response identifier; :func:`pending_response` / :func:`final_response` build the command sets.
+The adapter (net/dimse_server.py) pages the query engine and writes the responses.
+
+Statuses (PS3.4 C.4.1.1.4):
+
+- ``0xFF00`` pending; ``0xFF01`` pending when a matching key names an attribute the index does
+  not hold (it was not used for matching; it is returned empty);
+- ``0x0000`` all matches sent; ``0xFE00`` after a C-CANCEL-RQ;
+- ``0xA900`` identifier does not match SOP class: QueryRetrieveLevel missing or not valid for
+  the information model;
+- ``0xC000`` unable to process: undecodable identifier, malformed date/time/range value
+  (with Offending Element and Error Comment);
+- ``0xA700`` refused, out of resources: more than ``query.max_matches`` matches; the first
+  ``max_matches`` were sent as pending responses (see docs/CONFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, Final
+
+from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.multival import MultiValue
+
+from hpacs.dicom.transfer_syntax import STORABLE
+from hpacs.dimse import status
+from hpacs.dimse.commands import (
+    COMMAND_DATA_SET_TYPE,
+    DATASET_PRESENT,
+    ERROR_COMMENT,
+    OFFENDING_ELEMENT,
+    Command,
+    CommandField,
+    response_to,
+)
+from hpacs.index.query import IMAGE, PATIENT, SERIES, STUDY, Query, QueryError, home_level
+
+PATIENT_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.2.1"
+#: Information model -> the levels it allows.
+FIND_SOP_CLASSES: Final[dict[str, tuple[str, ...]]] = {
+    PATIENT_ROOT_FIND: (PATIENT, STUDY, SERIES, IMAGE),
+    STUDY_ROOT_FIND: (STUDY, SERIES, IMAGE),
+}
+#: Largest identifier we accept (a query is a few hundred bytes; this is generous).
+MAX_IDENTIFIER_BYTES: Final = 1 << 20
+
+STATUS_PENDING_WARNING: Final = 0xFF01
+STATUS_UNABLE_TO_PROCESS: Final = 0xC000
+
+_QR_LEVEL: Final = 0x00080052
+_CHARSET: Final = 0x00080005
+_RETRIEVE_AE: Final = 0x00080054
+_AVAILABILITY: Final = 0x00080056
+_UNIQUE: Final = (("PatientID", 0x00100020, "LO"), ("StudyInstanceUID", 0x0020000D, "UI"),
+                  ("SeriesInstanceUID", 0x0020000E, "UI"), ("SOPInstanceUID", 0x00080018, "UI"))
+_LEVEL_DEPTH: Final = {PATIENT: 0, STUDY: 1, SERIES: 2, IMAGE: 3}
+_TEXT_VRS: Final = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+_NUMBER_VRS: Final = frozenset({"US", "UL", "SS", "SL", "FL", "FD"})
+
+
+class FindError(Exception):
+    """The identifier cannot be processed: answer with ``status`` (and comment / element)."""
+
+    def __init__(self, code: int, comment: str, offending: int | None = None) -> None:
+        super().__init__(comment)
+        self.status = code
+        self.comment = comment
+        self.offending = offending
+
+
+@dataclass
+class FindRequest:
+    model: str
+    level: str
+    query: Query
+    #: (tag, VR, keyword) of each key to return, in tag order, as the SCU sent them.
+    keys: list[tuple[int, str, str]]
+    #: Matching keys we did not use (attributes the index does not hold): pending is 0xFF01.
+    unsupported: list[str]
+    explicit_vr: bool
+    little_endian: bool
+    charset_requested: bool
+
+
+def parse_find(
+    sop_class: str, identifier: bytes, transfer_syntax: str, *, case_insensitive_names: bool = True
+) -> FindRequest:
+    """Decode and validate a C-FIND identifier; raises :class:`FindError`."""
+    levels = FIND_SOP_CLASSES.get(sop_class)
+    if levels is None:
+        raise FindError(status.SOP_CLASS_NOT_SUPPORTED, f"{sop_class} is not a FIND model")
+    enc = STORABLE.get(transfer_syntax)
+    if enc is None or enc.deflated or enc.encapsulated:
+        raise FindError(STATUS_UNABLE_TO_PROCESS, f"transfer syntax {transfer_syntax} for a query")
+    if len(identifier) > MAX_IDENTIFIER_BYTES:
+        raise FindError(status.OUT_OF_RESOURCES, "identifier larger than 1 MiB")
+    try:
+        ds = read_dataset(BytesIO(identifier), not enc.explicit_vr, enc.little_endian)
+        elements = list(ds)  # converts the raw elements: may raise
+    except Exception as exc:  # pydicom raises many types on garbage
+        raise FindError(STATUS_UNABLE_TO_PROCESS, f"undecodable identifier: {exc}"[:64]) from None
+
+    level_elem = next((e for e in elements if e.tag == _QR_LEVEL), None)
+    if level_elem is None:
+        raise FindError(status.DATASET_MISMATCH, "QueryRetrieveLevel (0008,0052) missing",
+                        _QR_LEVEL)
+    level = str(level_elem.value or "").strip().upper()
+    if level not in levels:
+        raise FindError(status.DATASET_MISMATCH,
+                        f"QueryRetrieveLevel {level!r} not valid for this model", _QR_LEVEL)
+
+    values: dict[str, str] = {}
+    keys: list[tuple[int, str, str]] = []
+    unsupported: list[str] = []
+    charset_requested = False
+    for e in elements:
+        tag = int(e.tag)
+        if tag == _CHARSET:
+            charset_requested = True
+            continue
+        if tag == _QR_LEVEL or (tag >> 16) == 0x0002 or (tag & 0xFFFF) == 0:
+            continue
+        vr = e.VR if e.VR not in ("UN", None) else _dictionary_vr(tag)
+        kw = e.keyword or keyword_for_tag(tag) or ""
+        keys.append((tag, vr, kw))
+        if vr == "SQ" or not kw:
+            continue  # sequence matching is not supported: returned empty
+        raw = _as_text(e.value)
+        if home_level(kw, level) is None:
+            if raw.strip(" *\\") and tag not in (_RETRIEVE_AE, _AVAILABILITY):
+                unsupported.append(kw)
+            continue
+        values[kw] = raw
+    try:
+        query = Query.build(level, values, case_insensitive_names=case_insensitive_names)
+    except QueryError as exc:
+        from pydicom.datadict import tag_for_keyword
+
+        raise FindError(STATUS_UNABLE_TO_PROCESS, str(exc)[:64],
+                        tag_for_keyword(exc.keyword) if exc.keyword else None) from None
+    return FindRequest(sop_class, level, query, keys, unsupported, enc.explicit_vr,
+                       enc.little_endian, charset_requested)
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return vr.split(" or ")[0]
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, list | tuple | MultiValue):
+        return "\\".join(_as_text(v) for v in value)
+    return str(value)
+
+
+def _element_value(vr: str, value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if vr in _NUMBER_VRS:
+        if isinstance(value, str):
+            try:
+                parts = [int(v) for v in value.split("\\")]
+            except ValueError:
+                return None
+            return parts[0] if len(parts) == 1 else parts
+        return value
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if isinstance(value, int):
+        return str(value)
+    if vr not in ("ST", "LT", "UT") and "\\" in value:
+        return value.split("\\")
+    return value
+
+
+def encode_match(req: FindRequest, match: dict[str, Any], *, retrieve_ae: str = "") -> bytes:
+    """One pending response identifier for ``match``, in the request's transfer syntax."""
+    ds = Dataset()
+    non_ascii = False
+    depth = _LEVEL_DEPTH[req.level]
+    present = {tag for tag, _, _ in req.keys}
+    for tag, vr, kw in req.keys:
+        if vr == "SQ":
+            ds[tag] = DataElement(tag, "SQ", [])
+            continue
+        if tag == _RETRIEVE_AE:
+            value: Any = retrieve_ae or None
+        elif tag == _AVAILABILITY:
+            value = "ONLINE"
+        else:
+            value = _element_value(vr, match.get(kw)) if kw else None
+        if vr in _TEXT_VRS and value is not None and not non_ascii:
+            non_ascii = not all(v.isascii() for v in (value if isinstance(value, list)
+                                                      else [value]))
+        ds[tag] = DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
+    for i, (kw, tag, vr) in enumerate(_UNIQUE):
+        if tag not in present and i <= depth and (i > 0 or req.model == PATIENT_ROOT_FIND):
+            ds[tag] = DataElement(tag, vr, match.get(kw) or None,
+                                  validation_mode=pydicom_config.IGNORE)
+    ds[_QR_LEVEL] = DataElement(_QR_LEVEL, "CS", req.level)
+    if non_ascii:
+        ds[_CHARSET] = DataElement(_CHARSET, "CS", "ISO_IR 192")
+    elif req.charset_requested:
+        ds[_CHARSET] = DataElement(_CHARSET, "CS", None)
+    fp = DicomBytesIO()
+    fp.is_little_endian = req.little_endian
+    fp.is_implicit_VR = not req.explicit_vr
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def pending_response(request: Command, req: FindRequest) -> bytes:
+    code = STATUS_PENDING_WARNING if req.unsupported else status.PENDING
+    return response_to(request, CommandField.C_FIND_RSP, code,
+                       {COMMAND_DATA_SET_TYPE: DATASET_PRESENT})
+
+
+def final_response(request: Command, code: int = status.SUCCESS, comment: str = "",
+                   offending: int | None = None) -> bytes:
+    extra: Command = {}
+    if comment:
+        extra[ERROR_COMMENT] = comment[:64]
+    if offending is not None:
+        extra[OFFENDING_ELEMENT] = (offending,)
+    return response_to(request, CommandField.C_FIND_RSP, code, extra)
+
+
+def too_many_matches(request: Command, limit: int) -> bytes:
+    """The final response when ``max_matches`` is hit (more matches exist)."""
+    return final_response(request, status.OUT_OF_RESOURCES,
+                          f"more than {limit} matches: narrow the query")

@@ -1,0 +1,577 @@
+"""The query engine: PS3.4 C.2.2.2 attribute matching over the LMDB index, paged.
+
+A :class:`Query` is a level (PATIENT, STUDY, SERIES, IMAGE) plus matching keys by keyword.
+:meth:`QueryEngine.pages` yields lists of matches; every ``next()`` opens ONE read transaction,
+takes up to ``page_size`` matches (or examines up to ``scan_budget`` candidates), closes it and
+remembers where it stopped, so the caller may ``await`` between pages without holding a
+transaction (LMDB readers pin pages; a reader held across awaits would stall the writer's
+freelist reuse).
+
+Plan: the cheapest available *source* of candidate keys drives the query, then candidates are
+expanded down the hierarchy (patient → studies → series → instances through the child dupsort
+databases) and every key is checked in Python against the rows. Sources, in order of preference:
+
+1. UID lists (point lookups): SOPInstanceUID, SeriesInstanceUID, StudyInstanceUID.
+2. AccessionNumber (exact values) → ``ix_accession``.
+3. PatientID (exact value) → prefix range over ``patients``.
+4. StudyDate single value → ``ix_study_date``.
+5. PatientName with a literal prefix → ``ix_patient_name`` (uppercased component groups).
+6. StudyDate range (closed or open) → ``ix_study_date`` range.
+7. Modality (series) / ModalitiesInStudy (study) exact values → ``ix_*_modality``.
+8. A full scan of the query level's table.
+
+Matching (PS3.4 C.2.2.2): single value, universal (empty, or ``*`` alone), wildcard (``*``,
+``?``; not for UI, DA/TM/DT or numbers), range for DA/TM/DT (``a-b``, ``-b``, ``a-``), list of
+values (``\\``: a UID list, or any of several values for other VRs). PN matching is
+case-insensitive when configured and is tried on the whole value and each component group.
+A stored multi-valued attribute matches when any of its values does. Sequence matching is not
+supported (sequence keys are returned empty). Unique keys of higher levels are not required
+(they restrict when present); keys of higher levels are matched too (as Relational-lite).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from hpacs.index.db import _DEC, IndexDB, key, patient_key
+from hpacs.index.schema import LEVEL_KEYWORDS
+
+PATIENT: Final = "PATIENT"
+STUDY: Final = "STUDY"
+SERIES: Final = "SERIES"
+IMAGE: Final = "IMAGE"
+QUERY_LEVELS: Final = (PATIENT, STUDY, SERIES, IMAGE)
+_DEPTH: Final = {lvl: i for i, lvl in enumerate(QUERY_LEVELS)}
+_DBS: Final = (b"patients", b"studies", b"series", b"instances")
+_CHILD_DBS: Final = (b"patient_studies", b"study_series", b"series_instances")
+
+#: Attributes computed from the index rather than stored, per level.
+DERIVED: Final[dict[str, tuple[str, ...]]] = {
+    PATIENT: ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+              "NumberOfPatientRelatedInstances"),
+    STUDY: ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy",
+            "SOPClassesInStudy"),
+    SERIES: ("NumberOfSeriesRelatedInstances",),
+    IMAGE: (),
+}  # fmt: skip
+
+#: Keywords the index can answer at each level (stored plus derived).
+LEVEL_ATTRS: Final[dict[str, frozenset[str]]] = {
+    q: frozenset(LEVEL_KEYWORDS[s]) | frozenset(DERIVED[q]) - {"SpecificCharacterSet"}
+    for q, s in zip(QUERY_LEVELS, ("patient", "study", "series", "instance"), strict=True)
+}
+UNIQUE_KEYS: Final = {PATIENT: "PatientID", STUDY: "StudyInstanceUID",
+                      SERIES: "SeriesInstanceUID", IMAGE: "SOPInstanceUID"}  # fmt: skip
+
+_NO_WILDCARD_VRS: Final = frozenset({"UI", "DA", "TM", "DT", "IS", "DS", "US", "UL", "SS", "SL",
+                                      "FL", "FD", "AT", "SQ"})  # fmt: skip
+_SINGLE_VALUED_TEXT: Final = frozenset({"ST", "LT", "UT"})
+_DA_RE: Final = re.compile(r"\d{8}")
+_TM_RE: Final = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+_DT_RE: Final = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?")
+
+
+class QueryError(ValueError):
+    """A key that cannot be matched (malformed range, bad date...). ``keyword`` names it."""
+
+    def __init__(self, message: str, keyword: str = "") -> None:
+        super().__init__(message)
+        self.keyword = keyword
+
+
+# ---------------------------------------------------------------------------------- matchers
+def _norm_tm(v: str, high: bool) -> str:
+    v = v.replace(":", "").strip()
+    whole, _, frac = v.partition(".")
+    pad = "595959"[len(whole):] if high else "000000"[len(whole):]
+    return whole + pad + "." + (frac + ("9" if high else "0") * 6)[:6]
+
+
+def _norm_dt(v: str, high: bool) -> str:
+    v = v.strip()
+    m = re.match(r"([\d.]*)", v)
+    body = m.group(1) if m else v  # timezone offsets are ignored
+    whole, _, frac = body.partition(".")
+    pad = ("99991231235959" if high else "00000101000000")[len(whole):]
+    return whole + pad + "." + (frac + ("9" if high else "0") * 6)[:6]
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """One key's matching rule. ``kind``: single | wildcard | range | list."""
+
+    keyword: str
+    vr: str
+    kind: str
+    values: tuple[str, ...] = ()
+    lo: str | None = None
+    hi: str | None = None
+    pattern: re.Pattern | None = None
+    fold: bool = False
+    alternatives: tuple[Matcher, ...] = ()
+
+    def exact_values(self) -> tuple[str, ...] | None:
+        """The literal values this key can only equal (for index lookups), else None."""
+        if self.kind == "single" and not self.fold:
+            return self.values
+        if self.kind == "list" and all(
+            a.kind == "single" and not a.fold for a in self.alternatives
+        ):
+            return tuple(a.values[0] for a in self.alternatives)
+        return None
+
+    def literal_prefix(self) -> str | None:
+        """A prefix every matching value starts with (case-insensitively), or None."""
+        if self.kind == "single":
+            return self.values[0]
+        if self.kind == "wildcard":
+            raw = self.values[0]
+            cut = min((i for i in (raw.find("*"), raw.find("?")) if i >= 0), default=len(raw))
+            return raw[:cut] or None
+        return None
+
+    def match(self, stored: Any) -> bool:
+        if stored is None or stored == "":
+            return False
+        if isinstance(stored, list):
+            return any(self.match(s) for s in stored)
+        s = str(stored)
+        if "\\" in s and self.vr not in _SINGLE_VALUED_TEXT:
+            return any(self._one(p) for p in s.split("\\"))
+        return self._one(s)
+
+    def _candidates(self, s: str) -> list[str]:
+        if self.vr == "PN":
+            groups = [g.rstrip("^ ") for g in s.split("=")]
+            out = [s.rstrip("^ =")] + [g for g in groups if g]
+            return [c.casefold() for c in out] if self.fold else out
+        return [s.rstrip(" ")]
+
+    def _one(self, s: str) -> bool:
+        kind = self.kind
+        if kind == "list":
+            return any(a._one(s) for a in self.alternatives)
+        if kind == "range":
+            if self.vr == "DA":
+                v = s.replace(".", "")
+            elif self.vr == "TM":
+                v = _norm_tm(s, False)
+            else:
+                v = _norm_dt(s, False)
+            return (self.lo is None or v >= self.lo) and (self.hi is None or v <= self.hi)
+        if kind == "wildcard":
+            pat = self.pattern
+            assert pat is not None
+            return any(pat.fullmatch(c) for c in self._candidates(s))
+        want = self.values[0]
+        if self.vr in ("TM", "DA", "DT"):
+            if self.vr == "TM":
+                return _norm_tm(s, False) == _norm_tm(want, False)
+            return s.replace(".", "") == want if self.vr == "DA" else s == want
+        return want in self._candidates(s)
+
+
+def _range_bound(vr: str, v: str, high: bool, keyword: str) -> str | None:
+    v = v.strip()
+    if not v:
+        return None
+    if vr == "DA":
+        v = v.replace(".", "")  # ACR-NEMA style YYYY.MM.DD is tolerated
+        if not _DA_RE.fullmatch(v):
+            raise QueryError(f"malformed date {v!r} in {keyword}", keyword)
+        return v
+    if vr == "TM":
+        if not _TM_RE.fullmatch(v.replace(":", "")):
+            raise QueryError(f"malformed time {v!r} in {keyword}", keyword)
+        return _norm_tm(v, high)
+    if not _DT_RE.fullmatch(v):
+        raise QueryError(f"malformed datetime {v!r} in {keyword}", keyword)
+    return _norm_dt(v, high)
+
+
+def make_matcher(
+    keyword: str, value: str, *, vr: str | None = None, case_insensitive_names: bool = True
+) -> Matcher | None:
+    """The matcher for one identifier key; None means universal matching."""
+    if vr is None:
+        tag = tag_for_keyword(keyword)
+        vr = dictionary_VR(tag) if tag is not None else "UN"
+    value = value.strip(" \0") if vr not in _SINGLE_VALUED_TEXT else value.rstrip(" \0")
+    if vr == "SQ" or value == "" or value == "*":
+        return None
+    if "\\" in value and vr not in _SINGLE_VALUED_TEXT:
+        parts = [p.strip(" ") for p in value.split("\\")]
+        alts = []
+        for p in parts:
+            if p in ("", "*"):
+                return None  # one universal alternative makes the whole list universal
+            m = make_matcher(keyword, p, vr=vr, case_insensitive_names=case_insensitive_names)
+            if m is not None:
+                alts.append(m)
+        return Matcher(keyword, vr, "list", alternatives=tuple(alts))
+    fold = vr == "PN" and case_insensitive_names
+    if vr in ("DA", "TM", "DT") and "-" in value and not (vr == "DT" and _DT_RE.fullmatch(value)):
+        lo_s, _, hi_s = value.partition("-")
+        if "-" in hi_s and not (vr == "DT" and _DT_RE.fullmatch(hi_s)):
+            raise QueryError(f"malformed range {value!r} in {keyword}", keyword)
+        lo = _range_bound(vr, lo_s, False, keyword)
+        hi = _range_bound(vr, hi_s, True, keyword)
+        if lo is None and hi is None:
+            raise QueryError(f"malformed range {value!r} in {keyword}", keyword)
+        if lo is not None and hi is not None and lo > hi:
+            raise QueryError(f"range {value!r} in {keyword} is empty (start after end)", keyword)
+        return Matcher(keyword, vr, "range", values=(value,), lo=lo, hi=hi)
+    if vr in ("DA", "TM", "DT"):
+        _range_bound(vr, value, False, keyword)  # validates
+        if vr == "DA":
+            value = value.replace(".", "")
+        return _single(keyword, vr, value.replace(":", "") if vr == "TM" else value, fold)
+    if vr not in _NO_WILDCARD_VRS and ("*" in value or "?" in value):
+        src = value.casefold() if fold else value  # the data side is casefolded too
+        rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in src)
+        pattern = re.compile(rx, re.DOTALL)
+        return Matcher(keyword, vr, "wildcard", values=(value,), pattern=pattern, fold=fold)
+    return _single(keyword, vr, value, fold)
+
+
+def _single(keyword: str, vr: str, value: str, fold: bool) -> Matcher:
+    if vr == "PN":
+        value = value.rstrip("^ =")
+    return Matcher(keyword, vr, "single", values=(value.casefold() if fold else value,), fold=fold)
+
+
+@dataclass
+class Query:
+    """A C-FIND/QIDO query: the level and its matching keys (keyword -> Matcher)."""
+
+    level: str
+    keys: dict[str, Matcher] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls, level: str, values: dict[str, str], *, case_insensitive_names: bool = True
+    ) -> Query:
+        """From keyword -> raw string value (empty for return-only keys)."""
+        if level not in _DEPTH:
+            raise QueryError(f"unknown QueryRetrieveLevel {level!r}", "QueryRetrieveLevel")
+        keys = {}
+        for kw, raw in values.items():
+            if home_level(kw, level) is None:
+                continue  # not held by the index at or above this level: returned empty
+            m = make_matcher(kw, raw, case_insensitive_names=case_insensitive_names)
+            if m is not None:
+                keys[kw] = m
+        return cls(level, keys)
+
+
+def home_level(keyword: str, level: str) -> str | None:
+    """The level (at or above ``level``) whose rows hold ``keyword``, lowest first."""
+    for lvl in reversed(QUERY_LEVELS[: _DEPTH[level] + 1]):
+        if keyword in LEVEL_ATTRS[lvl]:
+            return lvl
+    return None
+
+
+# ---------------------------------------------------------------------------------- sources
+class _Source:
+    """Resumable candidate keys: :meth:`run` yields keys in a transaction and resumes after the
+    last key it yielded when run again in a later transaction."""
+
+    depth: int  # level of the keys it yields
+
+    def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:  # pragma: no cover
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _Points(_Source):
+    def __init__(self, depth: int, keys: list[bytes], name: str) -> None:
+        self.depth, self.keys, self.pos, self.name = depth, list(dict.fromkeys(keys)), 0, name
+
+    def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
+        db = dbs[_DBS[self.depth]]
+        while self.pos < len(self.keys):
+            k = self.keys[self.pos]
+            self.pos += 1
+            if txn.get(k, db=db) is not None:
+                yield k
+
+    def describe(self) -> str:
+        return f"points:{self.name}"
+
+
+class _Scan(_Source):
+    """A key range of one database. Over a dupsort index it yields the values (primary keys of
+    ``depth``); over a primary table the keys. ``stop(key)`` ends the scan."""
+
+    def __init__(self, depth: int, dbname: bytes, lo: bytes, stop: Callable[[bytes], bool],
+                 *, dup: bool, name: str, value: Callable[[bytes], bytes] | None = None) -> None:
+        self.depth, self.dbname, self.lo, self.stop, self.dup = depth, dbname, lo, stop, dup
+        self.name = name
+        self.value = value
+        self.last: tuple[bytes, bytes] | None = None
+        self.done = False
+
+    def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
+        if self.done:
+            return
+        with txn.cursor(db=dbs[self.dbname]) as cur:
+            if self.last is None:
+                ok = cur.set_range(self.lo)
+            elif self.dup:
+                k, v = self.last
+                ok = cur.set_range_dup(k, v)
+                if ok and cur.value() == v:
+                    ok = cur.next()
+                elif not ok:
+                    ok = cur.set_range(k + b"\0")
+            else:
+                ok = cur.set_range(self.last[0])
+                if ok and cur.key() == self.last[0]:
+                    ok = cur.next()
+            while ok:
+                k = cur.key()
+                if self.stop(k):
+                    break
+                v = cur.value() if self.dup else k
+                self.last = (k, v)
+                yield self.value(v) if self.value else v
+                ok = cur.next()
+        self.done = True
+
+    def describe(self) -> str:
+        return f"scan:{self.name}"
+
+
+class _Chain(_Source):
+    def __init__(self, sources: list[_Source]) -> None:
+        self.sources, self.pos, self.depth = sources, 0, sources[0].depth
+
+    def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
+        while self.pos < len(self.sources):
+            yield from self.sources[self.pos].run(txn, dbs)
+            self.pos += 1
+
+    def describe(self) -> str:
+        return "+".join(s.describe() for s in self.sources)
+
+
+class _Dedup(_Source):
+    def __init__(self, inner: _Source) -> None:
+        self.inner, self.depth, self.seen = inner, inner.depth, set()
+
+    def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
+        for k in self.inner.run(txn, dbs):
+            if k not in self.seen:
+                self.seen.add(k)
+                yield k
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+
+class _Children(_Source):
+    """Expands each parent key into its children (one level down) through a child dupsort db."""
+
+    def __init__(self, parent: _Source) -> None:
+        self.parent, self.depth = parent, parent.depth + 1
+        self.current: bytes | None = None
+        self.last: bytes | None = None  # last child dup value taken under ``current``
+
+    def _children(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
+        assert self.current is not None
+        strip = self.depth == 3  # series_instances values: be32 order + SOP UID
+        with txn.cursor(db=dbs[_CHILD_DBS[self.depth - 1]]) as cur:
+            if self.last is None:
+                ok = cur.set_key(self.current)
+            else:
+                ok = cur.set_range_dup(self.current, self.last)
+                if ok and cur.value() == self.last:
+                    ok = cur.next_dup()
+            while ok:
+                v = cur.value()
+                self.last = v
+                yield v[4:] if strip else v
+                ok = cur.next_dup()
+
+    def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
+        if self.current is not None:
+            yield from self._children(txn, dbs)
+        for parent in self.parent.run(txn, dbs):
+            self.current, self.last = parent, None
+            yield from self._children(txn, dbs)
+        self.current = None
+
+    def describe(self) -> str:
+        return self.parent.describe() + ">children"
+
+
+def _prefix_stop(prefix: bytes) -> Callable[[bytes], bool]:
+    return lambda k: not k.startswith(prefix)
+
+
+def _exact_stop(k0: bytes) -> Callable[[bytes], bool]:
+    return lambda k: k != k0
+
+
+# ---------------------------------------------------------------------------------- engine
+class QueryEngine:
+    """Runs :class:`Query` objects against an :class:`IndexDB`, page by page."""
+
+    def __init__(self, db: IndexDB, *, page_size: int = 64, scan_budget: int = 2048) -> None:
+        self.db = db
+        self.page_size = page_size
+        self.scan_budget = scan_budget
+
+    def plan(self, query: Query) -> _Source:
+        """The candidate source for ``query``: the cheapest index, expanded to its level."""
+        depth = _DEPTH[query.level]
+        k = query.keys
+        source: _Source | None = None
+
+        def uids(kw: str) -> list[bytes] | None:
+            m = k.get(kw)
+            vals = m.exact_values() if m is not None else None
+            return [v.encode() for v in vals] if vals else None
+
+        for kw, d in (("SOPInstanceUID", 3), ("SeriesInstanceUID", 2), ("StudyInstanceUID", 1)):
+            if d <= depth and (vals := uids(kw)):
+                source = _Points(d, vals, kw)
+                break
+        if source is None and depth >= 1 and (m := k.get("AccessionNumber")) is not None:
+            vals = m.exact_values()
+            if vals:
+                source = _Chain([_Scan(1, b"ix_accession", key(v), _exact_stop(key(v)), dup=True,
+                                       name="ix_accession") for v in vals])
+        if source is None and (m := k.get("PatientID")) is not None:
+            vals = m.exact_values()
+            if vals:
+                source = _Chain([
+                    _Scan(0, b"patients", p, _prefix_stop(p), dup=False, name="patients")
+                    for p in (key(v + "\0") for v in vals)
+                ])
+        date = k.get("StudyDate") if depth >= 1 else None
+        if source is None and date is not None and date.kind == "single":
+            dk = key(date.values[0])
+            source = _Scan(1, b"ix_study_date", dk, _exact_stop(dk), dup=True,
+                           name="ix_study_date")
+        if source is None and (m := k.get("PatientName")) is not None:
+            prefix = m.literal_prefix()
+            if prefix and "=" not in prefix:
+                pk = key(prefix.upper())
+                source = _Dedup(_Scan(0, b"ix_patient_name", pk, _prefix_stop(pk), dup=True,
+                                      name="ix_patient_name"))
+        if source is None and date is not None and date.kind == "range":
+            lo = (date.lo or "").encode()
+            hi = date.hi.encode() if date.hi else None
+            stop = (lambda kk: kk > hi) if hi else (lambda kk: False)
+            source = _Scan(1, b"ix_study_date", lo, stop, dup=True, name="ix_study_date")
+        if source is None and depth >= 2 and (m := k.get("Modality")) is not None:
+            vals = m.exact_values()
+            if vals:
+                source = _Chain([_Scan(2, b"ix_series_modality", key(v), _exact_stop(key(v)),
+                                       dup=True, name="ix_series_modality") for v in vals])
+        if source is None and depth == 1 and (m := k.get("ModalitiesInStudy")) is not None:
+            vals = m.exact_values()
+            if vals:
+                scans: list[_Source] = [
+                    _Scan(1, b"ix_study_modality", key(v), _exact_stop(key(v)), dup=True,
+                          name="ix_study_modality") for v in vals]
+                source = _Dedup(_Chain(scans)) if len(scans) > 1 else scans[0]
+        if source is None:
+            source = _Scan(depth, _DBS[depth], b"", lambda kk: False, dup=False,
+                           name=_DBS[depth].decode())
+        while source.depth < depth:
+            source = _Children(source)
+        return source
+
+    def pages(self, query: Query, page_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Lists of matches (merged attributes of the match and its ancestors); each ``next()``
+        runs in its own short read transaction. A page may be empty (scan budget spent)."""
+        size = page_size or self.page_size
+        source = self.plan(query)
+        depth = _DEPTH[query.level]
+        matchers = list(query.keys.values())
+        env, dbs = self.db.env, self.db.dbs
+        while True:
+            out: list[dict[str, Any]] = []
+            examined = 0
+            exhausted = True
+            with env.begin() as txn:
+                cache: dict[tuple[int, bytes], Any] = {}
+                for k in source.run(txn, dbs):
+                    examined += 1
+                    attrs = _merged(txn, dbs, depth, k, cache)
+                    if attrs is not None and all(m.match(attrs.get(m.keyword))
+                                                 for m in matchers):
+                        out.append(attrs)
+                    if len(out) >= size or examined >= self.scan_budget:
+                        exhausted = False
+                        break
+            if out or not exhausted:
+                yield out
+            if exhausted:
+                return
+
+    def find(self, query: Query) -> list[dict[str, Any]]:
+        """Every match at once (tests, small queries)."""
+        return [m for page in self.pages(query) for m in page]
+
+
+def _row(txn: Any, dbs: dict[bytes, Any], depth: int, k: bytes,
+         cache: dict[tuple[int, bytes], Any]) -> Any:
+    ck = (depth, k)
+    if ck in cache:
+        return cache[ck]
+    raw = txn.get(k, db=dbs[_DBS[depth]])
+    row = None if raw is None else _DEC[_DBS[depth]].decode(raw)
+    if depth < 3:  # instance rows are never shared: do not cache them
+        if len(cache) > 4096:
+            cache.clear()
+        cache[ck] = row
+    return row
+
+
+def _merged(txn: Any, dbs: dict[bytes, Any], depth: int, k: bytes,
+            cache: dict[tuple[int, bytes], Any]) -> dict[str, Any] | None:
+    """The attributes of row ``k`` at ``depth`` and of all its ancestors (lower levels win)."""
+    rows = []
+    d, rk = depth, k
+    while d >= 0:
+        row = _row(txn, dbs, d, rk, cache)
+        if row is None:
+            return None
+        rows.append(row)
+        if d == 3:
+            rk = row.series_uid.encode()
+        elif d == 2:
+            rk = row.study_uid.encode()
+        elif d == 1:
+            rk = patient_key(row.patient_id, row.issuer)
+        d -= 1
+    out: dict[str, Any] = {}
+    for i, row in enumerate(reversed(rows)):
+        if i == 3:
+            out.update(row.attrs)
+            out["SOPClassUID"] = row.sop_class_uid
+            out["SOPInstanceUID"] = row.sop_instance_uid
+            out.pop("SpecificCharacterSet", None)
+        else:
+            out.update(row.query_attrs())
+    if depth >= 1:
+        st = rows[-2]
+        out["StudyInstanceUID"] = st.study_uid
+    if depth >= 2:
+        out["SeriesInstanceUID"] = rows[-3].series_uid
+    p = rows[-1]
+    out["PatientID"] = p.patient_id
+    if p.issuer:
+        out["IssuerOfPatientID"] = p.issuer
+    return out

@@ -1,0 +1,201 @@
+"""The query engine over a real IndexDB: matching rules, levels, plans, paging."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpacs.index.query import Query as Q
+from hpacs.index.query import QueryEngine, QueryError, make_matcher
+from tests.index.index_helpers import make_record
+
+CT, MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+
+
+@pytest.fixture
+def filled(db):
+    recs = []
+    # patient P1: two studies; P2: one study with CT+MR series; P3 non-ASCII name
+    for i in range(3):
+        recs.append(make_record(f"1.1.{i}", "1.2.1.1", "1.2.1", "P1", name="DOE^JOHN",
+                                study_date="20240115", accession="A1", number=i + 1))
+    recs.append(make_record("1.1.10", "1.2.2.1", "1.2.2", "P1", name="DOE^JOHN",
+                            study_date="20240301", accession="A2", modality="MR", sop_class=MR))
+    recs.append(make_record("1.1.20", "1.2.3.1", "1.2.3", "P2", name="Smith^Anne",
+                            study_date="20231231", accession="A3"))
+    recs.append(make_record("1.1.21", "1.2.3.2", "1.2.3", "P2", name="Smith^Anne",
+                            study_date="20231231", accession="A3", modality="MR", sop_class=MR))
+    recs.append(make_record("1.1.30", "1.2.4.1", "1.2.4", "P3", name="Müller^Jürgen=ミュラー",
+                            study_date="20250610", accession="A4"))
+    with db.write() as w:
+        for r in recs:
+            db.apply(w, r)
+    return QueryEngine(db, page_size=2)
+
+
+def find(engine, level, **values):
+    return engine.find(Q.build(level, values))
+
+
+def uids(matches, kw):
+    return sorted(m[kw] for m in matches)
+
+
+def test_patient_level_with_derived_counts(filled):
+    ms = find(filled, "PATIENT", PatientID="P1")
+    assert len(ms) == 1
+    m = ms[0]
+    assert (m["NumberOfPatientRelatedStudies"], m["NumberOfPatientRelatedSeries"],
+            m["NumberOfPatientRelatedInstances"]) == (2, 2, 4)
+    assert len(find(filled, "PATIENT")) == 3
+
+
+def test_study_level_derived_and_universal(filled):
+    ms = {m["StudyInstanceUID"]: m for m in find(filled, "STUDY", ModalitiesInStudy="")}
+    assert set(ms) == {"1.2.1", "1.2.2", "1.2.3", "1.2.4"}
+    assert ms["1.2.3"]["ModalitiesInStudy"] == "CT\\MR"
+    assert ms["1.2.3"]["NumberOfStudyRelatedSeries"] == 2
+    assert ms["1.2.1"]["NumberOfStudyRelatedInstances"] == 3
+    assert ms["1.2.3"]["SOPClassesInStudy"] == f"{CT}\\{MR}"
+    assert ms["1.2.1"]["PatientName"] == "DOE^JOHN"  # higher-level attributes come along
+
+
+def test_modalities_in_study_matches_any(filled):
+    assert uids(find(filled, "STUDY", ModalitiesInStudy="MR"), "StudyInstanceUID") == [
+        "1.2.2", "1.2.3"]
+    assert uids(find(filled, "STUDY", ModalitiesInStudy="CT\\MR"), "StudyInstanceUID") == [
+        "1.2.1", "1.2.2", "1.2.3", "1.2.4"]
+
+
+def test_date_ranges(filled):
+    def dates(v):
+        return uids(find(filled, "STUDY", StudyDate=v), "StudyInstanceUID")
+
+    assert dates("20240101-20240331") == ["1.2.1", "1.2.2"]
+    assert dates("-20231231") == ["1.2.3"]
+    assert dates("20240301-") == ["1.2.2", "1.2.4"]
+    assert dates("20240115") == ["1.2.1"]
+    assert dates("20990101-") == []
+
+
+def test_malformed_ranges_raise():
+    for bad in ("2024-01-01", "2024AB01", "-", "20240301-20240101", "20240101--"):
+        with pytest.raises(QueryError):
+            make_matcher("StudyDate", bad)
+    with pytest.raises(QueryError):
+        make_matcher("StudyTime", "25x")
+
+
+def test_time_range_pads_bounds():
+    m = make_matcher("StudyTime", "1000-1015")
+    assert m.match("101530") and m.match("100000.5") and not m.match("101600")
+    assert make_matcher("StudyTime", "0930-").match("101500")
+    assert make_matcher("StudyTime", "1015").match("101500.000")
+
+
+def test_datetime_range():
+    m = make_matcher("AcquisitionDateTime", "20240101-20240102")
+    assert m.match("20240102235959") and not m.match("20240103000000")
+
+
+def test_wildcards_and_case_insensitive_names(filled):
+    def names(v, ci=True):
+        q = Q.build("PATIENT", {"PatientName": v}, case_insensitive_names=ci)
+        return uids(filled.find(q), "PatientID")
+
+    assert names("doe*") == ["P1"]
+    assert names("*ANNE") == ["P2"]
+    assert names("sm?th^anne") == ["P2"]
+    assert names("smith^anne") == ["P2"]
+    assert names("smith^anne", ci=False) == []
+    assert names("Smith^Anne", ci=False) == ["P2"]
+    assert names("müller*") == ["P3"]
+    assert names("ミュ*") == ["P3"]  # matched on the ideographic/phonetic component group
+    assert names("*") == ["P1", "P2", "P3"]
+    assert names("X*") == []
+
+
+def test_wildcards_on_other_strings(filled):
+    assert uids(find(filled, "STUDY", AccessionNumber="A?"), "StudyInstanceUID") == [
+        "1.2.1", "1.2.2", "1.2.3", "1.2.4"]
+    assert uids(find(filled, "STUDY", AccessionNumber="a1"), "StudyInstanceUID") == []
+
+
+def test_uid_lists_and_hierarchy(filled):
+    assert uids(find(filled, "STUDY", StudyInstanceUID="1.2.1\\1.2.3\\9.9"),
+                "StudyInstanceUID") == ["1.2.1", "1.2.3"]
+    assert uids(find(filled, "SERIES", StudyInstanceUID="1.2.3"), "SeriesInstanceUID") == [
+        "1.2.3.1", "1.2.3.2"]
+    assert uids(find(filled, "SERIES", StudyInstanceUID="1.2.3", Modality="MR"),
+                "SeriesInstanceUID") == ["1.2.3.2"]
+    ims = find(filled, "IMAGE", SeriesInstanceUID="1.2.1.1")
+    assert [m["SOPInstanceUID"] for m in ims] == ["1.1.0", "1.1.1", "1.1.2"]  # InstanceNumber
+    assert ims[0]["NumberOfSeriesRelatedInstances"] == 3
+    # a higher-level unique key that contradicts the lower one: nothing
+    assert find(filled, "IMAGE", StudyInstanceUID="1.2.2", SeriesInstanceUID="1.2.1.1") == []
+    assert uids(find(filled, "IMAGE", SOPInstanceUID="1.1.20\\1.1.30"), "PatientID") == [
+        "P2", "P3"]
+
+
+def test_plans_pick_the_cheapest_index(filled):
+    def plan(level, **v):
+        return filled.plan(Q.build(level, v)).describe()
+
+    assert plan("STUDY", StudyInstanceUID="1.2.1", PatientID="P1") == "points:StudyInstanceUID"
+    assert plan("SERIES", StudyInstanceUID="1.2.1").startswith("points:StudyInstanceUID")
+    assert plan("STUDY", AccessionNumber="A1", StudyDate="20240101-") == "scan:ix_accession"
+    assert plan("STUDY", PatientID="P1", StudyDate="20240101-").startswith("scan:patients")
+    by_name = plan("STUDY", PatientName="DOE*", StudyDate="20240101-")
+    assert by_name == "scan:ix_patient_name>children"
+    assert plan("STUDY", StudyDate="20240101-", ModalitiesInStudy="CT") == "scan:ix_study_date"
+    assert plan("STUDY", ModalitiesInStudy="CT") == "scan:ix_study_modality"
+    assert plan("SERIES", Modality="CT") == "scan:ix_series_modality"
+    assert plan("IMAGE", StudyDate="20240115") == "scan:ix_study_date>children>children"
+    assert plan("STUDY", PatientName="*JOHN") == "scan:studies"
+    assert plan("PATIENT", PatientID="P*") == "scan:patients"
+
+
+def test_every_plan_gives_the_same_answer_as_a_full_scan(filled):
+    cases = [("STUDY", {"AccessionNumber": "A3"}), ("STUDY", {"PatientID": "P1"}),
+             ("STUDY", {"PatientName": "Doe^John"}), ("SERIES", {"Modality": "MR"}),
+             ("IMAGE", {"StudyDate": "20231231-20240115"}), ("IMAGE", {"PatientName": "s*"})]
+    for level, values in cases:
+        q = Q.build(level, values)
+        got = filled.find(q)
+        unique = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+                  "IMAGE": "SOPInstanceUID"}[level]
+        everything = filled.find(Q.build(level, {}))
+        expected = [m for m in everything if all(k.match(m.get(k.keyword))
+                                                 for k in q.keys.values())]
+        assert uids(got, unique) == uids(expected, unique), (level, values)
+
+
+def test_paging_never_holds_a_transaction_and_resumes(filled, db):
+    q = Q.build("IMAGE", {})
+    pages = filled.pages(q, page_size=2)
+    first = next(pages)
+    assert len(first) == 2
+    # a write between pages is possible (no reader pins the old snapshot) and seen by later pages
+    with db.write() as w:
+        db.apply(w, make_record("1.1.99", "1.2.9.1", "1.2.9", "P9", name="LATE^ONE"))
+    rest = [m for p in pages for m in p]
+    got = [m["SOPInstanceUID"] for m in first + rest]
+    assert len(got) == len(set(got)) == 8
+    assert "1.1.99" in got
+
+
+def test_scan_budget_yields_empty_pages_but_finishes(db):
+    with db.write() as w:
+        for i in range(50):
+            db.apply(w, make_record(f"1.5.{i}", f"1.6.{i}", f"1.7.{i}", f"Q{i:03d}",
+                                    name="ZED^X" if i == 49 else "A^B"))
+    engine = QueryEngine(db, page_size=10, scan_budget=7)
+    pages = list(engine.pages(Q.build("STUDY", {"PatientName": "*ZED*"})))
+    assert len(pages) > 5
+    assert [m["PatientID"] for p in pages for m in p] == ["Q049"]
+
+
+def test_unknown_level_and_keys():
+    with pytest.raises(QueryError):
+        Q.build("FRAME", {})
+    q = Q.build("STUDY", {"Modality": "CT", "PatientName": "", "StudyDate": "*"})
+    assert q.keys == {}  # lower-level key ignored, empty and "*" are universal
