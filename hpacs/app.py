@@ -47,7 +47,8 @@ class Server:
         await self.archive.open()
         self.dimse = DimseServer(self.config, self.archive.ingestor, self.metrics)
         await self.dimse.start(cfg.host, cfg.dicom_port)
-        self._http = web.AppRunner(build_app(self.metrics, self.health), access_log=None)
+        app = build_app(self.metrics, self.health, archive=self.archive)
+        self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         await web.TCPSite(self._http, cfg.host, cfg.http_port).start()
         log.info("server.started", host=cfg.host, dicom_port=cfg.dicom_port,

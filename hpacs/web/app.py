@@ -1,4 +1,4 @@
-"""The aiohttp application: /healthz and Prometheus /metrics (DICOMweb lands here later)."""
+"""The aiohttp application: /healthz, Prometheus /metrics and DICOMweb under /dicom-web."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from hpacs import __version__
 from hpacs.metrics import Metrics
 
 
-def build_app(metrics: Metrics, health: Callable[[], dict]) -> web.Application:
+def build_app(metrics: Metrics, health: Callable[[], dict], archive=None) -> web.Application:
+    """``archive`` (an opened hpacs.store.archive.Archive) adds the DICOMweb routes."""
     app = web.Application()
 
     async def healthz(request: web.Request) -> web.Response:
@@ -25,4 +26,8 @@ def build_app(metrics: Metrics, health: Callable[[], dict]) -> web.Application:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus)
+    if archive is not None:
+        from hpacs.web.dicomweb import PREFIX, build_dicomweb
+
+        app.add_subapp(PREFIX, build_dicomweb(archive))
     return app

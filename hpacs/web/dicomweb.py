@@ -1,0 +1,95 @@
+"""DICOMweb (PS3.18) under ``/dicom-web``: routes and the bits STOW-RS and WADO-RS share.
+
+First slice of issue 4: STOW-RS (web/stow.py), WADO-RS retrieval as stored and ``/metadata``
+(web/wado.py). QIDO-RS waits for the shared C-FIND query engine (index/query.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import msgspec
+from aiohttp import web
+
+from hpacs.log import get_logger
+
+log = get_logger("hpacs.web")
+
+PREFIX = "/dicom-web"
+DICOM_JSON = "application/dicom+json"
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+ARCHIVE_KEY: web.AppKey = web.AppKey("archive", object)
+
+
+class HTTPProblem(Exception):
+    """An error answered as ``{"error": ...}`` with an HTTP status (and logged)."""
+
+    def __init__(self, status: int, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+
+
+def error_response(request: web.Request, problem: HTTPProblem) -> web.Response:
+    log.warning("dicomweb.error", method=request.method, path=request.path,
+                status=problem.status, error=problem.message, peer=request.remote,
+                **problem.details)
+    return web.json_response({"error": problem.message}, status=problem.status)
+
+
+def check_uid(value: str, what: str) -> str:
+    if len(value) > 64 or not _UID.fullmatch(value):
+        raise HTTPProblem(400, f"malformed {what}: {value[:80]!r}")
+    return value
+
+
+def base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}{PREFIX}"
+
+
+def _enc_hook(obj: object) -> object:
+    # pydicom's to_json_dict leaves str/int/float subclasses (UID, IS, DSfloat) in its output
+    for kind in (str, int, float):
+        if isinstance(obj, kind):
+            return kind(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def dicom_json_response(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=_ENCODER.encode(body), status=status,
+                        content_type=DICOM_JSON)
+
+
+@web.middleware
+async def problems(request: web.Request, handler):
+    start = time.perf_counter()
+    try:
+        return await handler(request)
+    except HTTPProblem as problem:
+        return error_response(request, problem)
+    finally:
+        log.debug("dicomweb.request", method=request.method, path=request.path,
+                  ms=round((time.perf_counter() - start) * 1000, 3))
+
+
+def build_dicomweb(archive) -> web.Application:
+    """The ``/dicom-web`` sub-application over an opened Archive."""
+    from hpacs.web import stow, wado
+
+    app = web.Application(middlewares=[problems])
+    app[ARCHIVE_KEY] = archive
+    app.router.add_post("/studies", stow.store)
+    app.router.add_post("/studies/{study}", stow.store)
+    app.router.add_get("/studies/{study}", wado.retrieve)
+    app.router.add_get("/studies/{study}/series/{series}", wado.retrieve)
+    app.router.add_get("/studies/{study}/series/{series}/instances/{sop}", wado.retrieve)
+    app.router.add_get("/studies/{study}/metadata", wado.metadata)
+    app.router.add_get("/studies/{study}/series/{series}/metadata", wado.metadata)
+    app.router.add_get("/studies/{study}/series/{series}/instances/{sop}/metadata",
+                       wado.metadata)
+    return app
