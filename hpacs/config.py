@@ -75,6 +75,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteAE:
+    """A peer we may send to: a C-MOVE destination (``[[remote]]`` in TOML)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     dicom: DicomConfig = field(default_factory=DicomConfig)
@@ -82,6 +91,13 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    #: C-MOVE destinations by AE title: ``[[remote]]`` tables in TOML, or the environment
+    #: variable ``HPACS_REMOTE="AE1@host:port,AE2@host:port"`` (replaces the file's list).
+    remote: tuple[RemoteAE, ...] = ()
+
+    def remote_ae(self, ae_title: str) -> RemoteAE | None:
+        title = ae_title.strip()
+        return next((r for r in self.remote if r.ae_title == title), None)
 
 
 class ConfigError(ValueError):
@@ -121,12 +137,51 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
         raise ConfigError(f"{where}: invalid value {value!r} ({exc})") from None
 
 
+def _remote_entry(value: Any, where: str) -> RemoteAE:
+    if isinstance(value, str):  # "AE@host:port"
+        ae, at, address = value.partition("@")
+        host, colon, port = address.rpartition(":")
+        if not (at and colon):
+            raise ConfigError(f"{where}: expected AE@host:port, got {value!r}")
+        value = {"ae_title": ae, "host": host, "port": port}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table with ae_title, host, port")
+    unknown = set(value) - {"ae_title", "host", "port"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    try:
+        ae, host, port = str(value["ae_title"]).strip(), str(value["host"]), value["port"]
+    except KeyError as exc:
+        raise ConfigError(f"{where}: missing {exc.args[0]!r}") from None
+    port = _coerce(port, "int", f"{where}.port")
+    if not ae or len(ae) > 16 or "\\" in ae:
+        raise ConfigError(f"{where}.ae_title: 1 to 16 characters, no backslash: {ae!r}")
+    if not 0 < port < 65536:
+        raise ConfigError(f"{where}.port: out of range: {port}")
+    return RemoteAE(ae, host, port)
+
+
+def _remotes(value: Any, where: str) -> tuple[RemoteAE, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list of [[remote]] tables")
+    out = tuple(_remote_entry(v, f"{where}[{i}]") for i, v in enumerate(value))
+    titles = [r.ae_title for r in out]
+    if len(set(titles)) != len(titles):
+        raise ConfigError(f"{where}: an AE title appears twice")
+    return out
+
+
 def _merge(base: Any, updates: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(base)}
     changes: dict[str, Any] = {}
     for key, value in updates.items():
         if key not in known:
             raise ConfigError(f"{where}: unknown key {key!r}")
+        if key == "remote" and isinstance(base, Config):
+            changes[key] = _remotes(value, f"{where}.remote")
+            continue
         current = getattr(base, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
@@ -138,8 +193,11 @@ def _merge(base: Any, updates: dict[str, Any], where: str) -> Any:
 
 
 def _env_updates(environ: dict[str, str]) -> dict[str, Any]:
-    updates: dict[str, dict[str, str]] = {}
+    updates: dict[str, Any] = {}
     for name, value in environ.items():
+        if name == "HPACS_REMOTE":
+            updates["remote"] = value
+            continue
         if name.startswith("HPACS_") and "__" in name:
             section, key = name[len("HPACS_"):].lower().split("__", 1)
             updates.setdefault(section, {})[key] = value

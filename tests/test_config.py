@@ -32,3 +32,36 @@ def test_bad_config_is_a_clear_error(tmp_path, text):
     f.write_text(text)
     with pytest.raises(ConfigError):
         load_config(f, environ={})
+
+
+def test_remote_destinations_from_toml_and_env(tmp_path):
+    from hpacs.config import RemoteAE
+
+    f = tmp_path / "hpacs.toml"
+    f.write_text('[[remote]]\nae_title = "WS1"\nhost = "10.0.0.5"\nport = 104\n\n'
+                 '[[remote]]\nae_title = "ARCHIVE"\nhost = "pacs.local"\nport = "11112"\n')
+    c = load_config(f, environ={})
+    assert c.remote == (RemoteAE("WS1", "10.0.0.5", 104), RemoteAE("ARCHIVE", "pacs.local", 11112))
+    assert c.remote_ae("ARCHIVE ") == RemoteAE("ARCHIVE", "pacs.local", 11112)
+    assert c.remote_ae("NOPE") is None
+    c = load_config(f, environ={"HPACS_REMOTE": "A@127.0.0.1:4000, B@::1:4001"})
+    assert c.remote == (RemoteAE("A", "127.0.0.1", 4000), RemoteAE("B", "::1", 4001))
+    assert load_config(environ={}).remote == ()
+
+
+@pytest.mark.parametrize("text", [
+    '[[remote]]\nae_title = "X"\nhost = "h"\n',
+    '[[remote]]\nae_title = "X"\nhost = "h"\nport = 0\n',
+    '[[remote]]\nae_title = "WAY_TOO_LONG_AE_TITLE"\nhost = "h"\nport = 1\n',
+    '[[remote]]\nae_title = "X"\nhost = "h"\nport = 1\nextra = 2\n',
+    '[[remote]]\nae_title = "X"\nhost = "h"\nport = 1\n[[remote]]\nae_title = "X"\nhost = "g"\n'
+    'port = 2\n',
+    'remote = 3\n',
+])
+def test_bad_remote_is_a_clear_error(tmp_path, text):
+    f = tmp_path / "hpacs.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError):
+        load_config(f, environ={})
+    with pytest.raises(ConfigError):
+        load_config(environ={"HPACS_REMOTE": "nohostport"})

@@ -239,6 +239,27 @@ def make_matcher(
     return _single(keyword, vr, value, fold)
 
 
+def make_fuzzy_name_matcher(keyword: str, value: str) -> Matcher | None:
+    """QIDO-RS ``fuzzymatching=true`` for a PN key (PS3.18 8.3.4.2): case-insensitive, and a
+    match when the whole name or any of its components (family, given, middle... in any component
+    group) starts with ``value``; ``*`` and ``?`` in ``value`` keep their wildcard meaning.
+    ``doe`` matches ``DOE^JOHN``, ``jo`` matches it too, ``ohn`` does not. No literal prefix is
+    offered to the planner (a component match can start anywhere), so another key or a scan
+    drives the query."""
+    if "\\" in value:
+        alts = [make_fuzzy_name_matcher(keyword, p) for p in value.split("\\")]
+        if any(a is None for a in alts):
+            return None  # one universal alternative makes the whole list universal
+        return Matcher(keyword, "PN", "list", alternatives=tuple(a for a in alts if a))
+    value = value.strip(" \0").rstrip("^ =")
+    if value == "" or value.strip("*") == "":
+        return None
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                   for c in value.casefold())
+    pattern = re.compile(r"(?:.*[\^ =])?" + body + ".*", re.DOTALL)
+    return Matcher(keyword, "PN", "wildcard", values=("*" + value,), pattern=pattern, fold=True)
+
+
 def _single(keyword: str, vr: str, value: str, fold: bool) -> Matcher:
     if vr == "PN":
         value = value.rstrip("^ =")

@@ -42,6 +42,15 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 FIND_SOP_CLASSES: frozenset[str] = frozenset(
     {"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"}
 )
+#: Query/Retrieve MOVE and GET information models we serve (Patient Root, Study Root).
+RETRIEVE_SOP_CLASSES: frozenset[str] = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.2.1.2",  # Patient Root MOVE
+        "1.2.840.10008.5.1.4.1.2.1.3",  # Patient Root GET
+        "1.2.840.10008.5.1.4.1.2.2.2",  # Study Root MOVE
+        "1.2.840.10008.5.1.4.1.2.2.3",  # Study Root GET
+    }
+)
 
 #: Every storage SOP class pynetdicom knows (it tracks the current standard), plus the retired
 #: ones its default SCU contexts still propose (old US/NM/standalone classes real modalities send).
@@ -73,7 +82,9 @@ class AcceptorPolicy:
     #: None accepts any calling AE title.
     allowed_calling_aes: frozenset[str] | None = None
     abstract_syntaxes: frozenset[str] = field(
-        default_factory=lambda: STORAGE_SOP_CLASSES | {VERIFICATION_SOP_CLASS} | FIND_SOP_CLASSES
+        default_factory=lambda: (
+            STORAGE_SOP_CLASSES | {VERIFICATION_SOP_CLASS} | FIND_SOP_CLASSES | RETRIEVE_SOP_CLASSES
+        )
     )
     storage_sop_classes: frozenset[str] = STORAGE_SOP_CLASSES
     transfer_syntaxes: frozenset[str] = field(default_factory=lambda: frozenset(STORABLE))
@@ -116,7 +127,7 @@ def negotiate(
             continue
         if pc.abstract_syntax in policy.storage_sop_classes:
             supported = policy.transfer_syntaxes
-        elif pc.abstract_syntax in FIND_SOP_CLASSES:
+        elif pc.abstract_syntax in FIND_SOP_CLASSES or pc.abstract_syntax in RETRIEVE_SOP_CLASSES:
             supported = uncompressed & QUERY_TRANSFER_SYNTAXES
         else:
             supported = uncompressed
@@ -138,6 +149,7 @@ def negotiate(
         replied.add(uid)
         if uid in policy.storage_sop_classes:
             # accept the proposed roles: a C-GET requestor acts as storage SCP on this link
+            # (PS3.7 D.3.3.4), and our C-GET SCP sends C-STORE-RQs only where it was accepted
             roles.append(RoleSelection(uid, role.scu_role, role.scp_role))
         else:
             roles.append(RoleSelection(uid, role.scu_role, False))

@@ -1,7 +1,7 @@
 """DICOMweb (PS3.18) under ``/dicom-web``: routes and the bits STOW-RS and WADO-RS share.
 
 First slice of issue 4: STOW-RS (web/stow.py), WADO-RS retrieval as stored and ``/metadata``
-(web/wado.py). QIDO-RS waits for the shared C-FIND query engine (index/query.py).
+(web/wado.py), QIDO-RS search (web/qido.py) over the C-FIND query engine (index/query.py).
 """
 
 from __future__ import annotations
@@ -79,10 +79,11 @@ async def problems(request: web.Request, handler):
 
 def build_dicomweb(archive) -> web.Application:
     """The ``/dicom-web`` sub-application over an opened Archive."""
-    from hpacs.web import stow, wado
+    from hpacs.web import qido, stow, wado
 
     app = web.Application(middlewares=[problems])
     app[ARCHIVE_KEY] = archive
+    qido.add_routes(app)
     app.router.add_post("/studies", stow.store)
     app.router.add_post("/studies/{study}", stow.store)
     app.router.add_get("/studies/{study}", wado.retrieve)

@@ -1,0 +1,337 @@
+"""Sending stored instances: the data set streamed from disk, and an asyncio storage SCU.
+
+:func:`open_instance` / :func:`send_instance` put one stored instance on an association as a
+C-STORE-RQ: the data set bytes after the Part 10 meta, read from the file in chunks and written
+as P-DATA fragments (never a whole study in memory); an instance whose stored syntax the peer did
+not accept but that is little-endian uncompressed is re-encoded by pydicom (see
+``hpacs.dimse.retrieve.choose_context``). The C-GET SCP uses them on the peer's own association,
+:class:`StorageSCU` (our association as requestor, on ``ul.Connection``) for C-MOVE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+
+from hpacs.dicom.part10 import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    read_file_meta,
+)
+from hpacs.dicom.transfer_syntax import IMPLICIT_VR_LE
+from hpacs.dimse import commands as cmd
+from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
+from hpacs.dimse.retrieve import store_request
+from hpacs.log import get_logger
+from hpacs.ul import (
+    Aborted,
+    AssociateRequest,
+    AssociationAccepted,
+    AssociationRejected,
+    Connection,
+    ConnectionClosed,
+    DataReceived,
+    LocalProtocolError,
+    PresentationContext,
+    ProtocolError,
+    ReleaseConfirmed,
+    ReleaseRequested,
+    Role,
+)
+
+log = get_logger("hpacs.scu")
+
+#: File bytes read per chunk (each chunk becomes one or more P-DATA-TF PDUs).
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: Path
+
+
+class SendError(Exception):
+    """The instance cannot be sent (file unreadable...): the sub-operation fails."""
+
+
+class OpenedInstance:
+    """A stored instance ready to send: either a file positioned at its data set or bytes."""
+
+    def __init__(self, fh, remaining: int, data: bytes | None) -> None:
+        self.fh = fh
+        self.remaining = remaining
+        self.data = data
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+def _open_sync(item: StoredInstance, target_ts: str) -> OpenedInstance:
+    if target_ts != item.transfer_syntax_uid:
+        ds = pydicom.dcmread(item.path, force=True)
+        fp = DicomBytesIO()
+        fp.is_little_endian = True
+        fp.is_implicit_VR = target_ts == IMPLICIT_VR_LE
+        write_dataset(fp, ds)
+        return OpenedInstance(None, 0, fp.getvalue())
+    meta = read_file_meta(item.path)
+    fh = open(item.path, "rb")  # noqa: SIM115 - closed by OpenedInstance.close
+    try:
+        size = os.fstat(fh.fileno()).st_size
+        fh.seek(meta.dataset_offset)
+    except BaseException:
+        fh.close()
+        raise
+    return OpenedInstance(fh, size - meta.dataset_offset, None)
+
+
+async def open_instance(item: StoredInstance, target_ts: str) -> OpenedInstance:
+    """Open (or re-encode) in a worker thread; raises :class:`SendError`."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, _open_sync, item, target_ts)
+    except Exception as exc:
+        raise SendError(f"{item.sop_instance_uid}: {exc}") from exc
+
+
+async def send_instance(
+    conn: Connection,
+    write: Callable[[list], None],
+    wait_writable: Callable[[], Awaitable[None]],
+    context_id: int,
+    command: bytes,
+    opened: OpenedInstance,
+) -> None:
+    """Write a C-STORE-RQ command and its data set, chunk by chunk, honouring back-pressure.
+
+    Raises LocalProtocolError if the association went away, OSError on a read error midway
+    (the caller must then abort: a half-sent message cannot be recovered)."""
+    write(conn.send_data_buffers(context_id, True, command))
+    if opened.data is not None:
+        write(conn.send_data_buffers(context_id, False, opened.data))
+        return
+    loop = asyncio.get_running_loop()
+    remaining = opened.remaining
+    fh = opened.fh
+    if remaining <= 0:
+        write(conn.send_data_buffers(context_id, False, b""))
+        return
+    while remaining > 0:
+        chunk = await loop.run_in_executor(None, fh.read, min(CHUNK, remaining))
+        if not chunk:
+            raise OSError("file shorter than when opened")
+        remaining -= len(chunk)
+        write(conn.send_data_buffers(context_id, False, chunk, last=remaining <= 0))
+        await wait_writable()
+
+
+class AssociationFailed(Exception):
+    """Could not establish the association (refused, rejected, timed out, aborted)."""
+
+
+class StorageSCU:
+    """One outgoing association, storage SCU: propose, C-STORE one at a time, release."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        called_ae: str,
+        calling_ae: str,
+        contexts: Iterable[tuple[str, tuple[str, ...]]],
+        max_pdu_length: int = 1 << 20,
+        timeout: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.called_ae = called_ae
+        self.calling_ae = calling_ae
+        self.contexts = [
+            PresentationContext(2 * i + 1, abstract, tuple(syntaxes))
+            for i, (abstract, syntaxes) in enumerate(list(contexts)[:128])
+        ]
+        self.timeout = timeout
+        self.conn = Connection(Role.REQUESTOR, max_pdu_length=max_pdu_length)
+        self.assembler = MessageAssembler()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._read_task: asyncio.Task | None = None
+        self._established: asyncio.Future | None = None
+        self._released: asyncio.Future | None = None
+        self._waiters: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self._dead: str | None = None
+
+    @property
+    def accepted_contexts(self) -> dict[int, tuple[str, str]]:
+        return self.conn.accepted_contexts
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout)
+        except (OSError, TimeoutError) as exc:
+            raise AssociationFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        self._established = loop.create_future()
+        request = AssociateRequest(
+            called_ae=self.called_ae,
+            calling_ae=self.calling_ae,
+            presentation_contexts=tuple(self.contexts),
+            max_pdu_length=self.conn.max_pdu_length,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        )
+        self._writer.write(self.conn.request_association(request))
+        self._read_task = asyncio.ensure_future(self._read_loop())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._established), self.timeout)
+        except TimeoutError:
+            self.abort()
+            raise AssociationFailed("no A-ASSOCIATE response in time") from None
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        try:
+            while not self.conn.closed:
+                data = await self._reader.read(1 << 18)
+                self._handle(self.conn.receive_data(data))
+                if not data:
+                    break
+        except (OSError, LocalProtocolError) as exc:
+            self._fail(f"connection lost: {exc}")
+        finally:
+            self._fail("connection closed")
+            if self._writer is not None:
+                self._writer.close()
+
+    def _handle(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, AssociationAccepted):
+                if self._established is not None and not self._established.done():
+                    self._established.set_result(None)
+            elif isinstance(event, AssociationRejected):
+                r = event.reject
+                self._fail(f"association rejected (result {r.result}, source {r.source}, "
+                           f"reason {r.reason})")
+            elif isinstance(event, DataReceived):
+                for pdv in event.pdvs:
+                    try:
+                        message = self.assembler.receive(pdv.context_id, pdv.is_command,
+                                                         pdv.is_last, pdv.data)
+                    except DimseError as exc:
+                        self.abort()
+                        self._fail(f"DIMSE error: {exc}")
+                        return
+                    if isinstance(message, CommandReceived):
+                        command = message.command
+                        if command.get(cmd.COMMAND_FIELD) == cmd.CommandField.C_STORE_RSP:
+                            waiter = self._waiters.pop(
+                                command.get(cmd.MESSAGE_ID_BEING_RESPONDED_TO, -1), None)
+                            if waiter is not None and not waiter.done():
+                                waiter.set_result(command)
+            elif isinstance(event, ReleaseConfirmed):
+                if self._released is not None and not self._released.done():
+                    self._released.set_result(None)
+            elif isinstance(event, ReleaseRequested):
+                with contextlib.suppress(LocalProtocolError):
+                    self._write([self.conn.release_reply()])
+            elif isinstance(event, Aborted | ProtocolError | ConnectionClosed):
+                self._fail(f"association ended: {type(event).__name__}")
+        self._write([self.conn.data_to_send()])
+        if self.conn.closed and self._writer is not None:
+            self._writer.close()
+
+    def _fail(self, reason: str) -> None:
+        if self._dead is None:
+            self._dead = reason
+        exc = AssociationFailed(self._dead)
+        for fut in (self._established, self._released, *self._waiters.values()):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: a caller may never await it
+        self._waiters.clear()
+
+    def _write(self, buffers: list) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            data = [b for b in buffers if b]
+            if data:
+                self._writer.writelines(data)
+
+    async def _drain(self) -> None:
+        if self._writer is not None:
+            try:
+                await self._writer.drain()
+            except (ConnectionError, OSError) as exc:
+                self._fail(f"connection lost: {exc}")
+
+    async def store(self, item: StoredInstance, context_id: int, opened: OpenedInstance, *,
+                    move_originator: tuple[str, int] | None = None) -> int:
+        """Send one instance and return the status of its C-STORE-RSP.
+
+        Raises :class:`AssociationFailed` when the association is gone."""
+        if self._dead is not None:
+            raise AssociationFailed(self._dead)
+        message_id = next(self._ids) & 0xFFFF or next(self._ids)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[message_id] = waiter
+        command = store_request(message_id, item.sop_class_uid, item.sop_instance_uid,
+                                move_originator=move_originator)
+        try:
+            await send_instance(self.conn, self._write, self._drain, context_id, command, opened)
+        except LocalProtocolError:
+            raise AssociationFailed(self._dead or "association not established") from None
+        except OSError:
+            self.abort()
+            raise
+        try:
+            response = await asyncio.wait_for(waiter, self.timeout)
+        except TimeoutError:
+            self.abort()
+            raise AssociationFailed("no C-STORE response in time") from None
+        return int(response.get(cmd.STATUS, 0xC000))
+
+    async def release(self) -> None:
+        if self._dead is not None or not self.conn.established:
+            self.abort()
+            return
+        self._released = asyncio.get_running_loop().create_future()
+        try:
+            self._write([self.conn.release_request()])
+            await asyncio.wait_for(self._released, self.timeout)
+        except (LocalProtocolError, AssociationFailed, TimeoutError):
+            self.abort()
+        finally:
+            await self._close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(LocalProtocolError):
+            self._write([self.conn.abort()])
+        if self._writer is not None:
+            self._writer.close()
+        self._fail("aborted")
+
+    async def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer.wait_closed(), 5)
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._read_task

@@ -1,0 +1,118 @@
+"""C-MOVE/C-GET logic without I/O: identifier validation, context choice, counts and statuses."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+
+from hpacs.dicom.transfer_syntax import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from hpacs.dimse import commands as cmd
+from hpacs.dimse.find import FindError
+from hpacs.dimse.retrieve import (
+    PATIENT_ROOT_GET,
+    STUDY_ROOT_MOVE,
+    SubOperations,
+    choose_context,
+    parse_retrieve,
+    store_outcome,
+    store_request,
+)
+
+JPEG = "1.2.840.10008.1.2.4.50"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def encode(**keys) -> bytes:
+    ds = Dataset()
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def test_parse_retrieve_builds_an_image_level_query():
+    rq = parse_retrieve(STUDY_ROOT_MOVE, encode(QueryRetrieveLevel="SERIES",
+                                                SeriesInstanceUID="1.2\\1.3"), IMPLICIT_VR_LE)
+    assert rq.level == "SERIES" and rq.query.level == "IMAGE"
+    assert rq.query.keys["SeriesInstanceUID"].exact_values() == ("1.2", "1.3")
+
+
+@pytest.mark.parametrize("model,keys,code", [
+    (STUDY_ROOT_MOVE, {"QueryRetrieveLevel": "STUDY"}, 0xA900),
+    (STUDY_ROOT_MOVE, {"QueryRetrieveLevel": "PATIENT", "PatientID": "X"}, 0xA900),
+    (PATIENT_ROOT_GET, {"QueryRetrieveLevel": "PATIENT", "PatientID": "X*"}, 0xA900),
+    (PATIENT_ROOT_GET, {"StudyInstanceUID": "1.2"}, 0xA900),
+    ("1.2.3", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": "1.2"}, 0x0122),
+])
+def test_parse_retrieve_refusals(model, keys, code):
+    with pytest.raises(FindError) as info:
+        parse_retrieve(model, encode(**keys), IMPLICIT_VR_LE)
+    assert info.value.status == code
+
+
+def test_choose_context_prefers_stored_syntax_then_reencodable_fallback():
+    accepted = {1: (CT, JPEG), 3: (CT, IMPLICIT_VR_LE), 5: ("other", EXPLICIT_VR_LE)}
+    assert choose_context(accepted, CT, JPEG) == (1, JPEG)
+    assert choose_context(accepted, CT, EXPLICIT_VR_LE) == (3, IMPLICIT_VR_LE)
+    assert choose_context(accepted, CT, EXPLICIT_VR_BE) is None  # no byte swapping yet
+    assert choose_context({3: (CT, IMPLICIT_VR_LE)}, CT, JPEG) is None  # no decompression yet
+    assert choose_context(accepted, CT, JPEG, allowed={3}) is None
+
+
+@pytest.mark.parametrize("code,outcome", [(0, "completed"), (0xB000, "warning"),
+                                          (0xB007, "warning"), (0x0001, "warning"),
+                                          (0xA700, "failed"), (0xC000, "failed")])
+def test_store_outcome(code, outcome):
+    assert store_outcome(code) == outcome
+
+
+def response(raw: bytes) -> dict:
+    return cmd.decode_command(raw)
+
+
+def test_suboperation_counts_and_final_statuses():
+    request = {cmd.MESSAGE_ID: 9, cmd.AFFECTED_SOP_CLASS_UID: STUDY_ROOT_MOVE}
+    s = SubOperations(request, cmd.CommandField.C_MOVE_RSP, total=3)
+    s.record("1.1", "completed")
+    p = response(s.pending())
+    assert p[cmd.STATUS] == 0xFF00 and p[cmd.REMAINING_SUBOPERATIONS] == 2
+    assert p[cmd.MESSAGE_ID_BEING_RESPONDED_TO] == 9
+    s.record("1.2", "failed")
+    s.record("1.3", "warning")
+    final, ident = s.final()
+    f = response(final)
+    assert f[cmd.STATUS] == 0xB000 and cmd.REMAINING_SUBOPERATIONS not in f
+    assert (f[cmd.COMPLETED_SUBOPERATIONS], f[cmd.FAILED_SUBOPERATIONS],
+            f[cmd.WARNING_SUBOPERATIONS]) == (1, 1, 1)
+    assert f[cmd.COMMAND_DATA_SET_TYPE] != cmd.NO_DATASET
+    ds = read_dataset(DicomBytesIO(ident), True, True)
+    assert ds.FailedSOPInstanceUIDList == "1.2"
+
+    all_failed = SubOperations(request, cmd.CommandField.C_GET_RSP, total=2)
+    all_failed.fail_remaining(["1.1", "1.2"])
+    final, ident = all_failed.final()
+    assert response(final)[cmd.STATUS] == 0xA702
+    assert list(read_dataset(DicomBytesIO(ident), True, True).FailedSOPInstanceUIDList) == [
+        "1.1", "1.2"]
+
+    cancelled = SubOperations(request, cmd.CommandField.C_GET_RSP, total=5)
+    cancelled.record("1.1", "completed")
+    final, ident = cancelled.final(cancelled=True)
+    assert response(final)[cmd.STATUS] == 0xFE00 and ident is None
+    assert response(final)[cmd.REMAINING_SUBOPERATIONS] == 4
+
+    none = SubOperations(request, cmd.CommandField.C_GET_RSP, total=0)
+    assert response(none.final()[0])[cmd.STATUS] == 0
+
+
+def test_store_request_carries_move_originator():
+    c = response(store_request(70000, CT, "1.2.3", move_originator=("ORIG", 5)))
+    assert c[cmd.COMMAND_FIELD] == cmd.CommandField.C_STORE_RQ
+    assert c[cmd.MESSAGE_ID] == 70000 & 0xFFFF
+    assert c[cmd.MOVE_ORIGINATOR_AE_TITLE] == "ORIG" and c[cmd.MOVE_ORIGINATOR_MESSAGE_ID] == 5
+    assert c[cmd.AFFECTED_SOP_INSTANCE_UID] == "1.2.3"
