@@ -27,7 +27,10 @@ def build_app(metrics: Metrics, health: Callable[[], dict], archive=None) -> web
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus)
     if archive is not None:
-        from hpacs.web.dicomweb import PREFIX, build_dicomweb
+        from hpacs.web.dicomweb import ARCHIVE_KEY, PREFIX, build_dicomweb
+        from hpacs.web.wado_uri import wado
 
         app.add_subapp(PREFIX, build_dicomweb(archive))
+        app[ARCHIVE_KEY] = archive
+        app.router.add_get("/wado", wado)  # WADO-URI (PS3.18 Chapter 9)
     return app

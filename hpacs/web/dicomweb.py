@@ -79,7 +79,7 @@ async def problems(request: web.Request, handler):
 
 def build_dicomweb(archive) -> web.Application:
     """The ``/dicom-web`` sub-application over an opened Archive."""
-    from hpacs.web import qido, stow, wado
+    from hpacs.web import frames, qido, rendered, stow, wado
 
     app = web.Application(middlewares=[problems])
     app[ARCHIVE_KEY] = archive
@@ -93,4 +93,6 @@ def build_dicomweb(archive) -> web.Application:
     app.router.add_get("/studies/{study}/series/{series}/metadata", wado.metadata)
     app.router.add_get("/studies/{study}/series/{series}/instances/{sop}/metadata",
                        wado.metadata)
+    frames.add_routes(app)
+    rendered.add_routes(app)
     return app

@@ -11,7 +11,8 @@ when stored that way. Anything else is 406: transcoding comes with the pixels wo
 
 ``/metadata`` is PS3.18 F.2 JSON from pydicom's ``Dataset.to_json_dict`` read off the loop
 (not yet precomputed at ingest); binary values over 1 KiB become BulkDataURIs
-``.../instances/{sop}/bulkdata/{tag}`` (the bulkdata endpoint itself is not served yet).
+``.../instances/{sop}/bulkdata/{tag}``, served by web/frames.py (as are ``/frames``;
+``/rendered`` and ``/thumbnail`` are in web/rendered.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,385 @@
+"""WADO-RS ``/frames/{list}`` and ``/bulkdata/{tag}`` (PS3.18 10.4.1.1.4-5), plus the HTTP
+caching both share with ``/rendered`` and WADO-URI.
+
+Frames come back as ``multipart/related; type="application/octet-stream"`` (or the image media
+type of a compressed stored syntax, when that is what was asked for); every part's Content-Type
+carries ``transfer-syntax=`` (OHIF picks its decoder from it).
+
+* Native syntaxes: the frame's bytes, little endian. Implicit/Explicit VR Little Endian are
+  sliced from Pixel Data as stored; Explicit VR Big Endian is decoded and re-emitted little
+  endian (labelled 1.2.840.10008.1.2.1); Deflated is inflated by the reader (labelled
+  1.2.840.10008.1.2.1).
+* Encapsulated syntaxes: the frame's compressed bitstream (pydicom.encaps with the Basic or
+  Extended Offset Table), labelled with the stored syntax, when the Accept allows the stored
+  syntax (``transfer-syntax=*``, the stored UID, ``type="*/*"``, or the image media type of the
+  stored syntax); when it asks for ``transfer-syntax=1.2.840.10008.1.2.1`` (the PS3.18 default
+  for ``application/octet-stream`` without the parameter) the frame is decoded by
+  hpacs.pixels and sent as native little-endian bytes. Anything else: 406.
+
+Files are read off the loop. Stored instances can be replaced (duplicate policy "replace"), so
+responses are cacheable but not ``immutable``: ``Cache-Control: private, max-age=3600`` (PHI:
+never in shared caches), a strong ETag from the indexed size + store time + representation, and
+``If-None-Match`` answered 304.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import uuid
+
+import numpy as np
+import pydicom
+from aiohttp import web
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames, get_frame
+
+from hpacs.pixels import PixelDataError, decode
+from hpacs.web.dicomweb import HTTPProblem, check_uid, log
+from hpacs.web.wado import (
+    ANY,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    PIXEL_DATA,
+    _instances,
+    _split_accept,
+)
+
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+NATIVE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, BIG_ENDIAN, DEFLATED})
+OCTET = "application/octet-stream"
+CACHE_CONTROL = "private, max-age=3600"
+#: Single-frame image media types of compressed syntaxes (PS3.18 Table 8.7.3-x).
+IMAGE_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx", "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+_ALIASES = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
+_FRAME_LIST = re.compile(r"[0-9]+(,[0-9]+)*")
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")
+
+
+# -- caching --------------------------------------------------------------------------------
+
+
+def etag(entry, variant: str = "") -> str:
+    key = f"{entry.sop_instance_uid}|{entry.size}|{entry.stored_at!r}|{variant}"
+    return '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
+
+
+def not_modified(request: web.Request, tag: str) -> web.Response | None:
+    """A 304 when ``If-None-Match`` names ``tag`` (or ``*``)."""
+    header = request.headers.get("If-None-Match")
+    if header is None:
+        return None
+    names = {t.strip().removeprefix("W/") for t in header.split(",")}
+    if tag in names or "*" in names:
+        return web.Response(status=304, headers=cache_headers(tag))
+    return None
+
+
+def cache_headers(tag: str) -> dict[str, str]:
+    return {"Cache-Control": CACHE_CONTROL, "ETag": tag, "Vary": "Accept"}
+
+
+# -- multipart ------------------------------------------------------------------------------
+
+
+def multipart(parts: list[tuple[str, bytes]], media_type: str, headers: dict[str, str],
+              extra_type: str = "") -> web.Response:
+    """A ``multipart/related`` response of (part Content-Type, payload) with Content-Length."""
+    boundary = uuid.uuid4().hex
+    delimiter = f"--{boundary}".encode()
+    chunks = []
+    for i, (ctype, payload) in enumerate(parts):
+        chunks += [b"\r\n" if i else b"", delimiter, b"\r\nContent-Type: ", ctype.encode(),
+                   b"\r\nContent-Length: ", str(len(payload)).encode(), b"\r\n\r\n", payload]
+    chunks.append(b"\r\n" + delimiter + b"--\r\n")
+    ctype = f'multipart/related; type="{media_type}"{extra_type}; boundary={boundary}'
+    return web.Response(body=b"".join(chunks), headers={**headers, "Content-Type": ctype})
+
+
+# -- Accept for frames / bulkdata -----------------------------------------------------------
+
+
+def frame_choices(accept: str | None) -> list[tuple[str, str]]:
+    """(part media type, transfer syntax or ANY) pairs the Accept header allows, in order."""
+    if not accept:
+        return [("*", ANY)]
+    out = []
+    for media_range in _split_accept(accept):
+        media, *params = (p.strip() for p in media_range.split(";"))
+        opts = {}
+        for p in params:
+            k, _, v = p.partition("=")
+            opts[k.strip().lower()] = v.strip().strip('"')
+        try:
+            if float(opts.get("q", "1")) <= 0:
+                continue
+        except ValueError:
+            continue
+        media = media.lower()
+        if media in ("*/*", "multipart/*"):
+            out.append(("*", ANY))
+        elif media == "multipart/related":
+            kind = opts.get("type", OCTET).lower()
+            kind = _ALIASES.get(kind, kind)
+            if kind in ("*/*", "*"):
+                out.append(("*", opts.get("transfer-syntax", ANY)))
+            elif kind == OCTET:
+                out.append((OCTET, opts.get("transfer-syntax", EXPLICIT_VR_LE)))
+            elif kind in IMAGE_TYPES.values():
+                out.append((kind, opts.get("transfer-syntax", ANY)))
+    return out
+
+
+def frame_plan(stored_ts: str, accept: str | None) -> tuple[str, str, bool]:
+    """(response part media type, label transfer syntax, decode?) or 406."""
+    for media, ts in frame_choices(accept):
+        if stored_ts in NATIVE:
+            if media not in ("*", OCTET):
+                continue
+            if ts == ANY:  # as stored; big endian and deflated leave as Explicit VR LE
+                return OCTET, stored_ts if stored_ts == IMPLICIT_VR_LE else EXPLICIT_VR_LE, False
+            if ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):  # the same pixel bytes
+                return OCTET, ts, False
+            if ts == stored_ts:
+                return OCTET, EXPLICIT_VR_LE, False
+            continue
+        image_type = IMAGE_TYPES.get(stored_ts)
+        if media == "*" and ts in (ANY, stored_ts):
+            return image_type or OCTET, stored_ts, False
+        if media == OCTET and ts in (ANY, stored_ts):
+            return OCTET, stored_ts, False
+        if media == image_type and ts in (ANY, stored_ts):
+            return image_type, stored_ts, False
+        if media in ("*", OCTET) and ts == EXPLICIT_VR_LE:
+            return OCTET, EXPLICIT_VR_LE, True
+    raise HTTPProblem(406, f"cannot serve frames stored as {stored_ts} in the media type asked "
+                           "for: ask for transfer-syntax=* (as stored) or "
+                           f"{EXPLICIT_VR_LE} (decoded)", accept=accept)
+
+
+# -- reading frames -------------------------------------------------------------------------
+
+
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    try:
+        value = ds.get(keyword)
+        if value in (None, ""):
+            if default is None:
+                raise PixelDataError(f"{keyword} is missing")
+            return default
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise PixelDataError(f"bad {keyword}: {exc}") from exc
+
+
+def frame_count(ds: Dataset) -> int:
+    return _int(ds, "NumberOfFrames", 1) or 1
+
+
+def _native_frame(ds: Dataset, data: bytes, index: int) -> bytes:
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    samples, bits = _int(ds, "SamplesPerPixel", 1), _int(ds, "BitsAllocated")
+    pixels = rows * cols * samples
+    if bits % 8 == 0:
+        size = pixels * bits // 8
+        start = index * size
+        if start + size > len(data):
+            raise PixelDataError(f"Pixel Data too short for frame {index + 1}")
+        return bytes(data[start:start + size])
+    if bits != 1:
+        raise PixelDataError(f"Bits Allocated {bits} is not supported")
+    if (index * pixels) % 8 == 0 and pixels % 8 == 0:
+        start = index * pixels // 8
+        if start + pixels // 8 > len(data):
+            raise PixelDataError(f"Pixel Data too short for frame {index + 1}")
+        return bytes(data[start:start + pixels // 8])
+    bits_arr = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+    chunk = bits_arr[index * pixels:(index + 1) * pixels]
+    if len(chunk) < pixels:
+        raise PixelDataError(f"Pixel Data too short for frame {index + 1}")
+    return np.packbits(chunk, bitorder="little").tobytes()
+
+
+def _little_endian_frame(ds: Dataset, index: int) -> bytes:
+    """A frame decoded by hpacs.pixels, as native little-endian bytes in the stored layout."""
+    arr = decode(ds, index)
+    if arr.ndim == 3 and int(ds.get("PlanarConfiguration", 0) or 0) == 1 and (
+            ds.file_meta.TransferSyntaxUID in NATIVE):
+        arr = arr.transpose(2, 0, 1)
+    bits = _int(ds, "BitsAllocated")
+    if bits == 1:
+        return np.packbits(arr.astype(np.uint8).ravel(), bitorder="little").tobytes()
+    dtype = np.dtype(f"<{'i' if arr.dtype.kind == 'i' else 'u'}{max(bits // 8, 1)}")
+    return np.ascontiguousarray(arr).astype(dtype, copy=False).tobytes()
+
+
+def _offsets(ds: Dataset):
+    eot = ds.get("ExtendedOffsetTable")
+    lengths = ds.get("ExtendedOffsetTableLengths")
+    return (eot, lengths) if eot and lengths else None
+
+
+def read_frames(path, numbers: list[int], accept: str | None) -> tuple[str, str, list[bytes]]:
+    """(part media type, transfer syntax label, frames) for 1-based ``numbers``."""
+    try:
+        ds = pydicom.dcmread(path)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise PixelDataError(f"not a readable DICOM data set: {exc}") from exc
+    stored_ts = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LE))
+    if PIXEL_DATA not in ds:
+        raise HTTPProblem(404, "the instance has no pixel data (no frames)")
+    n = frame_count(ds)
+    bad = [k for k in numbers if not 1 <= k <= n]
+    if bad:
+        raise HTTPProblem(404, f"frame(s) {', '.join(map(str, bad))} out of range 1..{n}")
+    media, label, decode_it = frame_plan(stored_ts, accept)
+    data = ds.PixelData
+    out = []
+    for k in numbers:
+        if stored_ts in NATIVE:
+            if stored_ts == BIG_ENDIAN:
+                out.append(_little_endian_frame(ds, k - 1))
+            else:
+                out.append(_native_frame(ds, data, k - 1))
+        elif decode_it:
+            out.append(_little_endian_frame(ds, k - 1))
+        else:
+            try:
+                out.append(get_frame(data, k - 1, number_of_frames=n,
+                                     extended_offsets=_offsets(ds)))
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise PixelDataError(f"cannot extract frame {k}: {exc}") from exc
+    return media, label, out
+
+
+def parse_frame_list(text: str) -> list[int]:
+    if not _FRAME_LIST.fullmatch(text) or len(text) > 10000:
+        raise HTTPProblem(400, f"malformed frame list: {text[:80]!r}")
+    numbers = [int(k) for k in text.split(",")]
+    if 0 in numbers:
+        raise HTTPProblem(400, "frame numbers start at 1")
+    return numbers
+
+
+async def in_executor(func, *args):
+    """Run ``func`` off the loop; PixelDataError -> 422, unreadable file -> 500."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(None, func, *args)
+    except PixelDataError as exc:
+        raise HTTPProblem(422, f"pixel data cannot be processed: {exc}") from None
+    except OSError as exc:
+        log.error("wado.unreadable", error=str(exc))
+        raise HTTPProblem(500, "a stored instance cannot be read") from None
+
+
+def _entry(request: web.Request):
+    return _instances(request)[0]
+
+
+async def frames(request: web.Request) -> web.Response:
+    numbers = parse_frame_list(request.match_info["frames"])
+    entry = _entry(request)
+    accept = request.headers.get("Accept")
+    tag = etag(entry, f"frames/{request.match_info['frames']}/{accept}")
+    if (cached := not_modified(request, tag)) is not None:
+        return cached
+    path = _archive(request).hot.absolute(entry.path)
+    media, label, payloads = await in_executor(read_frames, path, numbers, accept)
+    part_type = f"{media}; transfer-syntax={label}"
+    return multipart([(part_type, p) for p in payloads], media, cache_headers(tag),
+                     f"; transfer-syntax={label}")
+
+
+def _archive(request: web.Request):
+    from hpacs.web.dicomweb import ARCHIVE_KEY
+
+    return request.app[ARCHIVE_KEY]
+
+
+# -- bulkdata -------------------------------------------------------------------------------
+
+
+_SWAP = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _find(ds: Dataset, tag: int):
+    if tag in ds:
+        return ds[tag]
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                found = _find(item, tag)
+                if found is not None:
+                    return found
+    return None
+
+
+def read_bulkdata(path, tag: int) -> tuple[str, list[bytes]]:
+    """(transfer syntax label, payloads) of element ``tag`` (the first, depth-first)."""
+    try:
+        ds = pydicom.dcmread(path)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise PixelDataError(f"not a readable DICOM data set: {exc}") from exc
+    stored_ts = str(ds.file_meta.get("TransferSyntaxUID", EXPLICIT_VR_LE))
+    elem = _find(ds, tag)
+    if elem is None or elem.value is None:
+        raise HTTPProblem(404, f"no element {tag:08X} in the instance")
+    if tag == PIXEL_DATA and stored_ts not in NATIVE:
+        try:
+            frames_ = list(generate_frames(elem.value, number_of_frames=frame_count(ds),
+                                           extended_offsets=_offsets(ds)))
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise PixelDataError(f"cannot split the fragments into frames: {exc}") from exc
+        return stored_ts, frames_
+    value = elem.value
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    elif isinstance(value, list | tuple):
+        value = "\\".join(str(v) for v in value).encode("utf-8")
+    elif not isinstance(value, bytes | bytearray):
+        value = str(value).encode("utf-8")
+    value = bytes(value)
+    if stored_ts == BIG_ENDIAN:
+        width = 1 if tag == PIXEL_DATA and _int(ds, "BitsAllocated", 16) <= 8 else \
+            _SWAP.get(elem.VR, 1)
+        if width > 1 and len(value) % width == 0:
+            value = np.frombuffer(value, f">u{width}").astype(f"<u{width}").tobytes()
+    label = EXPLICIT_VR_LE if stored_ts in (BIG_ENDIAN, DEFLATED) else stored_ts
+    return label, [value]
+
+
+async def bulkdata(request: web.Request) -> web.Response:
+    text = request.match_info["tag"]
+    if not _TAG.fullmatch(text):
+        raise HTTPProblem(400, f"malformed tag: {text[:80]!r} (8 hex digits)")
+    entry = _entry(request)
+    tag = etag(entry, f"bulk/{text.upper()}")
+    if (cached := not_modified(request, tag)) is not None:
+        return cached
+    path = _archive(request).hot.absolute(entry.path)
+    label, payloads = await in_executor(read_bulkdata, path, int(text, 16))
+    part_type = f"{OCTET}; transfer-syntax={label}"
+    return multipart([(part_type, p) for p in payloads], OCTET, cache_headers(tag))
+
+
+def add_routes(app: web.Application) -> None:
+    inst = "/studies/{study}/series/{series}/instances/{sop}"
+    app.router.add_get(inst + "/frames/{frames}", frames)
+    app.router.add_get(inst + "/bulkdata/{tag}", bulkdata)
+
+
+__all__ = ["add_routes", "bulkdata", "check_uid", "frames"]

@@ -1,0 +1,127 @@
+"""WADO-URI (PS3.18 Chapter 9): ``GET /wado?requestType=WADO&studyUID=&seriesUID=&objectUID=``.
+
+``contentType`` (a comma list; first one we serve wins; default ``image/jpeg``):
+
+* ``application/dicom``: the stored Part 10 file, as stored. ``transferSyntax`` absent, ``*``
+  or the stored syntax is served; any other is 406 (no transcoding yet). PS3.18 makes Explicit
+  VR Little Endian the default when the parameter is absent; we serve as stored instead (what
+  viewers expect and what stays byte-exact) -- a documented deviation.
+* ``image/jpeg`` / ``image/png``: one frame rendered through hpacs.pixels: ``frameNumber``
+  (1-based, default 1), ``windowCenter`` + ``windowWidth`` (both or neither), ``rows`` /
+  ``columns`` (fit inside, aspect kept), ``imageQuality`` 1..100.
+
+Missing/invalid parameters: 400; unknown object (or not in the series/study named): 404; a
+content type we do not serve: 406; pixel data that cannot be rendered: 422 (see rendered.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from hpacs.pixels import RenderOptions
+from hpacs.web.dicomweb import ARCHIVE_KEY, HTTPProblem, check_uid, error_response
+from hpacs.web.frames import cache_headers, etag, in_executor, not_modified
+from hpacs.web.rendered import MEDIA, render_frame
+
+DICOM = "application/dicom"
+_RENDER = {"image/jpeg": "jpeg", "image/jpg": "jpeg", "image/png": "png", "image/*": "jpeg",
+           "*/*": "jpeg"}
+
+
+def _int(q, name: str, lo: int, hi: int) -> int | None:
+    if name not in q:
+        return None
+    try:
+        value = int(q[name])
+    except ValueError:
+        raise HTTPProblem(400, f"malformed {name}: {q[name][:20]!r}") from None
+    if not lo <= value <= hi:
+        raise HTTPProblem(400, f"{name} must be {lo}..{hi}")
+    return value
+
+
+def _float(q, name: str) -> float | None:
+    if name not in q:
+        return None
+    try:
+        value = float(q[name])
+    except ValueError:
+        raise HTTPProblem(400, f"malformed {name}: {q[name][:20]!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise HTTPProblem(400, f"malformed {name}")
+    return value
+
+
+def _entry(request: web.Request):
+    q = request.query
+    if q.get("requestType") != "WADO":
+        raise HTTPProblem(400, "requestType=WADO is required")
+    missing = [k for k in ("studyUID", "seriesUID", "objectUID") if not q.get(k)]
+    if missing:
+        raise HTTPProblem(400, f"missing {', '.join(missing)}")
+    study = check_uid(q["studyUID"], "studyUID")
+    series = check_uid(q["seriesUID"], "seriesUID")
+    sop = check_uid(q["objectUID"], "objectUID")
+    db = request.app[ARCHIVE_KEY].db
+    entry = db.get_instance(sop)
+    se = db.get_series(series)
+    if entry is None or entry.series_uid != series or se is None or se.study_uid != study:
+        raise HTTPProblem(404, f"no object {sop} in series {series} of study {study}")
+    return entry
+
+
+def _content_type(request: web.Request) -> str:
+    for media in request.query.get("contentType", "image/jpeg").split(","):
+        media = media.split(";")[0].strip().lower()
+        if media == DICOM or media in _RENDER:
+            return media
+    raise HTTPProblem(406, "contentType served: application/dicom, image/jpeg, image/png")
+
+
+async def _wado(request: web.Request) -> web.StreamResponse:
+    entry = _entry(request)
+    media = _content_type(request)
+    q = request.query
+    archive = request.app[ARCHIVE_KEY]
+    path = archive.hot.absolute(entry.path)
+    if media == DICOM:
+        ts = q.get("transferSyntax")
+        if ts not in (None, "", "*", entry.transfer_syntax_uid):
+            check_uid(ts, "transferSyntax")
+            raise HTTPProblem(406, f"the object is stored as {entry.transfer_syntax_uid}; "
+                                   "transcoding is not available yet")
+        tag = etag(entry, "dicom")
+        if (cached := not_modified(request, tag)) is not None:
+            return cached
+        loop = asyncio.get_running_loop()
+        try:
+            body = await loop.run_in_executor(None, path.read_bytes)
+        except OSError:
+            raise HTTPProblem(500, "the stored object cannot be read") from None
+        return web.Response(body=body, content_type=DICOM, headers=cache_headers(tag))
+    frame = _int(q, "frameNumber", 1, 1 << 31) or 1
+    center, width = _float(q, "windowCenter"), _float(q, "windowWidth")
+    if (center is None) != (width is None):
+        raise HTTPProblem(400, "windowCenter and windowWidth go together")
+    if width is not None and width <= 0:
+        raise HTTPProblem(400, "windowWidth must be > 0")
+    rows, columns = _int(q, "rows", 1, 16384), _int(q, "columns", 1, 16384)
+    viewport = None if rows is None and columns is None else (columns or 1 << 20,
+                                                               rows or 1 << 20)
+    quality = _int(q, "imageQuality", 1, 100) or 90
+    options = RenderOptions(fmt=_RENDER[media], quality=quality, viewport=viewport,
+                            window=None if center is None else (center, width))
+    tag = etag(entry, f"{request.query_string}")
+    if (cached := not_modified(request, tag)) is not None:
+        return cached
+    body = await in_executor(render_frame, path, frame, options, None)
+    return web.Response(body=body, content_type=MEDIA[options.fmt], headers=cache_headers(tag))
+
+
+async def wado(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _wado(request)
+    except HTTPProblem as problem:
+        return error_response(request, problem)
