@@ -1,4 +1,4 @@
-"""`hpacs` command line: serve, import, reindex."""
+"""`hpacs` command line: serve, import, reindex, send."""
 
 from __future__ import annotations
 
@@ -62,6 +62,36 @@ def build_parser() -> argparse.ArgumentParser:
     rei = sub.add_parser("reindex", help="rebuild the index from the stored files alone")
     _add_common(rei)
     rei.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    send = sub.add_parser(
+        "send", help="send files, or studies/series from the archive, to a remote AE (C-STORE)",
+        description="Storage SCU: send Part 10 files (folders recursively; non-DICOM files are "
+                    "skipped with a reason) or studies/series from the archive to a remote AE. "
+                    "Each instance goes in its own transfer syntax, data set bytes unchanged; "
+                    "only when the destination refuses that syntax is an uncompressed "
+                    "little-endian instance re-encoded to one it accepted. The archive is read "
+                    "through a read-only index: this works while `hpacs serve` runs.",
+        epilog="examples:\n"
+               "  hpacs send --to STORESCP@10.0.0.5:104 scans/ extra.dcm\n"
+               "  hpacs send --to WORKSTATION1 --config hpacs.toml scans/   # a [[remote]] entry\n"
+               "  hpacs send --to PACS2@pacs2:11112 --data-dir ./hpacs-data --study 1.2.3 \\\n"
+               "      --study 1.2.4 --series 1.2.5.6\n\n"
+               "exit status: 0 all sent; 1 something failed, the destination refused or was down; "
+               "2 bad arguments or config",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(send)
+    send.add_argument("--to", required=True, metavar="AE@HOST:PORT|REMOTE",
+                      help="destination: AE@host:port, or the AE title of a [[remote]] entry")
+    send.add_argument("--calling-ae", help="our AE title (default: server.ae_title, HPACS)")
+    send.add_argument("--study", action="append", default=[], metavar="UID",
+                      help="send this study from the archive (--data-dir); repeatable")
+    send.add_argument("--series", action="append", default=[], metavar="UID",
+                      help="send this series from the archive (--data-dir); repeatable")
+    send.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to wait for the association and for each response (30)")
+    send.add_argument("--no-progress", action="store_true", help="no progress bar")
+    send.add_argument("paths", nargs="*", type=Path, metavar="FILES_OR_FOLDERS",
+                      help="Part 10 files or folders (recursive)")
     return parser
 
 
@@ -90,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run(_import(config, args.paths, progress=not args.no_progress))
     if args.command == "reindex":
         return _run(_reindex(config, progress=not args.no_progress))
+    if args.command == "send":
+        from hpacs.send import run_send
+
+        return run_send(config, args)
     return 2
 
 

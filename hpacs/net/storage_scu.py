@@ -27,7 +27,7 @@ from hpacs.dicom.part10 import (
     IMPLEMENTATION_VERSION_NAME,
     read_file_meta,
 )
-from hpacs.dicom.transfer_syntax import IMPLICIT_VR_LE
+from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from hpacs.dimse import commands as cmd
 from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
 from hpacs.dimse.retrieve import store_request
@@ -335,3 +335,23 @@ class StorageSCU:
             self._read_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._read_task
+
+
+def storage_contexts(items: Iterable[StoredInstance]) -> list[tuple[str, tuple[str, ...]]]:
+    """Presentation contexts to propose for ``items`` (uncapped; at most 128 fit in one
+    association): each SOP class in each stored syntax (one syntax per context, so the stored
+    one can always be chosen), then each SOP class in the little-endian uncompressed syntaxes
+    not proposed already (fallback for instances pydicom can re-encode)."""
+    stored: dict[str, list[str]] = {}
+    for it in items:
+        syntaxes = stored.setdefault(it.sop_class_uid, [])
+        if it.transfer_syntax_uid not in syntaxes:
+            syntaxes.append(it.transfer_syntax_uid)
+    contexts: list[tuple[str, tuple[str, ...]]] = []
+    fallbacks: list[tuple[str, tuple[str, ...]]] = []
+    for sop_class, syntaxes in stored.items():
+        contexts += [(sop_class, (ts,)) for ts in syntaxes]
+        rest = tuple(ts for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) if ts not in syntaxes)
+        if rest:
+            fallbacks.append((sop_class, rest))
+    return contexts + fallbacks
