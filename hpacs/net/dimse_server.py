@@ -1,7 +1,8 @@
 """The DICOM server: an asyncio Protocol per association around ``ul.Connection``.
 
 All protocol decisions live in ``ul`` (PDUs, state table, negotiation) and ``dimse`` (message
-assembly, statuses); this module only moves bytes, runs timers and awaits the store.
+assembly, statuses); this module only moves bytes, runs timers and awaits the store. C-FIND and
+C-GET/C-MOVE driving code sits in the ``find_service`` and ``retrieve_service`` mixins.
 """
 
 from __future__ import annotations
@@ -10,48 +11,20 @@ import asyncio
 import contextlib
 import itertools
 import time
-from pathlib import Path
 
 from hpacs.config import Config
-from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from hpacs.dimse import commands as cmd
 from hpacs.dimse import status
 from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
 from hpacs.dimse.find import (
-    FIND_SOP_CLASSES,
     MAX_IDENTIFIER_BYTES,
-    STATUS_UNABLE_TO_PROCESS,
-    FindError,
-    encode_match,
-    final_response,
-    parse_find,
-    pending_response,
-    too_many_matches,
-)
-from hpacs.dimse.retrieve import (
-    GET_SOP_CLASSES,
-    MOVE_SOP_CLASSES,
-    STATUS_MOVE_DESTINATION_UNKNOWN,
-    SubOperations,
-    choose_context,
-    parse_retrieve,
-    refused,
-    response_field_for,
-    store_outcome,
-    store_request,
 )
 from hpacs.dimse.services import echo_response, store_refused, store_response, unsupported_response
 from hpacs.index.query import QueryEngine
 from hpacs.log import get_logger
 from hpacs.metrics import Metrics
-from hpacs.net.storage_scu import (
-    AssociationFailed,
-    SendError,
-    StorageSCU,
-    StoredInstance,
-    open_instance,
-    send_instance,
-)
+from hpacs.net.find_service import FindService
+from hpacs.net.retrieve_service import RetrieveService
 from hpacs.store.ingest import Ingestor, Receiver
 from hpacs.ul import (
     Aborted,
@@ -117,7 +90,7 @@ class DimseServer:
             await self._server.wait_closed()
 
 
-class Association(asyncio.Protocol):
+class Association(FindService, RetrieveService, asyncio.Protocol):
     """One TCP connection: bytes in → ul events → DIMSE messages → store → responses out."""
 
     def __init__(self, server: DimseServer) -> None:
@@ -351,329 +324,6 @@ class Association(asyncio.Protocol):
         if self._draining and not self.pending - {asyncio.current_task()}:
             self.close(abort=True)
 
-    async def _run_find(self, context_id: int, request: cmd.Command, identifier: bytes,
-                        overflow: bool, previous: asyncio.Task | None) -> None:
-        """Answer one C-FIND: pending responses streamed page by page, then the final one.
-
-        Requests on one association are answered in order (no asynchronous operations are
-        negotiated): wait for the previous C-FIND first. Each page is read in its own short LMDB
-        read transaction; the loop is yielded between pages (and while the peer is not reading)
-        so ingest on other associations keeps flowing.
-        """
-        message_id = request.get(cmd.MESSAGE_ID, 0)
-        try:
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
-            await self._find(context_id, request, identifier, overflow, message_id)
-        except Exception:
-            log.exception("find.internal_error", ae=self.calling_ae)
-            self._respond(context_id, final_response(request, STATUS_UNABLE_TO_PROCESS,
-                                                     "internal error"))
-        finally:
-            self._find_ids.discard(message_id)
-            self._cancelled.discard(message_id)
-            self._flush()
-        if self._draining and not self.pending - {asyncio.current_task()}:
-            self.close(abort=True)
-
-    async def _find(self, context_id: int, request: cmd.Command, identifier: bytes,
-                    overflow: bool, message_id: int) -> None:
-        abstract, transfer_syntax = self.conn.accepted_contexts[context_id]
-        sop_class = request.get(cmd.AFFECTED_SOP_CLASS_UID, "")
-        if sop_class != abstract or sop_class not in FIND_SOP_CLASSES:
-            self._respond(context_id, final_response(
-                request, status.SOP_CLASS_NOT_SUPPORTED,
-                f"SOP class {sop_class} not negotiated on context {context_id}"))
-            return
-        if overflow:
-            self._respond(context_id, final_response(request, status.OUT_OF_RESOURCES,
-                                                     "identifier larger than 1 MiB"))
-            return
-        config = self.server.config
-        try:
-            req = parse_find(sop_class, identifier, transfer_syntax,
-                             case_insensitive_names=config.query.case_insensitive_names)
-        except FindError as exc:
-            log.warning("find.refused", ae=self.calling_ae, status=hex(exc.status),
-                        reason=exc.comment)
-            self._respond(context_id, final_response(request, exc.status, exc.comment,
-                                                     exc.offending))
-            return
-        started = time.perf_counter()
-        limit = config.query.max_matches
-        ae = config.server.ae_title
-        sent = 0
-        final: bytes | None = None
-        pages = self.server.query_engine.pages(req.query)
-        try:
-            for page in pages:
-                for match in page:
-                    if message_id in self._cancelled or self.conn.closed:
-                        break
-                    if sent >= limit:
-                        final = too_many_matches(request, limit)
-                        break
-                    self._respond(context_id, pending_response(request, req),
-                                  encode_match(req, match, retrieve_ae=ae))
-                    sent += 1
-                if final is not None or self.conn.closed:
-                    break
-                if message_id in self._cancelled:
-                    final = final_response(request, status.CANCEL)
-                    break
-                if self._draining:
-                    final = final_response(request, status.OUT_OF_RESOURCES,
-                                           "server shutting down")
-                    break
-                await asyncio.sleep(0)  # let other associations run between pages
-                if not self._writable.is_set():
-                    await self._writable.wait()
-        finally:
-            pages.close()
-        if final is None:
-            cancelled = message_id in self._cancelled
-            final = final_response(request, status.CANCEL if cancelled else status.SUCCESS)
-        self._respond(context_id, final)
-        log.info("find.done", ae=self.calling_ae, qr_level=req.level, matches=sent,
-                 ms=round((time.perf_counter() - started) * 1000, 2))
-
-    # -- C-GET / C-MOVE -------------------------------------------------------------------------
-    async def _run_retrieve(self, context_id: int, request: cmd.Command, identifier: bytes,
-                            overflow: bool, previous: asyncio.Task | None) -> None:
-        """Answer one C-GET or C-MOVE, after the operation before it (no async ops window)."""
-        message_id = request.get(cmd.MESSAGE_ID, 0)
-        rsp_field = response_field_for(request.get(cmd.COMMAND_FIELD, 0))
-        try:
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
-            await self._retrieve(context_id, request, identifier, overflow, message_id, rsp_field)
-        except Exception:
-            log.exception("retrieve.internal_error", ae=self.calling_ae)
-            self._respond(context_id, refused(request, rsp_field, STATUS_UNABLE_TO_PROCESS,
-                                              "internal error"))
-        finally:
-            self._find_ids.discard(message_id)
-            self._cancelled.discard(message_id)
-            self._flush()
-        if self._draining and not self.pending - {asyncio.current_task()}:
-            self.close(abort=True)
-
-    async def _retrieve(self, context_id: int, request: cmd.Command, identifier: bytes,
-                        overflow: bool, message_id: int, rsp_field: int) -> None:
-        abstract, transfer_syntax = self.conn.accepted_contexts[context_id]
-        sop_class = request.get(cmd.AFFECTED_SOP_CLASS_UID, "")
-        is_get = rsp_field == cmd.CommandField.C_GET_RSP
-        models = GET_SOP_CLASSES if is_get else MOVE_SOP_CLASSES
-        if sop_class != abstract or sop_class not in models:
-            self._respond(context_id, refused(
-                request, rsp_field, status.SOP_CLASS_NOT_SUPPORTED,
-                f"SOP class {sop_class} not negotiated on context {context_id}"))
-            return
-        if overflow:
-            self._respond(context_id, refused(request, rsp_field, status.OUT_OF_RESOURCES,
-                                              "identifier larger than 1 MiB"))
-            return
-        config = self.server.config
-        remote = None
-        if not is_get:
-            destination = request.get(cmd.MOVE_DESTINATION, "")
-            remote = config.remote_ae(destination)
-            if remote is None:
-                log.warning("move.unknown_destination", ae=self.calling_ae,
-                            destination=destination)
-                self._respond(context_id, refused(
-                    request, rsp_field, STATUS_MOVE_DESTINATION_UNKNOWN,
-                    f"move destination {destination!r} unknown"))
-                return
-        try:
-            rq = parse_retrieve(sop_class, identifier, transfer_syntax)
-        except FindError as exc:
-            log.warning("retrieve.refused", ae=self.calling_ae, status=hex(exc.status),
-                        reason=exc.comment)
-            self._respond(context_id, refused(request, rsp_field, exc.status, exc.comment,
-                                              exc.offending))
-            return
-        started = time.perf_counter()
-        items = await self._list_instances(rq.query)
-        subops = SubOperations(request, rsp_field, total=len(items),
-                               explicit_vr=rq.explicit_vr, little_endian=rq.little_endian)
-        if self.conn.closed:
-            return
-        comment = ""
-        if is_get:
-            cancelled = await self._get_suboperations(context_id, message_id, items, subops)
-        else:
-            assert remote is not None
-            cancelled, comment = await self._move_suboperations(
-                context_id, request, message_id, remote, items, subops)
-        if self.conn.closed:
-            return
-        final, ident = subops.final(cancelled, comment)
-        self._respond(context_id, final, ident)
-        log.info("get.done" if is_get else "move.done", ae=self.calling_ae, qr_level=rq.level,
-                 destination=remote.ae_title if remote else None, total=subops.total,
-                 completed=subops.completed, failed=subops.failed, warning=subops.warning,
-                 status=hex(subops.final_status(cancelled)),
-                 ms=round((time.perf_counter() - started) * 1000, 2))
-
-    async def _list_instances(self, query) -> list[StoredInstance]:
-        """Every instance the query selects (UIDs and paths only, never data), page by page."""
-        db = self.server.ingestor.db
-        data_dir = Path(self.server.ingestor.hot.data_dir)
-        out: list[StoredInstance] = []
-        pages = self.server.query_engine.pages(query, page_size=256)
-        try:
-            for page in pages:
-                for match in page:
-                    entry = db.get_instance(match["SOPInstanceUID"])
-                    if entry is not None:
-                        out.append(StoredInstance(entry.sop_class_uid, entry.sop_instance_uid,
-                                                  entry.transfer_syntax_uid,
-                                                  data_dir / entry.path))
-                await asyncio.sleep(0)
-                if self.conn.closed:
-                    break
-        finally:
-            pages.close()
-        return out
-
-    def _stop_reason(self, message_id: int) -> str | None:
-        if message_id in self._cancelled:
-            return "cancel"
-        if self.conn.closed or not self.conn.established:
-            return "closed"
-        if self._draining:
-            return "draining"
-        return None
-
-    async def _get_suboperations(self, context_id: int, message_id: int,
-                                 items: list[StoredInstance], subops: SubOperations) -> bool:
-        """C-STORE each instance back on this association; True if cancelled."""
-        accepted = self.conn.accepted_contexts
-        accept = self.conn.accept_pdu
-        scp_classes = {r.sop_class_uid for r in (accept.role_selections if accept else ())
-                       if r.scp_role}
-        allowed = {cid for cid, (abstract, _) in accepted.items() if abstract in scp_classes}
-        for i, item in enumerate(items):
-            reason = self._stop_reason(message_id)
-            if reason == "cancel":
-                return True
-            if reason is not None:
-                subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
-                return False
-            choice = choose_context(accepted, item.sop_class_uid, item.transfer_syntax_uid,
-                                    allowed)
-            if choice is None:
-                log.warning("get.no_context", ae=self.calling_ae, sop=item.sop_instance_uid,
-                            sop_class=item.sop_class_uid, ts=item.transfer_syntax_uid)
-                subops.record(item.sop_instance_uid, "failed")
-            else:
-                subops.record(item.sop_instance_uid, await self._get_store(item, *choice))
-            if subops.remaining and not self.conn.closed:
-                self._respond(context_id, subops.pending())
-                if not self._writable.is_set():
-                    await self._writable.wait()
-        return False
-
-    async def _get_store(self, item: StoredInstance, context_id: int, ts: str) -> str:
-        """One C-GET sub-operation: our C-STORE-RQ on the peer's association, its response."""
-        try:
-            opened = await open_instance(item, ts)
-        except SendError as exc:
-            log.warning("get.unreadable", sop=item.sop_instance_uid, error=str(exc))
-            return "failed"
-        message_id = next(self._sub_ids) & 0xFFFF or next(self._sub_ids)
-        waiter = asyncio.get_running_loop().create_future()
-        self._store_waiters[message_id] = waiter
-        command = store_request(message_id, item.sop_class_uid, item.sop_instance_uid)
-        self._streaming = True
-        try:
-            await send_instance(self.conn, self._write_buffers, self._wait_writable, context_id,
-                                command, opened)
-        except LocalProtocolError:
-            self._store_waiters.pop(message_id, None)
-            return "failed"
-        except OSError as exc:
-            self._store_waiters.pop(message_id, None)
-            self._protocol_abort(f"read error while sending {item.sop_instance_uid}: {exc}")
-            return "failed"
-        finally:
-            opened.close()
-            self._streaming = False
-            deferred, self._deferred = self._deferred, []
-            for bufs in deferred:
-                self._write_buffers(bufs)
-        try:
-            response = await asyncio.wait_for(waiter, self.server.config.dicom.idle_timeout)
-        except (TimeoutError, ConnectionError):
-            self._store_waiters.pop(message_id, None)
-            return "failed"
-        return store_outcome(int(response.get(cmd.STATUS, status.PROCESSING_FAILURE)))
-
-    async def _move_suboperations(self, context_id: int, request: cmd.Command, message_id: int,
-                                  remote, items: list[StoredInstance],
-                                  subops: SubOperations) -> tuple[bool, str]:
-        """C-STORE each instance to the destination on our own association."""
-        if not items:
-            return False, ""
-        config = self.server.config
-        scu = StorageSCU(remote.host, remote.port, called_ae=remote.ae_title,
-                         calling_ae=config.server.ae_title, contexts=_move_contexts(items),
-                         timeout=config.dicom.acse_timeout)
-        try:
-            await scu.connect()
-        except AssociationFailed as exc:
-            log.warning("move.destination_failed", ae=self.calling_ae,
-                        destination=remote.ae_title, error=str(exc))
-            subops.fail_remaining([it.sop_instance_uid for it in items])
-            return False, f"destination {remote.ae_title}: {exc}"
-        comment = ""
-        cancelled = False
-        originator = (self.calling_ae, message_id)
-        try:
-            for i, item in enumerate(items):
-                reason = self._stop_reason(message_id)
-                if reason == "cancel":
-                    cancelled = True
-                    break
-                if reason is not None:
-                    subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
-                    break
-                choice = choose_context(scu.accepted_contexts, item.sop_class_uid,
-                                        item.transfer_syntax_uid)
-                outcome = "failed"
-                if choice is None:
-                    log.warning("move.no_context", destination=remote.ae_title,
-                                sop=item.sop_instance_uid, sop_class=item.sop_class_uid,
-                                ts=item.transfer_syntax_uid)
-                else:
-                    try:
-                        opened = await open_instance(item, choice[1])
-                    except SendError as exc:
-                        log.warning("move.unreadable", sop=item.sop_instance_uid,
-                                    error=str(exc))
-                    else:
-                        try:
-                            code = await scu.store(item, choice[0], opened,
-                                                   move_originator=originator)
-                            outcome = store_outcome(code)
-                        except (AssociationFailed, OSError) as exc:
-                            log.warning("move.association_lost", destination=remote.ae_title,
-                                        error=str(exc))
-                            comment = f"destination {remote.ae_title}: {exc}"
-                            subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
-                            break
-                        finally:
-                            opened.close()
-                subops.record(item.sop_instance_uid, outcome)
-                if subops.remaining and not self.conn.closed:
-                    self._respond(context_id, subops.pending())
-                    if not self._writable.is_set():
-                        await self._writable.wait()
-        finally:
-            await scu.release()
-        return cancelled, comment
-
     def _on_release(self) -> None:
         if self.pending:
             task = asyncio.ensure_future(self._release_after_pending())
@@ -811,22 +461,3 @@ class Association(asyncio.Protocol):
 
 _QUERY_FIELDS = frozenset({cmd.CommandField.C_FIND_RQ, cmd.CommandField.C_GET_RQ,
                            cmd.CommandField.C_MOVE_RQ})
-
-
-def _move_contexts(items: list[StoredInstance]) -> list[tuple[str, tuple[str, ...]]]:
-    """What a C-MOVE proposes to its destination: each SOP class in each stored syntax, and
-    each SOP class in the little-endian uncompressed syntaxes not proposed already (fallback
-    for instances pydicom can re-encode)."""
-    stored: dict[str, list[str]] = {}
-    for it in items:
-        syntaxes = stored.setdefault(it.sop_class_uid, [])
-        if it.transfer_syntax_uid not in syntaxes:
-            syntaxes.append(it.transfer_syntax_uid)
-    contexts: list[tuple[str, tuple[str, ...]]] = []
-    fallbacks: list[tuple[str, tuple[str, ...]]] = []
-    for sop_class, syntaxes in stored.items():
-        contexts += [(sop_class, (ts,)) for ts in syntaxes]
-        rest = tuple(ts for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) if ts not in syntaxes)
-        if rest:
-            fallbacks.append((sop_class, rest))
-    return (contexts + fallbacks)[:128]
