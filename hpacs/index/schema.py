@@ -23,6 +23,8 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
 
+from hpacs.dicom.transfer_syntax import EXPLICIT_VR_BE
+
 PATIENT: Final = "patient"
 STUDY: Final = "study"
 SERIES: Final = "series"
@@ -242,7 +244,7 @@ def record_from_scan(
     (only Explicit VR Big Endian is big endian).
     """
     if little_endian is None:
-        little_endian = transfer_syntax != "1.2.840.10008.1.2.2"
+        little_endian = transfer_syntax != EXPLICIT_VR_BE
     encodings = _encodings(values.get(SPECIFIC_CHARACTER_SET))
     levels: tuple[dict[str, Value], ...] = ({}, {}, {}, {})
     decoders = _DECODERS

@@ -35,6 +35,7 @@ from aiohttp import web
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames, get_frame
 
+from hpacs.dicom.transfer_syntax import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE
 from hpacs.pixels import PixelDataError, decode
 from hpacs.web.dicomweb import HTTPProblem, check_uid, log
 from hpacs.web.wado import (
@@ -43,11 +44,11 @@ from hpacs.web.wado import (
     IMPLICIT_VR_LE,
     PIXEL_DATA,
     _instances,
-    _split_accept,
+    media_ranges,
 )
 
-BIG_ENDIAN = "1.2.840.10008.1.2.2"
-DEFLATED = "1.2.840.10008.1.2.1.99"
+BIG_ENDIAN = EXPLICIT_VR_BE
+DEFLATED = DEFLATED_EXPLICIT_VR_LE
 NATIVE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, BIG_ENDIAN, DEFLATED})
 OCTET = "application/octet-stream"
 CACHE_CONTROL = "private, max-age=3600"
@@ -113,18 +114,7 @@ def frame_choices(accept: str | None) -> list[tuple[str, str]]:
     if not accept:
         return [("*", ANY)]
     out = []
-    for media_range in _split_accept(accept):
-        media, *params = (p.strip() for p in media_range.split(";"))
-        opts = {}
-        for p in params:
-            k, _, v = p.partition("=")
-            opts[k.strip().lower()] = v.strip().strip('"')
-        try:
-            if float(opts.get("q", "1")) <= 0:
-                continue
-        except ValueError:
-            continue
-        media = media.lower()
+    for media, opts in media_ranges(accept):
         if media in ("*/*", "multipart/*"):
             out.append(("*", ANY))
         elif media == "multipart/related":

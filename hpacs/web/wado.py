@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -26,6 +27,10 @@ from aiohttp import web
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 
+from hpacs.dicom.transfer_syntax import (
+    DEFLATED_EXPLICIT_VR_LE as DEFLATED,
+)
+from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from hpacs.web.dicomweb import (
     ARCHIVE_KEY,
     HTTPProblem,
@@ -35,9 +40,6 @@ from hpacs.web.dicomweb import (
     log,
 )
 
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-DEFLATED = "1.2.840.10008.1.2.1.99"
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 READ_CHUNK = 1 << 20
 BULK_THRESHOLD = 1024
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -101,11 +103,8 @@ def _split_accept(header: str) -> list[str]:
     return [s.strip() for s in out if s.strip()]
 
 
-def acceptable_syntaxes(accept: str | None) -> set[str]:
-    """Transfer syntaxes an Accept header allows for application/dicom parts (ANY: as stored)."""
-    if not accept:
-        return {ANY}
-    allowed: set[str] = set()
+def media_ranges(accept: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """(lower-cased media type, parameters) of each Accept media range whose q is above 0."""
     for media_range in _split_accept(accept):
         media, *params = (p.strip() for p in media_range.split(";"))
         opts = {}
@@ -117,7 +116,15 @@ def acceptable_syntaxes(accept: str | None) -> set[str]:
                 continue
         except ValueError:
             continue
-        media = media.lower()
+        yield media.lower(), opts
+
+
+def acceptable_syntaxes(accept: str | None) -> set[str]:
+    """Transfer syntaxes an Accept header allows for application/dicom parts (ANY: as stored)."""
+    if not accept:
+        return {ANY}
+    allowed: set[str] = set()
+    for media, opts in media_ranges(accept):
         if media in ("*/*", "multipart/*"):
             allowed.add(ANY)
         elif media == "multipart/related":
