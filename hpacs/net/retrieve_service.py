@@ -11,7 +11,6 @@ import asyncio
 import time
 from pathlib import Path
 
-from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from hpacs.dimse import commands as cmd
 from hpacs.dimse import status
 from hpacs.dimse.find import (
@@ -38,10 +37,14 @@ from hpacs.net.storage_scu import (
     StoredInstance,
     open_instance,
     send_instance,
+    storage_contexts,
 )
 from hpacs.ul import LocalProtocolError
 
 log = get_logger("hpacs.dimse")
+
+#: Presentation contexts that fit in one A-ASSOCIATE-RQ (odd context IDs 1..255).
+MAX_CONTEXTS = 128
 
 
 
@@ -227,8 +230,9 @@ class RetrieveService:
         if not items:
             return False, ""
         config = self.server.config
+        contexts = storage_contexts(items)[:MAX_CONTEXTS]
         scu = StorageSCU(remote.host, remote.port, called_ae=remote.ae_title,
-                         calling_ae=config.server.ae_title, contexts=_move_contexts(items),
+                         calling_ae=config.server.ae_title, contexts=contexts,
                          timeout=config.dicom.acse_timeout)
         try:
             await scu.connect()
@@ -283,22 +287,3 @@ class RetrieveService:
         finally:
             await scu.release()
         return cancelled, comment
-
-
-def _move_contexts(items: list[StoredInstance]) -> list[tuple[str, tuple[str, ...]]]:
-    """What a C-MOVE proposes to its destination: each SOP class in each stored syntax, and
-    each SOP class in the little-endian uncompressed syntaxes not proposed already (fallback
-    for instances pydicom can re-encode)."""
-    stored: dict[str, list[str]] = {}
-    for it in items:
-        syntaxes = stored.setdefault(it.sop_class_uid, [])
-        if it.transfer_syntax_uid not in syntaxes:
-            syntaxes.append(it.transfer_syntax_uid)
-    contexts: list[tuple[str, tuple[str, ...]]] = []
-    fallbacks: list[tuple[str, tuple[str, ...]]] = []
-    for sop_class, syntaxes in stored.items():
-        contexts += [(sop_class, (ts,)) for ts in syntaxes]
-        rest = tuple(ts for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) if ts not in syntaxes)
-        if rest:
-            fallbacks.append((sop_class, rest))
-    return (contexts + fallbacks)[:128]
