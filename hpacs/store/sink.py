@@ -9,6 +9,8 @@ renames the file into place. So disk work overlaps the network transfer, uses th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import threading
 from collections import deque
@@ -97,14 +99,21 @@ class FileSink:
                     while self._queue and _is_data(self._queue[0]):
                         chunks.append(self._queue.popleft())
                     item = chunks
-            if isinstance(item, _Commit):
-                self._do_commit(item)
-            elif item is _DISCARD:
-                self._drop()
-            else:
-                size = self._do_write(item)
-                with self._lock:
-                    self.queued_bytes -= size
+            try:
+                if isinstance(item, _Commit):
+                    self._do_commit(item)
+                elif item is _DISCARD:
+                    self._drop()
+                else:
+                    size = self._do_write(item)
+                    with self._lock:
+                        self.queued_bytes -= size
+            except Exception as exc:  # a bug must fail this instance, not hang its association
+                self.error = self.error or OSError(errno.EIO, f"I/O worker failed: {exc!r}")
+                with contextlib.suppress(Exception):
+                    self._drop()
+                if isinstance(item, _Commit):
+                    item.loop.call_soon_threadsafe(_settle, item.future, self.error)
 
     def _do_write(self, chunks: list) -> int:
         size = sum(len(c) for c in chunks)
@@ -113,7 +122,7 @@ class FileSink:
         try:
             if self._fd is None:
                 self._fd, self._temp = self.hot.open_temp()
-            _write_all(self._fd, chunks, size)
+            _write_all(self._fd, chunks)
             self._written += size
             if self.hot.fsync and self._written - self._flushed >= WRITEBACK_STEP:
                 start_writeback(self._fd, self._flushed, self._written - self._flushed)
@@ -156,7 +165,7 @@ def _is_data(item: object) -> bool:
     return item is not _DISCARD and not isinstance(item, _Commit)
 
 
-def _write_all(fd: int, chunks: list, size: int) -> None:
+def _write_all(fd: int, chunks: list) -> None:
     """writev everything, resuming after short writes (IOV_MAX bounds one call)."""
     views = [memoryview(c).cast("B") for c in chunks]
     while views:
