@@ -37,6 +37,9 @@ class DicomConfig:
     acse_timeout: float = 30.0
     #: An association with no traffic for this long is aborted.
     idle_timeout: float = 300.0
+    #: Stop reading from a peer while more received bytes than this wait for the disk (read
+    #: again below half): memory stays bounded when the network outruns the disk.
+    disk_backlog_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)

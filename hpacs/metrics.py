@@ -20,5 +20,8 @@ class Metrics:
         self.store_seconds = Histogram(
             "hpacs_store_seconds", "From last fragment to durable (fsync + index commit)",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0), registry=r)
+        self.disk_pauses_total = Counter(
+            "hpacs_disk_pauses_total", "Times reading from a peer paused for the disk",
+            registry=r)
         self.aborts_total = Counter(
             "hpacs_aborts_total", "Associations aborted, by reason", ["reason"], registry=r)

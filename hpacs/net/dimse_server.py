@@ -47,6 +47,8 @@ from hpacs.ul.pdu import ABORT_REASON_UNEXPECTED_PARAMETER, ABORT_SOURCE_PROVIDE
 log = get_logger("hpacs.dimse")
 
 VERIFICATION = "1.2.840.10008.1.1"
+#: While reading is paused for the disk (dicom.disk_backlog_bytes), check this often.
+DISK_BACKLOG_POLL_S = 0.005
 
 
 class DimseServer:
@@ -111,6 +113,7 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
         self._last_activity = 0.0
         self._draining = False
         self._counted = False
+        self._reading_paused = False
         #: C-FIND: the identifier being received (None when the data set is not a query's).
         self._identifier: bytearray | None = None
         self._identifier_overflow = False
@@ -217,6 +220,9 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
         # a data set fragment
         if self.receiver is not None:
             self.receiver.write(message.data)
+            backlog = self.server.config.dicom.disk_backlog_bytes
+            if self.receiver.sink.queued_bytes > backlog and not self._reading_paused:
+                self._pause_for_disk(self.receiver)
         elif self._identifier is not None and not self._identifier_overflow:
             if len(self._identifier) + len(message.data) > MAX_IDENTIFIER_BYTES:
                 self._identifier_overflow = True
@@ -323,6 +329,25 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
         self._respond(context_id, store_response(request, result))
         if self._draining and not self.pending - {asyncio.current_task()}:
             self.close(abort=True)
+
+    def _pause_for_disk(self, receiver: Receiver) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._reading_paused = True
+        self.server.metrics.disk_pauses_total.inc()
+        self.transport.pause_reading()
+        asyncio.get_running_loop().call_later(DISK_BACKLOG_POLL_S, self._resume_when_drained,
+                                              receiver)
+
+    def _resume_when_drained(self, receiver: Receiver) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if receiver.sink.queued_bytes > self.server.config.dicom.disk_backlog_bytes // 2:
+            asyncio.get_running_loop().call_later(DISK_BACKLOG_POLL_S, self._resume_when_drained,
+                                                  receiver)
+            return
+        self._reading_paused = False
+        self.transport.resume_reading()
 
     def _on_release(self) -> None:
         if self.pending:

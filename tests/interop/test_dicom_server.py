@@ -448,3 +448,28 @@ def test_storescu_file_sent_twice_with_keep_policy(server, tmp_path):
         assert run.returncode == 0, run.stderr
     assert "store.duplicate_kept" in server.log()
 
+
+
+def test_reading_pauses_for_the_disk_and_resumes(tmp_path):
+    """With a 1-byte disk backlog every fragment pauses reading until the I/O thread caught
+    up: the instances must still arrive whole."""
+    import urllib.request
+
+    srv = start_server(tmp_path / "data", env={"HPACS_DICOM__DISK_BACKLOG_BYTES": "1"})
+    try:
+        assoc = associate(srv, [CT], max_pdu=16384)
+        big = [make_ct(number=n, size=512) for n in range(3)]
+        assert [assoc.send_c_store(ds).Status for ds in big] == [0, 0, 0]
+        assoc.release()
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/metrics") as r:
+            text = r.read().decode()
+        import re
+
+        pauses = float(re.search(r"^hpacs_disk_pauses_total (\S+)$", text, re.M).group(1))
+        assert pauses > 0
+    finally:
+        assert srv.stop() == 0
+    for ds in big:
+        rel = HotStore.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                     ds.SOPInstanceUID)
+        assert pydicom.dcmread(srv.data_dir / rel).PixelData == ds.PixelData
