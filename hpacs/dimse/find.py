@@ -24,15 +24,11 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Final
 
-from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 
+from hpacs.dicom.elements import encode_elements
 from hpacs.dicom.transfer_syntax import STORABLE
 from hpacs.dimse import status
 from hpacs.dimse.commands import (
@@ -194,13 +190,13 @@ def _element_value(vr: str, value: Any) -> Any:
 
 def encode_match(req: FindRequest, match: dict[str, Any], *, retrieve_ae: str = "") -> bytes:
     """One pending response identifier for ``match``, in the request's transfer syntax."""
-    ds = Dataset()
+    elements: list[tuple[int, str, Any]] = []
     non_ascii = False
     depth = _LEVEL_DEPTH[req.level]
     present = {tag for tag, _, _ in req.keys}
     for tag, vr, kw in req.keys:
         if vr == "SQ":
-            ds[tag] = DataElement(tag, "SQ", [])
+            elements.append((tag, "SQ", None))
             continue
         if tag == _RETRIEVE_AE:
             value: Any = retrieve_ae or None
@@ -211,21 +207,18 @@ def encode_match(req: FindRequest, match: dict[str, Any], *, retrieve_ae: str = 
         if vr in _TEXT_VRS and value is not None and not non_ascii:
             non_ascii = not all(v.isascii() for v in (value if isinstance(value, list)
                                                       else [value]))
-        ds[tag] = DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
+        elements.append((tag, vr, value))
     for i, (kw, tag, vr) in enumerate(_UNIQUE):
         if tag not in present and i <= depth and (i > 0 or req.model == PATIENT_ROOT_FIND):
-            ds[tag] = DataElement(tag, vr, match.get(kw) or None,
-                                  validation_mode=pydicom_config.IGNORE)
-    ds[_QR_LEVEL] = DataElement(_QR_LEVEL, "CS", req.level)
+            elements.append((tag, vr, match.get(kw) or None))
+    elements.append((_QR_LEVEL, "CS", req.level))
     if non_ascii:
-        ds[_CHARSET] = DataElement(_CHARSET, "CS", "ISO_IR 192")
+        elements.append((_CHARSET, "CS", "ISO_IR 192"))
     elif req.charset_requested:
-        ds[_CHARSET] = DataElement(_CHARSET, "CS", None)
-    fp = DicomBytesIO()
-    fp.is_little_endian = req.little_endian
-    fp.is_implicit_VR = not req.explicit_vr
-    write_dataset(fp, ds)
-    return fp.getvalue()
+        elements.append((_CHARSET, "CS", None))
+    return encode_elements(elements, explicit_vr=req.explicit_vr,
+                           little_endian=req.little_endian,
+                           text_codec="utf-8" if non_ascii else "ascii")
 
 
 def pending_response(request: Command, req: FindRequest) -> bytes:
