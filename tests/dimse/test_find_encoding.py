@@ -66,7 +66,9 @@ def test_non_ascii_text_is_utf8_with_its_charset():
     assert ours == pydicom_bytes(elements[1:], True, True, "utf-8")
 
 
-text = st.text(alphabet=st.characters(codec="ascii", exclude_characters="\\\0"), max_size=20)
+# "=" is left out: pydicom's PersonName drops trailing empty component groups ("A==" -> "A")
+# when it writes, while hpacs answers the stored value as it is.
+text = st.text(alphabet=st.characters(codec="ascii", exclude_characters="\\\0="), max_size=20)
 
 
 @settings(max_examples=200, deadline=None)
