@@ -15,6 +15,13 @@ from pathlib import Path
 import pydicom
 import pydicom.data
 import pytest
+from hypothesis import settings
+
+# CI runs the same examples every time (a red CI must mean a real regression, and a fixed
+# failing example is reproducible); local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 # dcmtk leaves Nagle on unless told; every DIMSE round trip would wait ~40 ms otherwise.
