@@ -100,6 +100,22 @@ cdef void _run(const pix_t* s, uint8_t* o, Py_ssize_t n, int64_t lo, int64_t hi,
         for i in range(n):
             o[i] = _value(<double>s[i], True, p)
         return
+    if n == 0:
+        return
+    # Only the values present need a table entry: one min/max pass (vectorized) usually makes
+    # the table far smaller than the Bits Stored range, and lets the main loop skip the range
+    # check.
+    cdef double dmin, dmax
+    cdef int64_t a, b
+    _minmax(s, n, &dmin, &dmax)
+    a = <int64_t>dmin
+    b = <int64_t>dmax
+    if a >= lo and b <= hi:
+        for v in range(a, b + 1):
+            tab[v - a] = _value(<double>v, True, p)
+        for i in range(n):
+            o[i] = tab[<int64_t>s[i] - a]
+        return
     for v in range(lo, hi + 1):
         tab[v - lo] = _value(<double>v, True, p)
     if (pix_t is uint8_t or pix_t is int8_t or pix_t is uint16_t or pix_t is int16_t) and (
