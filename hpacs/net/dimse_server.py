@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 
 from hpacs.config import Config
 from hpacs.dimse import commands as cmd
@@ -327,6 +328,26 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
         if result.outcome.ok:
             metrics.bytes_received_total.inc(receiver.size)
         self._respond(context_id, store_response(request, result))
+        if self._draining and not self.pending - {asyncio.current_task()}:
+            self.close(abort=True)
+
+    async def _in_order(self, previous: asyncio.Task | None, context_id: int, message_id: int,
+                        operation: Callable[[], Awaitable[None]], failure: bytes,
+                        event: str) -> None:
+        """Run one C-FIND/C-GET/C-MOVE after the one before it (no asynchronous operations
+        window is negotiated); an internal error is logged and answered with ``failure``; the
+        message ID is forgotten and output flushed whatever happens."""
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            await operation()
+        except Exception:
+            log.exception(event, ae=self.calling_ae)
+            self._respond(context_id, failure)
+        finally:
+            self._find_ids.discard(message_id)
+            self._cancelled.discard(message_id)
+            self._flush()
         if self._draining and not self.pending - {asyncio.current_task()}:
             self.close(abort=True)
 

@@ -41,20 +41,11 @@ class FindService:
         so ingest on other associations keeps flowing.
         """
         message_id = request.get(cmd.MESSAGE_ID, 0)
-        try:
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
-            await self._find(context_id, request, identifier, overflow, message_id)
-        except Exception:
-            log.exception("find.internal_error", ae=self.calling_ae)
-            self._respond(context_id, final_response(request, STATUS_UNABLE_TO_PROCESS,
-                                                     "internal error"))
-        finally:
-            self._find_ids.discard(message_id)
-            self._cancelled.discard(message_id)
-            self._flush()
-        if self._draining and not self.pending - {asyncio.current_task()}:
-            self.close(abort=True)
+        await self._in_order(
+            previous, context_id, message_id,
+            lambda: self._find(context_id, request, identifier, overflow, message_id),
+            final_response(request, STATUS_UNABLE_TO_PROCESS, "internal error"),
+            "find.internal_error")
 
     async def _find(self, context_id: int, request: cmd.Command, identifier: bytes,
                     overflow: bool, message_id: int) -> None:

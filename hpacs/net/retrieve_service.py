@@ -56,20 +56,12 @@ class RetrieveService:
         """Answer one C-GET or C-MOVE, after the operation before it (no async ops window)."""
         message_id = request.get(cmd.MESSAGE_ID, 0)
         rsp_field = response_field_for(request.get(cmd.COMMAND_FIELD, 0))
-        try:
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
-            await self._retrieve(context_id, request, identifier, overflow, message_id, rsp_field)
-        except Exception:
-            log.exception("retrieve.internal_error", ae=self.calling_ae)
-            self._respond(context_id, refused(request, rsp_field, STATUS_UNABLE_TO_PROCESS,
-                                              "internal error"))
-        finally:
-            self._find_ids.discard(message_id)
-            self._cancelled.discard(message_id)
-            self._flush()
-        if self._draining and not self.pending - {asyncio.current_task()}:
-            self.close(abort=True)
+        await self._in_order(
+            previous, context_id, message_id,
+            lambda: self._retrieve(context_id, request, identifier, overflow, message_id,
+                                   rsp_field),
+            refused(request, rsp_field, STATUS_UNABLE_TO_PROCESS, "internal error"),
+            "retrieve.internal_error")
 
     async def _retrieve(self, context_id: int, request: cmd.Command, identifier: bytes,
                         overflow: bool, message_id: int, rsp_field: int) -> None:

@@ -167,3 +167,38 @@ def sent_datasets(stream: bytes) -> dict[str, bytes]:
                         out[uid] = bytes(dataset)
                     dataset.clear()
     return out
+
+
+#: A small query corpus: (patient, study, series, number, modality, name, date), with a
+#: non-ASCII and a lower-case name; C-FIND and QIDO tests query the same one.
+QUERY_CORPUS = [
+    (1, 1, 1, 1, "CT", "DOE^JOHN", "20260215"),
+    (1, 1, 1, 2, "CT", "DOE^JOHN", "20260215"),
+    (1, 1, 1, 3, "CT", "DOE^JOHN", "20260215"),
+    (1, 1, 2, 1, "MR", "DOE^JOHN", "20260215"),
+    (1, 1, 2, 2, "MR", "DOE^JOHN", "20260215"),
+    (1, 2, 1, 1, "CT", "DOE^JOHN", "20260315"),
+    (2, 1, 1, 1, "CT", "Müller^Jürgen", "20260110"),
+    (2, 1, 1, 2, "CT", "Müller^Jürgen", "20260110"),
+    (3, 7, 1, 1, "US", "smith^anne", "20261231"),
+]
+
+
+def load_query_corpus(server, directory: Path, *, study_descriptions: bool = False) -> None:
+    """Store QUERY_CORPUS plus pydicom's storage test files in ``server`` (all corpus files
+    must be accepted)."""
+    from tests.conftest import storage_test_files
+    from tests.factories import make_ct, write
+
+    paths = []
+    for p, s, se, n, modality, name, date in QUERY_CORPUS:
+        ds = make_ct(p, s, se, n, size=8, name=name)
+        ds.Modality = modality
+        ds.StudyDate = date
+        if study_descriptions:
+            ds.StudyDescription = f"STUDY {p}.{s}"
+        if not name.isascii():
+            ds.SpecificCharacterSet = "ISO_IR 192"
+        paths.append(write(ds, directory))
+    statuses = send_files(server, paths + storage_test_files())
+    assert all(v == 0 for k, v in statuses.items() if k in paths)

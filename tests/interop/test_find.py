@@ -18,27 +18,17 @@ from pynetdicom.sop_class import (
 )
 
 from hpacs.index.db import IndexDB
-from tests.conftest import pydicom_test_dir, start_server, storage_test_files
-from tests.factories import make_ct, uid, write
+from tests.conftest import pydicom_test_dir, start_server
+from tests.factories import uid
 from tests.index.index_helpers import make_record
-from tests.interop.helpers import send_files
+from tests.interop.helpers import QUERY_CORPUS, load_query_corpus
 
 FINDSCU = "/usr/bin/findscu"  # not the venv's pynetdicom script of the same name
 PATIENT_ROOT = PatientRootQueryRetrieveInformationModelFind
 STUDY_ROOT = StudyRootQueryRetrieveInformationModelFind
 
 # synthetic corpus: (patient, study, series, number, modality, name, date)
-CORPUS = [
-    (1, 1, 1, 1, "CT", "DOE^JOHN", "20260215"),
-    (1, 1, 1, 2, "CT", "DOE^JOHN", "20260215"),
-    (1, 1, 1, 3, "CT", "DOE^JOHN", "20260215"),
-    (1, 1, 2, 1, "MR", "DOE^JOHN", "20260215"),
-    (1, 1, 2, 2, "MR", "DOE^JOHN", "20260215"),
-    (1, 2, 1, 1, "CT", "DOE^JOHN", "20260315"),
-    (2, 1, 1, 1, "CT", "Müller^Jürgen", "20260110"),
-    (2, 1, 1, 2, "CT", "Müller^Jürgen", "20260110"),
-    (3, 7, 1, 1, "US", "smith^anne", "20261231"),
-]
+CORPUS = QUERY_CORPUS
 
 
 def study_uid(p, s):
@@ -53,16 +43,7 @@ def series_uid(p, s, se):
 def qr(tmp_path_factory):
     base = tmp_path_factory.mktemp("find")
     srv = start_server(base / "data")
-    paths = []
-    for p, s, se, n, modality, name, date in CORPUS:
-        ds = make_ct(p, s, se, n, size=8, name=name)
-        ds.Modality = modality
-        ds.StudyDate = date
-        if not name.isascii():
-            ds.SpecificCharacterSet = "ISO_IR 192"
-        paths.append(write(ds, base / "files"))
-    statuses = send_files(srv, paths + storage_test_files())
-    assert all(v == 0 for k, v in statuses.items() if k in paths)
+    load_query_corpus(srv, base / "files")
     yield srv
     assert srv.stop() == 0, srv.log()
     assert "internal_error" not in srv.log()

@@ -15,24 +15,14 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as STUDY_ROOT
 
-from tests.conftest import start_server, storage_test_files
-from tests.factories import make_ct, uid, write
-from tests.interop.helpers import send_files
+from tests.conftest import start_server
+from tests.factories import uid
+from tests.interop.helpers import QUERY_CORPUS, load_query_corpus
 
 pytestmark = pytest.mark.interop
 
 # (patient, study, series, number, modality, name, date)
-CORPUS = [
-    (1, 1, 1, 1, "CT", "DOE^JOHN", "20260215"),
-    (1, 1, 1, 2, "CT", "DOE^JOHN", "20260215"),
-    (1, 1, 1, 3, "CT", "DOE^JOHN", "20260215"),
-    (1, 1, 2, 1, "MR", "DOE^JOHN", "20260215"),
-    (1, 1, 2, 2, "MR", "DOE^JOHN", "20260215"),
-    (1, 2, 1, 1, "CT", "DOE^JOHN", "20260315"),
-    (2, 1, 1, 1, "CT", "Müller^Jürgen", "20260110"),
-    (2, 1, 1, 2, "CT", "Müller^Jürgen", "20260110"),
-    (3, 7, 1, 1, "US", "smith^anne", "20261231"),
-]
+CORPUS = QUERY_CORPUS
 STUDY_1_1 = uid("study", 1, 1)
 SERIES_1_1_2 = uid("series", 1, 1, 2)
 PN, UI = "00100010", "0020000D"
@@ -42,17 +32,7 @@ PN, UI = "00100010", "0020000D"
 def srv(tmp_path_factory):
     base = tmp_path_factory.mktemp("qido")
     server = start_server(base / "data")
-    paths = []
-    for p, s, se, n, modality, name, date in CORPUS:
-        ds = make_ct(p, s, se, n, size=8, name=name)
-        ds.Modality = modality
-        ds.StudyDate = date
-        ds.StudyDescription = f"STUDY {p}.{s}"
-        if not name.isascii():
-            ds.SpecificCharacterSet = "ISO_IR 192"
-        paths.append(write(ds, base / "files"))
-    statuses = send_files(server, paths + storage_test_files())
-    assert all(v == 0 for k, v in statuses.items() if k in paths)
+    load_query_corpus(server, base / "files", study_descriptions=True)
     yield server
     assert server.stop() == 0, server.log()
     assert "internal_error" not in server.log()
