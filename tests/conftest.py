@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,10 +29,27 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TCP_NODELAY", "1")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port BELOW the ephemeral range: a port the kernel handed out with
+    bind(0) can be taken again as the local port of any outgoing connection (a test client's)
+    before our server binds it."""
+    high = min(_ephemeral_low(), 65536) - 1
+    for _ in range(200):
+        port = random.randint(20000, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def require_tool(name: str) -> str:
@@ -70,7 +88,23 @@ class ServerProcess:
 
 def start_server(data_dir: Path, *extra: str, ae_title: str = "HPACS",
                  env: dict[str, str] | None = None) -> ServerProcess:
+    for _ in range(4):  # a port may still be taken between the check and the server's bind
+        try:
+            return _start_server(data_dir, extra, ae_title, env)
+        except PortTaken:
+            continue
+    return _start_server(data_dir, extra, ae_title, env)
+
+
+class PortTaken(AssertionError):
+    pass
+
+
+def _start_server(data_dir: Path, extra: tuple[str, ...], ae_title: str,
+                  env: dict[str, str] | None) -> ServerProcess:
     dicom_port, http_port = free_port(), free_port()
+    while http_port == dicom_port:
+        http_port = free_port()
     log_path = data_dir.parent / f"{data_dir.name}-server-{dicom_port}.log"
     log_file = open(log_path, "w")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
@@ -84,7 +118,11 @@ def start_server(data_dir: Path, *extra: str, ae_title: str = "HPACS",
     line = proc.stdout.readline()
     if "hpacs ready" not in line:
         proc.kill()
-        raise AssertionError(f"server did not start: {line!r}\n{log_path.read_text()}")
+        proc.wait(10)
+        log = log_path.read_text()
+        if "address already in use" in log:
+            raise PortTaken(log)
+        raise AssertionError(f"server did not start: {line!r}\n{log}")
     return ServerProcess(proc, data_dir, dicom_port, http_port, ae_title, log_path)
 
 
