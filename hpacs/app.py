@@ -45,6 +45,9 @@ class Server:
     async def start(self) -> None:
         cfg = self.config.server
         await self.archive.open()
+        warmer = self.archive.warmer
+        self.metrics.metadata_warmed.set_function(lambda: warmer.warmed)
+        self.metrics.metadata_pending.set_function(lambda: warmer.pending)
         self.dimse = DimseServer(self.config, self.archive.ingestor, self.metrics)
         await self.dimse.start(cfg.host, cfg.dicom_port)
         app = build_app(self.metrics, self.health, archive=self.archive)

@@ -23,6 +23,11 @@ class ServerConfig:
     dicom_port: int = 11112
     http_port: int = 8042
     ae_title: str = "HPACS"
+    #: The URL clients reach the HTTP port at (e.g. behind a proxy), used in BulkDataURIs and
+    #: STOW-RS RetrieveURLs; empty: taken from each request's Host header.
+    public_url: str = ""
+    #: Origins allowed to call the HTTP API from a browser (CORS); "*" allows any.
+    cors_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,9 @@ class StoreConfig:
     duplicate_policy: DuplicatePolicy = "keep"
     #: fsync every file before it is acknowledged (turn off only for throwaway benchmarks).
     fsync: bool = True
+    #: Worker processes computing each new instance's DICOM JSON for WADO-RS /metadata right
+    #: after ingest (0: compute it on the first request instead).
+    metadata_workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)

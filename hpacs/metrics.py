@@ -25,3 +25,8 @@ class Metrics:
             registry=r)
         self.aborts_total = Counter(
             "hpacs_aborts_total", "Associations aborted, by reason", ["reason"], registry=r)
+        self.metadata_warmed = Gauge(
+            "hpacs_metadata_warmed", "Instances whose DICOM JSON was computed after ingest",
+            registry=r)
+        self.metadata_pending = Gauge(
+            "hpacs_metadata_pending", "Instances waiting for their DICOM JSON", registry=r)

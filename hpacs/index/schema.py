@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import re
 import struct
-import warnings
 from typing import Final
 
 import msgspec
-from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.valuerep import PN_DELIMS, TEXT_VR_DELIMS
+from pydicom.valuerep import TEXT_VR_DELIMS
 
+from hpacs.dicom.text import decode_pn, decode_text, encodings_for
 from hpacs.dicom.transfer_syntax import EXPLICIT_VR_BE
 
 PATIENT: Final = "patient"
@@ -69,7 +68,6 @@ _UID_TAGS: Final = {
     "SeriesInstanceUID": 0x0020000E,
 }
 _UID_RE: Final = re.compile(r"[0-9.]{1,64}")
-_ESC: Final = b"\x1b"
 
 # decoder kinds
 _PLAIN, _TEXT, _PN, _INT = 0, 1, 2, 3
@@ -152,55 +150,6 @@ _DECODERS: Final[dict[int, tuple[str, int, str, tuple[int, ...]]]] = {
     for a in ATTRS.values()
 }
 
-_DEFAULT_ENCODINGS: Final = ("iso8859",)  # what pydicom uses for ISO_IR 6 (ASCII + latin-1)
-_encodings_cache: dict[bytes, tuple[str, ...]] = {}
-
-
-def _encodings(raw: bytes | None) -> tuple[str, ...]:
-    """Python codecs for a raw (0008,0005) value; unknown/bad terms fall back, never raise."""
-    if not raw:
-        return _DEFAULT_ENCODINGS
-    cached = _encodings_cache.get(raw)
-    if cached is not None:
-        return cached
-    terms = [t.strip(" \0") for t in raw.decode("latin-1").split("\\")]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = tuple(convert_encodings(terms)) or _DEFAULT_ENCODINGS
-    except Exception:  # pydicom raises in strict validation mode: tolerate bad charsets
-        result = _DEFAULT_ENCODINGS
-    if len(_encodings_cache) < 256:  # charsets seen in practice are few; never grow unbounded
-        _encodings_cache[raw] = result
-    return result
-
-
-def _decode_text(raw: bytes, encodings: tuple[str, ...], delims: set[int]) -> str:
-    if _ESC not in raw:
-        try:
-            return raw.decode(encodings[0])
-        except (UnicodeDecodeError, LookupError):
-            pass
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return decode_bytes(raw, list(encodings), delims)
-        except Exception:  # never let a hostile value stop ingest
-            return raw.decode("latin-1")
-
-
-def _decode_pn(raw: bytes, encodings: tuple[str, ...]) -> str:
-    if _ESC not in raw:
-        try:
-            return raw.decode(encodings[0]).rstrip("=")
-        except (UnicodeDecodeError, LookupError):
-            pass
-    groups = [_decode_text(g, encodings, PN_DELIMS) for g in raw.split(b"=")]
-    while groups and not groups[-1]:
-        groups.pop()
-    return "=".join(groups)
-
-
 def _decode(raw: bytes, kind: int, vr: str, encodings: tuple[str, ...]) -> Value:
     if kind == _PLAIN:
         s = raw.decode("latin-1")
@@ -209,13 +158,13 @@ def _decode(raw: bytes, kind: int, vr: str, encodings: tuple[str, ...]) -> Value
         return s.strip(" \0")
     if kind == _PN:
         if b"\\" in raw:
-            return "\\".join([_decode_pn(p.rstrip(b" \0"), encodings) for p in raw.split(b"\\")])
-        return _decode_pn(raw.rstrip(b" \0"), encodings)
+            return "\\".join([decode_pn(p.rstrip(b" \0"), encodings) for p in raw.split(b"\\")])
+        return decode_pn(raw.rstrip(b" \0"), encodings)
     if vr not in _SINGLE_VALUED_TEXT and b"\\" in raw:
         return "\\".join(
-            [_decode_text(p.rstrip(b" \0"), encodings, TEXT_VR_DELIMS) for p in raw.split(b"\\")]
+            [decode_text(p.rstrip(b" \0"), encodings, TEXT_VR_DELIMS) for p in raw.split(b"\\")]
         )
-    return _decode_text(raw.rstrip(b" \0"), encodings, TEXT_VR_DELIMS)
+    return decode_text(raw.rstrip(b" \0"), encodings, TEXT_VR_DELIMS)
 
 
 def _decode_int(raw: bytes, vr: str, little_endian: bool) -> int | list[int] | None:
@@ -245,7 +194,7 @@ def record_from_scan(
     """
     if little_endian is None:
         little_endian = transfer_syntax != EXPLICIT_VR_BE
-    encodings = _encodings(values.get(SPECIFIC_CHARACTER_SET))
+    encodings = encodings_for(values.get(SPECIFIC_CHARACTER_SET))
     levels: tuple[dict[str, Value], ...] = ({}, {}, {}, {})
     decoders = _DECODERS
     for tag, raw in values.items():

@@ -18,11 +18,12 @@ from hpacs.dicom.part10 import Part10Error, read_file_meta, scan_part10
 from hpacs.dicom.scan import ScanError
 from hpacs.dicom.transfer_syntax import encoding_of
 from hpacs.index.db import IndexDB
-from hpacs.index.schema import WANTED_TAGS, RecordError, record_from_scan
+from hpacs.index.schema import WANTED_TAGS, InstanceRecord, RecordError, record_from_scan
 from hpacs.index.writer import IndexWriter
 from hpacs.log import get_logger
 from hpacs.store.hot import SUFFIX, HotStore
 from hpacs.store.ingest import Ingestor, Outcome, StoreResult
+from hpacs.store.metadata import METADATA_DIR, MetadataCache, MetadataWarmer
 
 log = get_logger("hpacs.archive")
 
@@ -62,6 +63,10 @@ class Archive:
         if leftovers:
             log.info("archive.tmp_cleaned", files=leftovers)
         self._open_index()
+        self.metadata = MetadataCache(self.data_dir / METADATA_DIR)
+        self.warmer = MetadataWarmer(self.data_dir / METADATA_DIR, self.hot.absolute,
+                                     self.config.store.metadata_workers)
+        self.ingestor.on_stored.append(self._warm_metadata)
         checkpoint = self.db.meta_get("checkpoint")
         await self.writer.start()
         # was_clean is None on the very first start, False after a crash.
@@ -82,11 +87,18 @@ class Archive:
     async def close(self) -> None:
         """Stop the writer (drain, commit, sync), the I/O threads and the index; safe to call
         after a failed or partial open."""
+        if hasattr(self, "warmer"):
+            await self.warmer.close()
+            self.metadata.close()
         if hasattr(self, "writer"):
             await self.writer.stop()
             self.ingestor.close()
             self.db.close()
         self._release_lock()
+
+    def _warm_metadata(self, record: InstanceRecord) -> None:
+        self.warmer.enqueue(record.path, record.study_uid, record.series_uid,
+                            record.sop_instance_uid, record.stored_at)
 
     async def __aenter__(self) -> Archive:
         await self.open()

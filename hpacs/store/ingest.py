@@ -15,7 +15,7 @@ import asyncio
 import errno
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -85,6 +85,9 @@ class Ingestor:
         #: stored_at of records whose file may be in place but whose index commit is pending.
         self._unindexed: dict[int, float] = {}
         self.in_flight = 0
+        #: Called with each newly stored (or replacing) record after its index commit, on the
+        #: loop; must return at once (queue the work): e.g. metadata warming, prefetch triggers.
+        self.on_stored: list[Callable[[InstanceRecord], None]] = []
         #: File I/O runs here, one file's work in order (see store/sink.py).
         self.io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="hpacs-io")
 
@@ -171,6 +174,11 @@ class Ingestor:
         if previous is not None and previous.path != record.path:
             self.hot.remove(previous.path)
         outcome = Outcome.REPLACED if previous is not None else Outcome.STORED
+        for listener in self.on_stored:
+            try:
+                listener(record)
+            except Exception as exc:  # a listener's bug must not fail a durable store
+                log.error("store.listener_failed", sop=record.sop_instance_uid, error=repr(exc))
         return StoreResult(outcome, "", record)
 
 

@@ -13,7 +13,10 @@ from hpacs.metrics import Metrics
 
 def build_app(metrics: Metrics, health: Callable[[], dict], archive=None) -> web.Application:
     """``archive`` (an opened hpacs.store.archive.Archive) adds the DICOMweb routes."""
-    app = web.Application()
+    from hpacs.web.middleware import compress_json, cors
+
+    origins = archive.config.server.cors_origins if archive is not None else ()
+    app = web.Application(middlewares=[cors(origins), compress_json])
 
     async def healthz(request: web.Request) -> web.Response:
         state = health()

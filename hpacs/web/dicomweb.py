@@ -6,6 +6,7 @@ First slice of issue 4: STOW-RS (web/stow.py), WADO-RS retrieval as stored and `
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 
@@ -20,6 +21,7 @@ PREFIX = "/dicom-web"
 DICOM_JSON = "application/dicom+json"
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 ARCHIVE_KEY: web.AppKey = web.AppKey("archive", object)
+CACHE_CONTROL = "private, max-age=3600"
 
 
 class HTTPProblem(Exception):
@@ -46,7 +48,35 @@ def check_uid(value: str, what: str) -> str:
 
 
 def base_url(request: web.Request) -> str:
+    """The DICOMweb root as clients reach it: ``server.public_url`` when set (behind a proxy, or
+    clients such as dicomweb-client that send a Host without the port), else from the request."""
+    public = request.app[ARCHIVE_KEY].config.server.public_url
+    if public:
+        return public.rstrip("/") + PREFIX
     return f"{request.scheme}://{request.host}{PREFIX}"
+
+
+# -- caching (instance resources carry PHI: private; strong ETags answered with 304) ------
+
+
+def etag(entry, variant: str = "") -> str:
+    key = f"{entry.sop_instance_uid}|{entry.size}|{entry.stored_at!r}|{variant}"
+    return '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
+
+
+def not_modified(request: web.Request, tag: str) -> web.Response | None:
+    """A 304 when ``If-None-Match`` names ``tag`` (or ``*``)."""
+    header = request.headers.get("If-None-Match")
+    if header is None:
+        return None
+    names = {t.strip().removeprefix("W/") for t in header.split(",")}
+    if tag in names or "*" in names:
+        return web.Response(status=304, headers=cache_headers(tag))
+    return None
+
+
+def cache_headers(tag: str) -> dict[str, str]:
+    return {"Cache-Control": CACHE_CONTROL, "ETag": tag, "Vary": "Accept"}
 
 
 def _enc_hook(obj: object) -> object:

@@ -25,7 +25,6 @@ never in shared caches), a strong ETag from the indexed size + store time + repr
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import uuid
 
@@ -35,13 +34,16 @@ from aiohttp import web
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames, get_frame
 
-from hpacs.dicom.transfer_syntax import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE
-from hpacs.pixels import PixelDataError, decode
-from hpacs.web.dicomweb import HTTPProblem, check_uid, log
-from hpacs.web.wado import (
-    ANY,
+from hpacs.dicom.transfer_syntax import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
+)
+from hpacs.pixels import PixelDataError, decode
+from hpacs.web.dicomweb import HTTPProblem, cache_headers, check_uid, etag, log, not_modified
+from hpacs.web.wado import (
+    ANY,
     PIXEL_DATA,
     _instances,
     media_ranges,
@@ -51,7 +53,6 @@ BIG_ENDIAN = EXPLICIT_VR_BE
 DEFLATED = DEFLATED_EXPLICIT_VR_LE
 NATIVE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, BIG_ENDIAN, DEFLATED})
 OCTET = "application/octet-stream"
-CACHE_CONTROL = "private, max-age=3600"
 #: Single-frame image media types of compressed syntaxes (PS3.18 Table 8.7.3-x).
 IMAGE_TYPES = {
     "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
@@ -64,29 +65,6 @@ IMAGE_TYPES = {
 _ALIASES = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
 _FRAME_LIST = re.compile(r"[0-9]+(,[0-9]+)*")
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
-
-
-# -- caching --------------------------------------------------------------------------------
-
-
-def etag(entry, variant: str = "") -> str:
-    key = f"{entry.sop_instance_uid}|{entry.size}|{entry.stored_at!r}|{variant}"
-    return '"' + hashlib.blake2b(key.encode(), digest_size=12).hexdigest() + '"'
-
-
-def not_modified(request: web.Request, tag: str) -> web.Response | None:
-    """A 304 when ``If-None-Match`` names ``tag`` (or ``*``)."""
-    header = request.headers.get("If-None-Match")
-    if header is None:
-        return None
-    names = {t.strip().removeprefix("W/") for t in header.split(",")}
-    if tag in names or "*" in names:
-        return web.Response(status=304, headers=cache_headers(tag))
-    return None
-
-
-def cache_headers(tag: str) -> dict[str, str]:
-    return {"Cache-Control": CACHE_CONTROL, "ETag": tag, "Vary": "Accept"}
 
 
 # -- multipart ------------------------------------------------------------------------------

@@ -9,35 +9,34 @@ Accept: ``*/*``, ``multipart/*`` or ``multipart/related; type="application/dicom
 stored in it; no ``transfer-syntax`` means Explicit VR Little Endian (PS3.18 default), served
 when stored that way. Anything else is 406: transcoding comes with the pixels work.
 
-``/metadata`` is PS3.18 F.2 JSON from pydicom's ``Dataset.to_json_dict`` read off the loop
-(not yet precomputed at ingest); binary values over 1 KiB become BulkDataURIs
-``.../instances/{sop}/bulkdata/{tag}``, served by web/frames.py (as are ``/frames``;
-``/rendered`` and ``/thumbnail`` are in web/rendered.py).
+``/metadata`` (study, series, instance) joins the per-instance PS3.18 F.2 JSON computed at
+ingest (store/metadata.py); instances not warmed yet are computed on the spot and cached.
+Top-level binary values over 768 bytes are BulkDataURIs ``.../instances/{sop}/bulkdata/{tag}``,
+served by web/frames.py (as are ``/frames``; ``/rendered`` and ``/thumbnail`` are in
+web/rendered.py). It changes as instances arrive: ``no-cache`` with an ETag, 304 when unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-import pydicom
 from aiohttp import web
-from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement
 
-from hpacs.dicom.transfer_syntax import (
-    DEFLATED_EXPLICIT_VR_LE as DEFLATED,
-)
-from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from hpacs.dicom.dicomjson import DicomJSONError
+from hpacs.dicom.part10 import Part10Error
+from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE
+from hpacs.store.metadata import absolute_uris, compute_file
 from hpacs.web.dicomweb import (
     ARCHIVE_KEY,
+    DICOM_JSON,
     HTTPProblem,
     base_url,
     check_uid,
-    dicom_json_response,
     log,
+    not_modified,
 )
 
 READ_CHUNK = 1 << 20
@@ -183,56 +182,43 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
 # -- metadata -------------------------------------------------------------------------------
 
 
-def instance_json(path: Path, transfer_syntax: str, uri_base: str) -> dict:
-    """PS3.18 F.2 JSON of one stored instance, large binary values as BulkDataURIs."""
-    defer = None if transfer_syntax == DEFLATED else BULK_THRESHOLD
-    ds = pydicom.dcmread(path, defer_size=defer)
-    implicit = transfer_syntax == IMPLICIT_VR_LE
-    bulk: dict[int, str] = {}
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag, keep_deferred=True)
-        if (not isinstance(raw, RawDataElement) or raw.value is not None
-                or not BULK_THRESHOLD < raw.length < 0xFFFFFFFF):
-            continue  # not deferred: small, or already read
-        vr = raw.VR
-        if vr is None or implicit or vr == "UN":  # as pydicom would resolve it
-            if tag == PIXEL_DATA and vr != "UN":
-                vr = "OW"
-            else:
-                try:
-                    vr = dictionary_VR(tag)
-                except KeyError:
-                    vr = "UN"
-        if vr in BULK_VRS:  # other deferred values are read when converted below
-            bulk[int(tag)] = vr
-            del ds[tag]
-
-    def handler(elem) -> str:
-        return f"{uri_base}/bulkdata/{int(elem.tag):08X}"
-
-    out = ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD,
-                          bulk_data_element_handler=handler, suppress_invalid_tags=True)
-    for tag, vr in bulk.items():
-        out[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{uri_base}/bulkdata/{tag:08X}"}
-    return dict(sorted(out.items()))
+def _fill_missing(archive, entries: list, blobs: list, study: str) -> None:
+    """Compute (and cache) the JSON of instances the warmer has not done yet (or replaced)."""
+    rows = []
+    for i, e in enumerate(entries):
+        if blobs[i] is None:
+            blobs[i] = compute_file(archive.hot.absolute(e.path), study, e.series_uid,
+                                    e.sop_instance_uid)
+            rows.append((e.sop_instance_uid, e.stored_at, blobs[i]))
+    archive.metadata.put_many(rows)
+    log.info("wado.metadata_computed", instances=len(rows))
 
 
-def _metadata_of(entries: list, hot, base: str, study: str) -> list[dict]:
-    out = []
+def metadata_etag(entries: list, base: str) -> str:
+    h = hashlib.blake2b(base.encode(), digest_size=12)
     for e in entries:
-        uri = f"{base}/studies/{study}/series/{e.series_uid}/instances/{e.sop_instance_uid}"
-        out.append(instance_json(hot.absolute(e.path), e.transfer_syntax_uid, uri))
-    return out
+        h.update(f"|{e.sop_instance_uid}|{e.stored_at!r}".encode())
+    return f'"{h.hexdigest()}"'
 
 
 async def metadata(request: web.Request) -> web.Response:
+    """Study, series or instance metadata from the per-instance JSON computed at ingest."""
     entries = _instances(request)
+    base = base_url(request)
+    tag = metadata_etag(entries, base)
+    headers = {"ETag": tag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    if (cached := not_modified(request, tag)) is not None:
+        cached.headers.update(headers)
+        return cached
     archive = request.app[ARCHIVE_KEY]
-    loop = asyncio.get_running_loop()
-    try:
-        body = await loop.run_in_executor(None, _metadata_of, entries, archive.hot,
-                                          base_url(request), request.match_info["study"])
-    except OSError as exc:
-        log.error("wado.metadata_unreadable", path=request.path, error=str(exc))
-        raise HTTPProblem(500, "a stored instance cannot be read") from None
-    return dicom_json_response(body)
+    study = request.match_info["study"]
+    blobs = archive.metadata.get_many([(e.sop_instance_uid, e.stored_at) for e in entries])
+    if None in blobs:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, _fill_missing, archive, entries, blobs, study)
+        except (OSError, DicomJSONError, Part10Error) as exc:
+            log.error("wado.metadata_unreadable", path=request.path, error=str(exc))
+            raise HTTPProblem(500, "a stored instance cannot be read") from None
+    body = absolute_uris(b"[" + b",".join(blobs) + b"]", base.encode())
+    return web.Response(body=body, content_type=DICOM_JSON, headers=headers)
