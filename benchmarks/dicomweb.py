@@ -25,6 +25,7 @@ import asyncio
 import json
 import re
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -118,17 +119,17 @@ def _metadata_warmed(peer: peers_mod.Peer) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def _load(peer: peers_mod.Peer, paths: list[Path]) -> float:
+def load(peer: peers_mod.Peer, paths: list[Path]) -> float:
     wall, _cpu, codes = drive(peer, [paths], timeout=600)
     if any(codes):
         raise RuntimeError(f"{peer.name}: storescu exit codes {codes}")
     return wall
 
 
-def run(args: argparse.Namespace) -> dict:
-    workdir = Path(args.workdir)
-    cfg = corpus_mod.ct_only(args.instances, seed=SEED, ct_slices=args.instances)
-    cdir = workdir / f"corpus-ct-{args.instances}-seed{SEED}"
+def series_corpus(workdir: Path, instances: int) -> tuple[list[Path], dict, list[str], dict]:
+    """One CT series of ``instances`` slices: (paths, UIDs, SOP UIDs in order, manifest)."""
+    cfg = corpus_mod.ct_only(instances, seed=SEED, ct_slices=instances)
+    cdir = workdir / f"corpus-ct-{instances}-seed{SEED}"
     manifest = corpus_mod.ensure(cfg, cdir)
     paths = corpus_mod.corpus_paths(cdir, manifest)
     warm(paths)
@@ -137,17 +138,24 @@ def run(args: argparse.Namespace) -> dict:
     assert len({d.SeriesInstanceUID for d in datasets}) == 1, "the corpus must be one series"
     uids = {"study": first.StudyInstanceUID, "series": first.SeriesInstanceUID,
             "patient": first.PatientID}
-    sops = [d.SOPInstanceUID for d in datasets]
+    return paths, uids, [d.SOPInstanceUID for d in datasets], manifest
+
+
+def run(args: argparse.Namespace) -> dict:
+    workdir = Path(args.workdir)
+    paths, uids, sops, manifest = series_corpus(workdir, args.instances)
     orthanc_extra = {"Plugins": [ORTHANC_DICOMWEB],
                      "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
     report: dict = {"machine": machine_info(), "instances": len(paths),
                     "bytes": manifest["total_bytes"], "rounds": [], "command": args.command}
+    for name in ("dicomweb-hpacs", "dicomweb-orthanc"):  # both start empty
+        shutil.rmtree(workdir / name, ignore_errors=True)
     with peers_mod.hpacs(workdir / "dicomweb-hpacs") as hp, \
             peers_mod.orthanc(workdir / "dicomweb-orthanc", extra_config=orthanc_extra) as orth:
         servers = {"hpacs": hp, "orthanc": orth}
         report["versions"] = {"orthanc": orth.info.get("version")}
         for name, peer in servers.items():
-            print(f"loading {len(paths)} instances into {name}: {_load(peer, paths):.1f} s",
+            print(f"loading {len(paths)} instances into {name}: {load(peer, paths):.1f} s",
                   flush=True)
         deadline = time.monotonic() + 300
         while _metadata_warmed(hp) < len(paths):

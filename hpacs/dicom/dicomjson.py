@@ -26,10 +26,13 @@ from pydicom.datadict import dictionary_VR
 from pydicom.valuerep import TEXT_VR_DELIMS
 
 from hpacs.dicom.part10 import VR_CLASS, guess_encoding, read_file_meta
-from hpacs.dicom.text import decode_pn, decode_text, encodings_for
+from hpacs.dicom.text import DEFAULT_ENCODINGS, decode_pn, decode_text, encodings_for
 from hpacs.dicom.transfer_syntax import encoding_of
 
-__all__ = ["INLINE_MAX", "DicomJSONError", "dataset_json", "part10_json"]
+__all__ = [
+    "INLINE_MAX", "DicomJSONError", "ElementWalker", "dataset_framing", "dataset_json",
+    "part10_json",
+]
 
 INLINE_MAX: Final = 768  # bytes: pydicom's (threshold 1024 // 4) * 3
 MAX_DEPTH: Final = 32
@@ -75,7 +78,7 @@ def _dictionary_vr(tag: int) -> str:
     return vr
 
 
-class _Walker:
+class ElementWalker:
     def __init__(self, buf: Any, explicit_vr: bool, little_endian: bool, bulk_base: str | None,
                  inline_max: int) -> None:
         self.buf = buf
@@ -210,6 +213,28 @@ class _Walker:
             items.append(item)
         return items, pos
 
+    def top_level(self, pos: int, end: int, wanted: frozenset[int],
+                  stop_after: int) -> dict[int, tuple[int, int]]:
+        """(value offset, length) of the wanted top-level elements, up to tag ``stop_after``;
+        values are not decoded, sequences are walked only to be skipped."""
+        out: dict[int, tuple[int, int]] = {}
+        while pos < end:
+            tag, vr, length, vpos = self._header(pos, end, self.explicit)
+            if tag > stop_after:
+                break
+            if tag in wanted:
+                out[tag] = (vpos, length)
+            if length == UNDEFINED:
+                if tag == PIXEL_DATA:
+                    break
+                _, pos = self.sequence(vpos, end, 0, DEFAULT_ENCODINGS,
+                                       self.explicit and vr != "UN")
+                continue
+            pos = vpos + length
+            if pos > end:
+                raise DicomJSONError(f"value of ({tag:08X}) runs past the end")
+        return out
+
     def _skip_fragments(self, pos: int, end: int) -> int:
         while pos < end:
             tag, _, length, vpos = self._header(pos, end, explicit=False)
@@ -308,7 +333,7 @@ def dataset_json(
     binary values over ``inline_max`` bytes become ``{bulk_base}/bulkdata/{tag}`` URIs; with
     ``bulk_base`` None every value is inline (pixel data included, except encapsulated).
     """
-    walker = _Walker(buf, explicit_vr, little_endian, bulk_base, inline_max)
+    walker = ElementWalker(buf, explicit_vr, little_endian, bulk_base, inline_max)
     stop = len(buf) if end is None else end
     try:
         out, _ = walker.dataset(start, stop, 0, encodings_for(None), explicit_vr, True)
@@ -318,9 +343,9 @@ def dataset_json(
 
 
 
-def part10_json(data: Any, *, bulk_base: str | None = None,
-                inline_max: int = INLINE_MAX) -> dict[str, Any]:
-    """JSON of a whole Part 10 file (or raw data set) held in ``data`` (bytes, mmap...)."""
+def dataset_framing(data: Any) -> tuple[Any, int, bool, bool]:
+    """(buffer, data set start, explicit VR, little endian) of a Part 10 file or raw data set;
+    a deflated data set comes back inflated."""
     meta = read_file_meta(data[:_HEAD_MAX] if len(data) > _HEAD_MAX else data)
     start = meta.dataset_offset
     ts = meta.transfer_syntax_uid
@@ -328,20 +353,25 @@ def part10_json(data: Any, *, bulk_base: str | None = None,
         guessed = guess_encoding(bytes(data[start : start + 8]), strict=start == 0)
         if guessed is None:
             raise DicomJSONError("no transfer syntax and no plausible data set")
-        explicit, little, deflated = *guessed, False
-    else:
+        return data, start, guessed[0], guessed[1]
+    try:
+        enc = encoding_of(ts)
+    except KeyError:
+        raise DicomJSONError(f"unsupported transfer syntax {ts}") from None
+    explicit, little = enc.explicit_vr, enc.little_endian
+    if enc.deflated:
         try:
-            enc = encoding_of(ts)
-        except KeyError:
-            raise DicomJSONError(f"unsupported transfer syntax {ts}") from None
-        explicit, little, deflated = enc.explicit_vr, enc.little_endian, enc.deflated
-        if explicit and not deflated and VR_CLASS.get(bytes(data[start + 4 : start + 6])) is None:
-            explicit = False  # an implicit VR data set behind an explicit syntax (seen in the wild)
-    if deflated:
-        try:
-            data = zlib.decompress(bytes(data[start:]), -15)
+            return zlib.decompress(bytes(data[start:]), -15), 0, explicit, little
         except zlib.error as exc:
             raise DicomJSONError(f"corrupt deflate stream: {exc}") from None
-        start = 0
-    return dataset_json(data, explicit_vr=explicit, little_endian=little, bulk_base=bulk_base,
+    if explicit and VR_CLASS.get(bytes(data[start + 4 : start + 6])) is None:
+        explicit = False  # an implicit VR data set behind an explicit syntax (seen in the wild)
+    return data, start, explicit, little
+
+
+def part10_json(data: Any, *, bulk_base: str | None = None,
+                inline_max: int = INLINE_MAX) -> dict[str, Any]:
+    """JSON of a whole Part 10 file (or raw data set) held in ``data`` (bytes, mmap...)."""
+    buf, start, explicit, little = dataset_framing(data)
+    return dataset_json(buf, explicit_vr=explicit, little_endian=little, bulk_base=bulk_base,
                         start=start, inline_max=inline_max)

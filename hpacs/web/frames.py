@@ -25,6 +25,8 @@ never in shared caches), a strong ETag from the indexed size + store time + repr
 from __future__ import annotations
 
 import asyncio
+import mmap
+import os
 import re
 import uuid
 
@@ -34,6 +36,9 @@ from aiohttp import web
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames, get_frame
 
+from hpacs.dicom.dicomjson import DicomJSONError
+from hpacs.dicom.layout import native_layout
+from hpacs.dicom.part10 import Part10Error
 from hpacs.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
@@ -231,6 +236,32 @@ def read_frames(path, numbers: list[int], accept: str | None) -> tuple[str, str,
     return media, label, out
 
 
+def read_native_frames(path, numbers: list[int]) -> list[bytes] | None:
+    """Frames of native little-endian byte-aligned pixel data sliced straight out of the file
+    (no data set parsing beyond element headers); None when the layout is anything else."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            try:
+                layout = native_layout(m)
+            except (DicomJSONError, Part10Error):
+                return None
+            if layout is None:
+                return None
+            bad = [k for k in numbers if not 1 <= k <= layout.frames]
+            if bad:
+                raise HTTPProblem(404, f"frame(s) {', '.join(map(str, bad))} out of range "
+                                       f"1..{layout.frames}")
+            out = []
+            for k in numbers:
+                span = layout.frame_span(k)
+                if span is None:
+                    raise PixelDataError(f"Pixel Data too short for frame {k}")
+                out.append(m[span[0]:span[1]])
+            return out
+
+
 def parse_frame_list(text: str) -> list[int]:
     if not _FRAME_LIST.fullmatch(text) or len(text) > 10000:
         raise HTTPProblem(400, f"malformed frame list: {text[:80]!r}")
@@ -264,6 +295,12 @@ async def frames(request: web.Request) -> web.Response:
     if (cached := not_modified(request, tag)) is not None:
         return cached
     path = _archive(request).hot.absolute(entry.path)
+    if entry.transfer_syntax_uid in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
+        media, label, _ = frame_plan(entry.transfer_syntax_uid, accept)
+        payloads = await in_executor(read_native_frames, path, numbers)
+        if payloads is not None:
+            return multipart([(f"{media}; transfer-syntax={label}", p) for p in payloads],
+                             media, cache_headers(tag), f"; transfer-syntax={label}")
     media, label, payloads = await in_executor(read_frames, path, numbers, accept)
     part_type = f"{media}; transfer-syntax={label}"
     return multipart([(part_type, p) for p in payloads], media, cache_headers(tag),

@@ -1,8 +1,9 @@
 """WADO-RS (PS3.18 10.4): study/series/instance retrieval as stored, and ``/metadata``.
 
 Retrieval streams ``multipart/related; type="application/dicom"`` part by part: each part's
-boundary and headers, then the stored Part 10 file in 1 MiB reads done off the loop; never more
-than one chunk of one file in memory. Each part says its ``transfer-syntax=``.
+boundary and headers, then the stored Part 10 file by ``sendfile(2)`` (web/sendfile.py; 1 MiB
+reads off the loop where sendfile cannot be used); the Content-Length is known from the index,
+nothing is held in memory. Each part says its ``transfer-syntax=``.
 
 Accept: ``*/*``, ``multipart/*`` or ``multipart/related; type="application/dicom"`` with
 ``transfer-syntax=*`` serve as stored; a named ``transfer-syntax`` is served when the instances are
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -38,8 +40,8 @@ from hpacs.web.dicomweb import (
     log,
     not_modified,
 )
+from hpacs.web.sendfile import PeerGone, send_file
 
-READ_CHUNK = 1 << 20
 BULK_THRESHOLD = 1024
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 PIXEL_DATA = 0x7FE00010
@@ -149,16 +151,19 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
                 accept=request.headers.get("Accept"))
     archive = request.app[ARCHIVE_KEY]
     boundary = uuid.uuid4().hex
+    delimiter = f"--{boundary}".encode()
+    heads = [b"".join((b"\r\n" if i else b"", delimiter,
+                       b"\r\nContent-Type: application/dicom; transfer-syntax=",
+                       entry.transfer_syntax_uid.encode(), b"\r\n\r\n"))
+             for i, entry in enumerate(entries)]
+    tail = b"\r\n" + delimiter + b"--\r\n"
     resp = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+    # the length is known from the index: no chunk framing, so files can go by sendfile
+    resp.content_length = sum(map(len, heads)) + sum(e.size for e in entries) + len(tail)
     await resp.prepare(request)
     loop = asyncio.get_running_loop()
-    delimiter = f"--{boundary}".encode()
-    sent = 0
-    for i, entry in enumerate(entries):
-        head = b"".join((b"\r\n" if i else b"", delimiter,
-                         b"\r\nContent-Type: application/dicom; transfer-syntax=",
-                         entry.transfer_syntax_uid.encode(), b"\r\n\r\n"))
+    for head, entry in zip(heads, entries, strict=True):
         await resp.write(head)
         path = archive.hot.absolute(entry.path)
         try:
@@ -168,14 +173,16 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
                       error=str(exc))
             raise  # headers are out: abort the connection so the client sees a broken body
         try:
-            while chunk := await loop.run_in_executor(None, f.read, READ_CHUNK):
-                await resp.write(chunk)
-                sent += len(chunk)
+            if os.fstat(f.fileno()).st_size != entry.size:
+                log.error("wado.size_changed", sop=entry.sop_instance_uid, path=entry.path)
+                raise PeerGone("stored file changed size during the response")
+            await send_file(request, resp, f, entry.size)
         finally:
             f.close()
-    await resp.write(b"\r\n" + delimiter + b"--\r\n")
+    await resp.write(tail)
     await resp.write_eof()
-    log.debug("wado.retrieved", path=request.path, instances=len(entries), bytes=sent)
+    log.debug("wado.retrieved", path=request.path, instances=len(entries),
+              bytes=resp.content_length)
     return resp
 
 

@@ -63,6 +63,7 @@ async def test_recovery_reindexes_files_the_index_lost(tmp_path):
     # crash: the process dies without closing anything
     archive.writer._task.cancel()
     archive._release_lock()
+    archive.metadata.close()  # a dead process holds no LMDB environment open
     index = tmp_path / "data" / INDEX_DIR
     shutil.rmtree(index)
     shutil.copytree(snapshot, index)
