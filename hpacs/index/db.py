@@ -301,9 +301,13 @@ class IndexDB:
         """Force every committed transaction to disk."""
         self.env.sync(True)
 
-    def meta_get(self, name: str, default: Any = None) -> Any:
-        with self.env.begin() as txn:
+    def meta_get(self, name: str, default: Any = None, txn: lmdb.Transaction | None = None
+                 ) -> Any:
+        if txn is not None:
             raw = txn.get(name.encode(), db=self.dbs[b"meta"])
+        else:
+            with self.env.begin() as t:
+                raw = t.get(name.encode(), db=self.dbs[b"meta"])
         return default if raw is None else _DEC_ANY.decode(raw)
 
     def meta_set(self, name: str, value: Any, txn: lmdb.Transaction | None = None) -> None:

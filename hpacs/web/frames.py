@@ -285,7 +285,7 @@ async def frames(request: web.Request) -> web.Response:
     tag = etag(entry, f"frames/{request.match_info['frames']}/{accept}")
     if (cached := not_modified(request, tag)) is not None:
         return cached
-    path = _archive(request).hot.absolute(entry.path)
+    path = await _archive(request).source(entry)
     media, label, payloads = await in_executor(read_frames, path, numbers, accept)
     part_type = f"{media}; transfer-syntax={label}"
     return multipart([(part_type, p) for p in payloads], media, cache_headers(tag),
@@ -360,7 +360,7 @@ async def bulkdata(request: web.Request) -> web.Response:
     tag = etag(entry, f"bulk/{text.upper()}")
     if (cached := not_modified(request, tag)) is not None:
         return cached
-    path = _archive(request).hot.absolute(entry.path)
+    path = await _archive(request).source(entry)
     label, payloads = await in_executor(read_bulkdata, path, int(text, 16))
     part_type = f"{OCTET}; transfer-syntax={label}"
     return multipart([(part_type, p) for p in payloads], OCTET, cache_headers(tag))

@@ -31,6 +31,7 @@ from hpacs.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LE as DEFLATED,
 )
 from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from hpacs.store.tiers import open_source
 from hpacs.web.dicomweb import (
     ARCHIVE_KEY,
     HTTPProblem,
@@ -161,9 +162,8 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
                          b"\r\nContent-Type: application/dicom; transfer-syntax=",
                          entry.transfer_syntax_uid.encode(), b"\r\n\r\n"))
         await resp.write(head)
-        path = archive.hot.absolute(entry.path)
         try:
-            f = await loop.run_in_executor(None, open, path, "rb")
+            f = await loop.run_in_executor(None, open_source, await archive.source(entry))
         except OSError as exc:
             log.error("wado.unreadable", sop=entry.sop_instance_uid, path=entry.path,
                       error=str(exc))
@@ -217,11 +217,11 @@ def instance_json(path: Path, transfer_syntax: str, uri_base: str) -> dict:
     return dict(sorted(out.items()))
 
 
-def _metadata_of(entries: list, hot, base: str, study: str) -> list[dict]:
+def _metadata_of(entries: list, tiers, base: str, study: str) -> list[dict]:
     out = []
     for e in entries:
         uri = f"{base}/studies/{study}/series/{e.series_uid}/instances/{e.sop_instance_uid}"
-        out.append(instance_json(hot.absolute(e.path), e.transfer_syntax_uid, uri))
+        out.append(instance_json(tiers.source(e), e.transfer_syntax_uid, uri))
     return out
 
 
@@ -230,7 +230,7 @@ async def metadata(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE_KEY]
     loop = asyncio.get_running_loop()
     try:
-        body = await loop.run_in_executor(None, _metadata_of, entries, archive.hot,
+        body = await loop.run_in_executor(None, _metadata_of, entries, archive.tiers,
                                           base_url(request), request.match_info["study"])
     except OSError as exc:
         log.error("wado.metadata_unreadable", path=request.path, error=str(exc))
