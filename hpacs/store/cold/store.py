@@ -78,11 +78,11 @@ class ColdStore:
         fsync: bool = True,
         pack_size: int = 1 << 30,
         level: int = 3,
-        pixel_level: int = 17,
+        pixel_level: int | None = None,
     ) -> None:
         """``level``: zstd level of headers and of data the filter does not take;
-        ``pixel_level``: of the filtered pixel streams (higher costs migration time, and restores
-        no slower: see benchmarks/RESULTS.md, "Cold")."""
+        ``pixel_level``: zstd level of the filtered pixel streams, None for tuned settings
+        (``codec.PIXEL_PARAMS``; see benchmarks/RESULTS.md, "Cold")."""
         self.root = Path(root)
         self.packs_dir = self.root / PACKS_DIR
         self.dicts_dir = self.root / DICTS_DIR
