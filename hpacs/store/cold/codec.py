@@ -102,6 +102,8 @@ def parse_split(payload: bytes | memoryview):
         pos += _COUNTS.size
         if bits not in (8, 16) or nstreams not in (1, K * (bits // 8)):
             raise ValueError("stream count does not match the pixel layout")
+        if width * height * samples * (bits // 8) != length or sum(counts) * (bits // 8) != length:
+            raise ValueError("pixel parameters do not match the pixel section")
         pixel = (counts, width, height, samples, bits, bool(signed))
     elif mode not in (MODE_RAW, MODE_ZSTD) or nstreams > 1:
         raise ValueError(f"bad pixel mode {mode}")

@@ -4,12 +4,15 @@ the prediction filter and beat plain zstd, headers get per-modality dictionaries
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -27,6 +30,7 @@ from hpacs.store.cold.codec import (
 )
 from hpacs.store.cold.dicts import Dictionaries
 from hpacs.store.cold.layout import locate
+from hpacs.store.cold.record import record_bytes
 
 SMALL = CorpusConfig(
     seed=11,
@@ -161,3 +165,65 @@ def test_dictionary_ids_are_not_reused(tmp_path):
     again = Dictionaries(tmp_path, fsync=False, train_at=30)
     assert again.for_modality("MR", samples[0]) == 1
     assert [again.for_modality("DX", s) for s in samples][-1] == 2
+
+
+DECODE_ERRORS = (ValueError, KeyError, struct.error, zstandard.ZstdError)
+
+
+@pytest.fixture(scope="module")
+def coded() -> list[tuple[bytes, tuple[int, int, bytes]]]:
+    """(file, encode()) for one file per payload layout: predicted 16-bit, 8-bit RGB, small
+    predicted (one frame), compressed pixels, no pixels."""
+    names = ["CT_small.dcm", "examples_rgb_color.dcm", "MR_small.dcm",
+             "MR_small_jp2klossless.dcm", "rtplan.dcm"]
+    codec = Codec(pixel_level=1)
+    out = []
+    for name in names:
+        data = Path(get_testdata_file(name)).read_bytes()
+        out.append((data, codec.encode(data)))
+    assert {_payload_mode(p) for _, (_, _, p) in out} >= {MODE_PREDICT, MODE_RAW}
+    return out
+
+
+@settings(max_examples=300)
+@given(which=st.integers(0, 4), flips=st.lists(st.tuples(st.integers(0), st.integers(1, 255)),
+                                                min_size=1, max_size=3))
+def test_mangled_payloads_fail_cleanly(coded, which, flips):
+    """Past the record hashes (as if a bug or a hash collision let a bad payload through), decode
+    raises a decode error or returns bytes the store's checksum then rejects: never a crash,
+    never a huge allocation."""
+    data, (kind, dict_id, payload) = coded[which]
+    mangled = bytearray(payload)
+    for pos, xor in flips:
+        mangled[pos % len(mangled)] ^= xor
+    try:
+        out = Codec().decode(kind, dict_id, bytes(mangled), len(data))
+    except DECODE_ERRORS:
+        return
+    assert isinstance(out, bytes)
+
+
+def test_consistently_corrupted_record_is_rejected(tmp_path):
+    """Payload changed *and* its hash and header CRC recomputed: only the original checksum
+    stands between the store and wrong bytes, and it holds."""
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    root = tmp_path / "cold"
+    with ColdStore(root, fsync=False, pixel_level=1) as s:
+        ref = s.append(data, key="1.2.3")
+        hdr, payload = s._record(ref)
+    path = root / "packs" / f"{ref.pack:08d}.pack"
+    raw = path.read_bytes()
+    rejected = 0
+    for pos in range(40, len(payload), max(1, len(payload) // 60)):
+        bad = bytearray(payload)
+        bad[pos] ^= 0x10
+        head, body = record_bytes(key=hdr.key, codec=hdr.codec, dict_id=hdr.dict_id,
+                                  payload=bytes(bad), size=hdr.size,
+                                  original_checksum=hdr.checksum)
+        path.write_bytes(raw[: ref.offset] + head + body + raw[ref.offset + ref.length :])
+        with ColdStore(root, fsync=False) as s:
+            try:
+                assert s.read(ref) == data  # an unused bit: still the exact bytes
+            except ColdCorruptError:
+                rejected += 1
+    assert rejected > 40
