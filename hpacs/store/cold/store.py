@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ import zstandard
 
 from hpacs.log import get_logger
 from hpacs.store.cold.codec import Codec
+from hpacs.store.cold.dicts import Dictionaries
 from hpacs.store.cold.record import (
     HEADER_SIZE,
     PACK_HEADER,
@@ -70,8 +72,17 @@ class ColdStore:
     """Appends from one thread at a time; ``read``/``check``/``scan`` from many threads."""
 
     def __init__(
-        self, root: Path, *, fsync: bool = True, pack_size: int = 1 << 30, level: int = 3
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        pack_size: int = 1 << 30,
+        level: int = 3,
+        pixel_level: int | None = None,
     ) -> None:
+        """``level``: zstd level of headers and of data the filter does not take;
+        ``pixel_level``: zstd level of the filtered pixel streams, None for tuned settings
+        (``codec.PIXEL_PARAMS``; see benchmarks/RESULTS.md, "Cold")."""
         self.root = Path(root)
         self.packs_dir = self.root / PACKS_DIR
         self.dicts_dir = self.root / DICTS_DIR
@@ -79,7 +90,8 @@ class ColdStore:
         self.pack_size = pack_size
         self.packs_dir.mkdir(parents=True, exist_ok=True)
         self.dicts_dir.mkdir(parents=True, exist_ok=True)
-        self.codec = Codec(level=level)
+        self.dicts = Dictionaries(self.dicts_dir, fsync=fsync)
+        self.codec = Codec(self.dicts, level=level, pixel_level=pixel_level)
         self._lock = threading.Lock()  # appends, syncs, pack switches
         self._fd_lock = threading.Lock()  # the reader fd table
         self._readers: dict[int, int] = {}
@@ -320,7 +332,7 @@ class ColdStore:
         hdr, payload = self._record(ref)
         try:
             data = self.codec.decode(hdr.codec, hdr.dict_id, payload, hdr.size)
-        except (ValueError, zstandard.ZstdError, ColdError) as exc:
+        except (ValueError, KeyError, struct.error, zstandard.ZstdError) as exc:
             raise ColdCorruptError(f"cold record {ref.pack}:{ref.offset}: {exc}") from None
         if len(data) != ref.size or checksum(data) != ref.checksum:
             raise ColdCorruptError(f"cold record {ref.pack}:{ref.offset}: checksum mismatch")

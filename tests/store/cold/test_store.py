@@ -60,7 +60,7 @@ def test_every_pydicom_file_round_trips(tmp_path):
     files = _all_pydicom_files()
     assert len(files) > 100
     assert set(storage_test_files()) <= set(files)
-    with ColdStore(tmp_path / "cold", fsync=False) as s:
+    with ColdStore(tmp_path / "cold", fsync=False, pixel_level=3) as s:
         refs = []
         for i, path in enumerate(files):
             data = path.read_bytes()
