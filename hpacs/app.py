@@ -17,6 +17,7 @@ from hpacs.log import get_logger
 from hpacs.metrics import Metrics
 from hpacs.net.dimse_server import DimseServer
 from hpacs.store.archive import Archive, ArchiveLockedError
+from hpacs.store.prefetch import Prefetcher
 from hpacs.web.app import build_app
 
 log = get_logger("hpacs.app")
@@ -31,6 +32,7 @@ class Server:
         self.metrics = Metrics()
         self.archive = Archive(config)
         self.dimse: DimseServer | None = None
+        self.prefetcher: Prefetcher | None = None
         self._http: web.AppRunner | None = None
         self.stopping = False
 
@@ -48,9 +50,15 @@ class Server:
         warmer = self.archive.warmer
         self.metrics.metadata_warmed.set_function(lambda: warmer.warmed)
         self.metrics.metadata_pending.set_function(lambda: warmer.pending)
-        self.dimse = DimseServer(self.config, self.archive.ingestor, self.metrics)
+        self.archive.lifecycle.metrics = self.metrics
+        await self.archive.lifecycle.start()  # promotion worker, access times, migration rules
+        self.prefetcher = Prefetcher(self.archive, self.config.prefetch, self.metrics)
+        self.prefetcher.start()
+        self.dimse = DimseServer(self.config, self.archive.ingestor, self.metrics,
+                                 tiers=self.archive.tiers)
         await self.dimse.start(cfg.host, cfg.dicom_port)
-        app = build_app(self.metrics, self.health, archive=self.archive)
+        app = build_app(self.metrics, self.health, archive=self.archive,
+                        prefetcher=self.prefetcher)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         await web.TCPSite(self._http, cfg.host, cfg.http_port).start()
@@ -65,6 +73,10 @@ class Server:
             await self.dimse.stop(grace=SHUTDOWN_GRACE_S)
         if self._http is not None:
             await self._http.cleanup()
+        if self.prefetcher is not None:
+            self.prefetcher.stop()
+        if hasattr(self.archive, "lifecycle"):
+            await self.archive.lifecycle.stop()
         await self.archive.close()
         log.info("server.stopped")
 

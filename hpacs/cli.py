@@ -1,4 +1,4 @@
-"""`hpacs` command line: serve, import, reindex, send."""
+"""`hpacs` command line: serve, import, reindex, send, migrate, prefetch, verify."""
 
 from __future__ import annotations
 
@@ -59,9 +59,45 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("paths", nargs="+", type=Path, help="files or folders")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    rei = sub.add_parser("reindex", help="rebuild the index from the stored files alone")
+    rei = sub.add_parser("reindex", help="rebuild the index from the hot files and cold packs")
     _add_common(rei)
     rei.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    mig = sub.add_parser(
+        "migrate", help="move studies hot -> cold by the lifecycle rules (or --older-than)",
+        description="Run the [lifecycle] rules once: studies idle for --older-than days (0: "
+                    "every study) and, above the hot high watermark, the least recently used "
+                    "ones go to the cold packs. Takes the data-dir lock (stop the server, which "
+                    "runs the same rules itself when [lifecycle] enabled = true).",
+        epilog="exit status: 0 done; 1 some instances could not be migrated; 3 archive in use")
+    _add_common(mig)
+    mig.add_argument("--older-than", type=float, metavar="DAYS",
+                     help="idle days (since last read or store); 0 = every study "
+                          "(default: [lifecycle] older_than_days)")
+    mig.add_argument("--dry-run", action="store_true", help="list what would move, move nothing")
+    mig.add_argument("--rate", type=float, default=0.0, metavar="MB_S",
+                     help="rate limit in MB/s (default 0: unlimited)")
+    mig.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pre = sub.add_parser(
+        "prefetch", help="promote a study's priors (or a patient's recent studies) to hot",
+        description="Select priors with the same rule as the server (same patient; same "
+                    "modality and body part first; most recent first) and promote the cold ones "
+                    "to hot. Takes the data-dir lock: while the server runs, use "
+                    "POST /api/prefetch instead.")
+    _add_common(pre)
+    who = pre.add_mutually_exclusive_group(required=True)
+    who.add_argument("--study", metavar="UID", help="prefetch this study's priors")
+    who.add_argument("--patient-id", metavar="ID", help="prefetch this patient's recent studies")
+    pre.add_argument("--issuer", help="IssuerOfPatientID (with --patient-id)")
+    pre.add_argument("--priors", type=int, help="how many (default: [prefetch] priors)")
+
+    ver = sub.add_parser(
+        "verify", help="scrub hot files and cold records against the index",
+        epilog="exit status: 0 all good; 1 something missing, corrupt, unindexed or stale; "
+               "3 archive in use")
+    _add_common(ver)
+    ver.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     send = sub.add_parser(
         "send", help="send files, or studies/series from the archive, to a remote AE (C-STORE)",
@@ -124,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         from hpacs.send import run_send
 
         return run_send(config, args)
+    if args.command == "migrate":
+        return _run(_migrate(config, args))
+    if args.command == "prefetch":
+        return _run(_prefetch(config, args))
+    if args.command == "verify":
+        return _run(_verify(config, progress=not args.no_progress))
     return 2
 
 
@@ -178,6 +220,80 @@ async def _reindex(config: Config, progress: bool) -> int:
     for path, reason in report.unreadable:
         print(f"  {path}: {reason}")
     return 1 if report.unreadable else 0
+
+
+async def _migrate(config: Config, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hpacs.store.archive import Archive
+    from hpacs.store.lifecycle import RateLimiter
+
+    async with Archive(config) as archive:
+        lc = archive.lifecycle
+        lc.limiter = RateLimiter(args.rate * 1e6)
+        if args.dry_run:
+            plan = await lc.plan(args.older_than)
+            for c in plan:
+                print(f"  would migrate {c.study_uid} ({c.reason}): {c.hot_instances} "
+                      f"instances, {c.hot_bytes / 1e6:.1f} MB")
+            print(f"dry run: {len(plan)} studies, "
+                  f"{sum(c.hot_bytes for c in plan) / 1e6:.1f} MB would migrate")
+            return 0
+        with tqdm(unit="B", unit_scale=True, disable=args.no_progress, file=sys.stderr) as bar:
+            report = await lc.run_rules(
+                older_than_days=args.older_than,
+                progress=lambda c, r: bar.update(r.bytes))
+    mb_s = report.bytes / 1e6 / report.seconds if report.seconds else 0.0
+    print(f"migrated {report.studies} studies, {report.instances} instances, "
+          f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s ({mb_s:.1f} MB/s); "
+          f"{report.skipped} skipped")
+    return 1 if report.skipped else 0
+
+
+async def _prefetch(config: Config, args: argparse.Namespace) -> int:
+    from hpacs.store.archive import Archive
+    from hpacs.store.prefetch import Prefetcher, PrefetchError
+
+    async with Archive(config) as archive:
+        prefetcher = Prefetcher(archive, config.prefetch)
+        try:
+            studies = prefetcher.select(study_uid=args.study, patient_id=args.patient_id,
+                                        issuer=args.issuer, limit=args.priors)
+        except PrefetchError as exc:
+            print(f"hpacs: {exc}", file=sys.stderr)
+            return 1
+        plan = prefetcher.plan(studies)
+        promoted = 0
+        for uid in plan.queued:
+            promoted += (await archive.lifecycle.promote_study(uid)).instances
+    print(f"priors {len(plan.priors)}: {len(plan.queued)} promoted ({promoted} instances), "
+          f"{len(plan.hot)} hot already")
+    for uid in plan.priors:
+        print(f"  {uid}")
+    return 0
+
+
+async def _verify(config: Config, progress: bool) -> int:
+    import asyncio
+
+    from tqdm import tqdm
+
+    from hpacs.store.archive import Archive
+    from hpacs.store.verify import verify
+
+    async with Archive(config) as archive:
+        total = archive.db.count("instance")
+        with tqdm(total=total, unit="inst", disable=not progress, file=sys.stderr) as bar:
+            report = await asyncio.get_running_loop().run_in_executor(
+                None, verify, archive.db, archive.tiers, bar.update)
+    print(f"checked {report.hot_checked} hot, {report.cold_checked} cold instances; "
+          f"{report.cold_records} cold records ({report.dead_records} dead); "
+          f"missing {len(report.missing)}, corrupt {len(report.corrupt)}, "
+          f"unindexed {len(report.unindexed)}, stale {len(report.stale)}")
+    for kind in ("missing", "corrupt", "unindexed", "stale"):
+        for what, why in getattr(report, kind):
+            print(f"  {kind} {what}: {why}")
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

@@ -70,6 +70,46 @@ class IndexConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    """Hot -> cold migration rules (``[lifecycle]``) and promotion back to hot."""
+
+    #: Run the rules in the server's background (``hpacs migrate`` runs them by hand anyway).
+    enabled: bool = False
+    #: Seconds between two rule runs of the background task.
+    interval: float = 600.0
+    #: Migrate a study idle (no read, no new instance) for this many days; 0 = every study,
+    #: negative = no age rule.
+    older_than_days: float = 90.0
+    #: Capacity rule: above ``high_watermark`` (fraction of the hot capacity used) migrate the
+    #: least recently used studies until below ``low_watermark``; 0 disables it.
+    high_watermark: float = 0.0
+    low_watermark: float = 0.0
+    #: Hot capacity in GB for the watermarks; 0 = the hot file system (``shutil.disk_usage``).
+    hot_capacity_gb: float = 0.0
+    #: Never migrate studies of patients whose PatientID matches one of these fnmatch patterns.
+    exclude_patient_ids: tuple[str, ...] = ()
+    #: Migration rate limit in MB/s (0 = unlimited); migration also pauses while ingest runs.
+    rate_mb_s: float = 40.0
+    #: A study read from cold is promoted back to hot (in the background, after the read).
+    promote_on_read: bool = True
+    #: Seconds between flushes of studies' last-access times to the index.
+    access_flush_interval: float = 30.0
+    #: Cold pack size (MB) and zstd level.
+    pack_size_mb: int = 1024
+    level: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PrefetchConfig:
+    """Prefetch of priors (``[prefetch]``): promote a patient's relevant priors to hot."""
+
+    #: Prefetch when a new study arrives for a patient.
+    on_new_study: bool = True
+    #: How many priors (see hpacs.index.priors for the relevance order).
+    priors: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class QueryConfig:
     #: C-FIND: at most this many matches are returned; beyond it the final status is 0xA700
     #: ("more than N matches: narrow the query") after the first N pending responses.
@@ -101,6 +141,8 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: C-MOVE destinations by AE title: ``[[remote]]`` tables in TOML, or the environment
     #: variable ``HPACS_REMOTE="AE1@host:port,AE2@host:port"`` (replaces the file's list).

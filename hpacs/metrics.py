@@ -30,3 +30,15 @@ class Metrics:
             registry=r)
         self.metadata_pending = Gauge(
             "hpacs_metadata_pending", "Instances waiting for their DICOM JSON", registry=r)
+        self.tier_migrated_instances = Counter(
+            "hpacs_tier_migrated_instances_total", "Instances migrated hot -> cold", registry=r)
+        self.tier_migrated_bytes = Counter(
+            "hpacs_tier_migrated_bytes_total", "Original bytes migrated hot -> cold", registry=r)
+        self.tier_promoted_instances = Counter(
+            "hpacs_tier_promoted_instances_total", "Instances promoted cold -> hot", registry=r)
+        self.tier_pending_studies = Gauge(
+            "hpacs_tier_pending_studies", "Studies left to migrate in the current rule pass",
+            registry=r)
+        self.prefetch_studies = Counter(
+            "hpacs_prefetch_studies_total", "Prior studies queued for promotion by prefetch",
+            registry=r)

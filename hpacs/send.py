@@ -3,14 +3,21 @@
 Files are sent as stored: the data set bytes after the Part 10 meta, in the file's own transfer
 syntax (:mod:`hpacs.net.storage_scu`, the same SCU C-MOVE uses). Archive instances are found
 through a read-only :class:`IndexDB` (no archive lock), so sending works while the server runs.
+Instances in the cold tier are read through the archive's tier reader, which opens the cold
+store: that is only done when no server owns the data directory (the store's start-up repairs a
+torn pack tail, which must never race a live writer); otherwise they fail with a clear reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from hpacs.config import Config, RemoteAE
 from hpacs.dicom.part10 import Part10Error, read_file_meta
@@ -24,7 +31,10 @@ from hpacs.net.storage_scu import (
     StoredInstance,
     open_instance,
     storage_contexts,
+    stored_instance,
 )
+from hpacs.store.hot import HotStore
+from hpacs.store.tiers import TierError, Tiers
 
 #: Presentation contexts one A-ASSOCIATE-RQ may carry (odd IDs 1..255).
 MAX_CONTEXTS = 128
@@ -90,8 +100,32 @@ def files_to_send(paths: list[Path]) -> tuple[list[StoredInstance], list[tuple[P
     return items, skipped
 
 
-def archive_instances(config: Config, studies: list[str], series: list[str]
-                      ) -> tuple[list[StoredInstance], list[str]]:
+@contextlib.contextmanager
+def cold_reader(config: Config) -> Iterator[Tiers | None]:
+    """A tier reader holding the data-dir lock, or None while a server owns the directory."""
+    from hpacs.store.archive import Archive, ArchiveLockedError
+
+    archive = Archive(config)
+    try:
+        archive._take_lock()
+    except (ArchiveLockedError, OSError):
+        yield None
+        return
+    tiers = Tiers(HotStore(archive.data_dir, fsync=False))
+    try:
+        yield tiers
+    finally:
+        tiers.close()
+        archive._release_lock()
+
+
+def _cold_while_serving() -> BinaryIO:
+    raise TierError("in the cold tier and the server owns the archive: retrieve it through "
+                    "the server (C-MOVE), or promote it first (POST /api/prefetch)")
+
+
+def archive_instances(config: Config, studies: list[str], series: list[str],
+                      tiers: Tiers | None = None) -> tuple[list[StoredInstance], list[str]]:
     """Instances of the studies and series (read-only index); the UIDs not found."""
     import lmdb
 
@@ -125,8 +159,10 @@ def archive_instances(config: Config, studies: list[str], series: list[str]
                 entry = db.get_instance(sop_uid)
                 if entry is None or sop_uid in found:  # deleted meanwhile, or listed twice
                     continue
-                found[sop_uid] = StoredInstance(entry.sop_class_uid, sop_uid,
-                                                entry.transfer_syntax_uid, data_dir / entry.path)
+                item = stored_instance(entry, data_dir, tiers)
+                if entry.cold is not None and tiers is None:
+                    item = dataclasses.replace(item, source=_cold_while_serving)
+                found[sop_uid] = item
     finally:
         db.close()
     return list(found.values()), missing
@@ -235,7 +271,6 @@ def _pad_deflated(opened: OpenedInstance) -> OpenedInstance:
 
 
 async def _send(config: Config, args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     dest = parse_destination(args.to, config)
     calling_ae = (args.calling_ae or config.server.ae_title).strip()
@@ -245,9 +280,19 @@ async def _send(config: Config, args: argparse.Namespace) -> int:
         raise UsageError("nothing to send: give files or folders, or --study/--series")
     items, skipped = files_to_send(args.paths) if args.paths else ([], [])
     missing: list[str] = []
-    if args.study or args.series:
-        found, missing = archive_instances(config, args.study, args.series)
-        items += found
+    with contextlib.ExitStack() as stack:
+        if args.study or args.series:
+            tiers = stack.enter_context(cold_reader(config))
+            found, missing = archive_instances(config, args.study, args.series, tiers)
+            items += found
+        return await _send_items(config, args, dest, calling_ae, items, skipped, missing)
+
+
+async def _send_items(config: Config, args: argparse.Namespace, dest: RemoteAE,
+                      calling_ae: str, items: list[StoredInstance],
+                      skipped: list[tuple[Path, str]], missing: list[str]) -> int:
+    from tqdm import tqdm
+
     for what in missing:
         print(f"hpacs: {what}: not in the archive", file=sys.stderr)
     for path, reason in skipped:

@@ -12,6 +12,7 @@ rejected with ``Part10Error``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -250,15 +251,20 @@ def read_part10(source) -> tuple[dict[int, bytes], int]:
 
 
 def scan_part10(
-    path: str | os.PathLike,
+    path: str | os.PathLike | BinaryIO,
     wanted: frozenset[int],
     *,
     max_value_length: int = 1024,
     chunk_size: int = _CHUNK,
 ) -> tuple[FileMeta, dict[int, bytes]]:
     """Stream a file through the header scanner with bounded memory (deflate inflated in
-    ``chunk_size`` pieces). Raises Part10Error/ScanError for anything not whole and well formed."""
-    with open(path, "rb") as f:
+    ``chunk_size`` pieces). Raises Part10Error/ScanError for anything not whole and well formed.
+    ``path`` may also be an open binary file (e.g. a cold instance's restored bytes), read from 0.
+    """
+    opened = open(path, "rb") if isinstance(path, str | os.PathLike) else None  # noqa: SIM115
+    if opened is None:
+        path.seek(0)  # type: ignore[union-attr]
+    with opened or contextlib.nullcontext(path) as f:
         meta = _read_head(f)
         f.seek(meta.dataset_offset)
         first = f.read(chunk_size)

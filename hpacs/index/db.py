@@ -86,6 +86,10 @@ class StudyEntry(msgspec.Struct, array_like=True, gc=False):
     n_instances: int = 0
     modalities: dict[str, int] = msgspec.field(default_factory=dict)  # modality -> n series
     sop_classes: dict[str, int] = msgspec.field(default_factory=dict)  # class -> n instances
+    #: Lifecycle clocks (epoch seconds): newest stored_at of its instances, and the last read
+    #: (flushed in batches by the tier reader; 0 when never read).
+    last_stored: float = 0.0
+    last_access: float = 0.0
 
     def query_attrs(self) -> dict[str, Any]:
         return {
@@ -117,6 +121,9 @@ class InstanceEntry(msgspec.Struct, array_like=True, gc=False):
     size: int
     stored_at: float
     attrs: dict[str, Value]
+    #: The cold store's reference (a plain array) when the instance lives in a cold pack;
+    #: ``path`` is then "". None for a hot file.
+    cold: list[Any] | None = None
 
 
 _ENC = msgspec.msgpack.Encoder()
@@ -294,9 +301,13 @@ class IndexDB:
         """Force every committed transaction to disk."""
         self.env.sync(True)
 
-    def meta_get(self, name: str, default: Any = None) -> Any:
-        with self.env.begin() as txn:
+    def meta_get(self, name: str, default: Any = None, txn: lmdb.Transaction | None = None
+                 ) -> Any:
+        if txn is not None:
             raw = txn.get(name.encode(), db=self.dbs[b"meta"])
+        else:
+            with self.env.begin() as t:
+                raw = t.get(name.encode(), db=self.dbs[b"meta"])
         return default if raw is None else _DEC_ANY.decode(raw)
 
     def meta_set(self, name: str, value: Any, txn: lmdb.Transaction | None = None) -> None:
@@ -350,6 +361,9 @@ class IndexDB:
         elif (st.patient_id, st.issuer) != (rec.patient_id, rec.issuer_of_patient_id):
             self._move_study(w, st, p, pkey)
         self._set_study_attrs(w, study_k, st, rec.study)
+        if rec.stored_at > st.last_stored:
+            st.last_stored = rec.stored_at
+            w.put(b"studies", study_k, st)
 
         # series
         se: SeriesEntry | None = w.get(b"series", series_k)
@@ -368,7 +382,7 @@ class IndexDB:
         # instance
         entry = InstanceEntry(
             rec.sop_instance_uid, rec.sop_class_uid, rec.series_uid, rec.transfer_syntax_uid,
-            rec.path, rec.size, rec.stored_at, rec.instance,
+            rec.path, rec.size, rec.stored_at, rec.instance, rec.cold,
         )  # fmt: skip
         new_order = order_key(rec.instance.get("InstanceNumber")) + sop
         if linked:
@@ -411,6 +425,28 @@ class IndexDB:
         previous = self._assemble(w, old)
         self._unlink_instance(w, old)
         return previous
+
+    def set_location(self, w: WriteBatch, sop_uid: str, path: str, cold: list[Any] | None,
+                     *, expect: InstanceEntry) -> bool:
+        """Point an instance at a hot path or a cold reference (migration, promotion).
+
+        Only if the row is still ``expect`` (a re-sent instance replaced meanwhile keeps its new
+        location); returns whether it changed. Counts and parents are unaffected."""
+        sop = sop_uid.encode()
+        row: InstanceEntry | None = w.get(b"instances", sop)
+        if row is None or row != expect:
+            return False
+        w.put(b"instances", sop, msgspec.structs.replace(row, path=path, cold=cold))
+        return True
+
+    def set_last_access(self, w: WriteBatch, times: dict[str, float]) -> None:
+        """Record studies' last read times (never moves a clock backwards)."""
+        for study_uid, t in times.items():
+            sk = study_uid.encode()
+            st: StudyEntry | None = w.get(b"studies", sk)
+            if st is not None and t > st.last_access:
+                st.last_access = t
+                w.put(b"studies", sk, st)
 
     # ------------------------------------------------------------------ write helpers
     def _assemble(self, w: WriteBatch, e: InstanceEntry) -> InstanceRecord:
@@ -722,6 +758,50 @@ class IndexDB:
     def series_by_modality(self, modality: str) -> list[str]:
         return self._exact(b"ix_series_modality", modality)
 
+    def study_instances(self, study_uid: str) -> list[InstanceEntry]:
+        """Every instance row of a study (series by series, InstanceNumber order)."""
+        out = []
+        for series_uid in self.study_series(study_uid):
+            for sop in self.series_instances(series_uid):
+                e = self.get_instance(sop)
+                if e is not None:
+                    out.append(e)
+        return out
+
+    def iter_studies(self) -> Iterator[StudyEntry]:
+        """Every study row, in UID order, a page per read transaction (never held long)."""
+        after = b""
+        while True:
+            page: list[StudyEntry] = []
+            with self.env.begin() as txn, txn.cursor(db=self.dbs[b"studies"]) as cur:
+                ok = cur.set_range(after) if after else cur.first()
+                if ok and after and cur.key() == after:
+                    ok = cur.next()
+                while ok and len(page) < 512:
+                    page.append(_DEC[b"studies"].decode(cur.value()))
+                    after = cur.key()
+                    ok = cur.next()
+            yield from page
+            if len(page) < 512:
+                return
+
+    def iter_instances(self) -> Iterator[InstanceEntry]:
+        """Every instance row in SOP UID order, paged like :meth:`iter_studies`."""
+        after = b""
+        while True:
+            page: list[InstanceEntry] = []
+            with self.env.begin() as txn, txn.cursor(db=self.dbs[b"instances"]) as cur:
+                ok = cur.set_range(after) if after else cur.first()
+                if ok and after and cur.key() == after:
+                    ok = cur.next()
+                while ok and len(page) < 1024:
+                    page.append(_DEC[b"instances"].decode(cur.value()))
+                    after = cur.key()
+                    ok = cur.next()
+            yield from page
+            if len(page) < 1024:
+                return
+
     def count(self, level: str) -> int:
         """Number of patients / studies / series / instances."""
         with self.env.begin() as txn:
@@ -754,4 +834,5 @@ def _record(e: InstanceEntry, se: SeriesEntry, st: StudyEntry, p: PatientEntry) 
         study=st.attrs,
         series=se.attrs,
         instance=e.attrs,
+        cold=e.cold,
     )

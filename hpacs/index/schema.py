@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -100,6 +100,9 @@ class InstanceRecord(msgspec.Struct, gc=False):
     study: dict[str, Value]
     series: dict[str, Value]
     instance: dict[str, Value]
+    #: Where the instance lives when it is not a hot file: the cold store's reference as a
+    #: plain array (the index does not know the store's types); ``path`` is then "".
+    cold: list[Any] | None = None
 
 
 class Attr(msgspec.Struct, frozen=True):

@@ -20,6 +20,11 @@ Durability ("files" vs "sync") and the checkpoint:
 - ``start()`` clears meta "clean" (durably) after reading it into :attr:`was_clean`; ``stop()``
   drains, commits, syncs and sets it: a missing flag at start means a crash.
 
+Besides records, the writer runs *operations* (``run(fn)``: ``fn(batch)`` inside the same group
+commit, for the tier moves and access-time flushes of the lifecycle) so the index keeps ONE
+writer; ``sync()`` makes everything committed so far durable (env.sync on the writer thread),
+which a migration needs before it deletes a hot file.
+
 A failing transaction (MapFullError, disk full...) fails its batch with :class:`IndexWriteError`;
 when the batch held several records they are retried one per transaction first, so one poisonous
 record fails alone. The writer keeps running either way.
@@ -34,10 +39,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import msgspec
 
-from hpacs.index.db import DURABILITY_MODES, IndexDB
+from hpacs.index.db import DURABILITY_MODES, IndexDB, WriteBatch
 from hpacs.index.schema import InstanceRecord
 
 
@@ -60,7 +66,10 @@ class WriterStats:
     failed_records: int = 0
 
 
-_Item = tuple[InstanceRecord, "asyncio.Future[CommitResult]"]
+#: An operation run inside a write transaction; its return value resolves its future.
+Operation = Callable[[WriteBatch], Any]
+_Item = tuple[InstanceRecord | Operation, "asyncio.Future[Any]"]
+T = TypeVar("T")
 
 
 class IndexWriter:
@@ -130,6 +139,20 @@ class IndexWriter:
     async def submit(self, record: InstanceRecord) -> CommitResult:
         """Queue ``record``; returns once the transaction holding it committed (and, in "sync"
         mode, is on disk). Raises IndexWriteError if it could not be committed."""
+        return await self._enqueue(record)
+
+    async def run(self, op: Callable[[WriteBatch], T]) -> T:
+        """Run ``op(batch)`` in a write transaction (with whatever else is queued) and return
+        its result once committed. Raises IndexWriteError if the transaction failed."""
+        return await self._enqueue(op)
+
+    async def sync(self) -> None:
+        """Make every commit so far durable (a no-op cost in "sync" mode, ~ms in "files")."""
+        if self._executor is None:
+            raise IndexWriteError("index writer is not running")
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._sync)
+
+    async def _enqueue(self, item: Any) -> Any:
         if self._stopping or self._task is None:
             raise IndexWriteError("index writer is not running")
         await self._slots.acquire()  # backpressure: at most max_queue records in flight
@@ -137,8 +160,8 @@ class IndexWriter:
             self._slots.release()
             raise IndexWriteError("index writer is stopping")
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[CommitResult] = loop.create_future()
-        self._pending.append((record, fut))
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((item, fut))
         if self.durability == "files":
             # A commit costs no I/O wait here: every record submitted during this loop
             # iteration goes into one transaction right after it (no task or thread hop).
@@ -172,9 +195,10 @@ class IndexWriter:
         self._dirty = True
         self._wakeup.set()  # the task times the next checkpoint
 
-    def _resolve(self, item: _Item, prev: InstanceRecord | None) -> None:
+    def _resolve(self, item: _Item, prev: Any) -> None:
         if not item[1].done():
-            item[1].set_result(CommitResult(prev))
+            item[1].set_result(CommitResult(prev) if isinstance(item[0], InstanceRecord)
+                               else prev)
         self._slots.release()
 
     @property
@@ -185,7 +209,7 @@ class IndexWriter:
     def _checkpoint_value(self) -> float:
         t = time.time()
         for rec, _ in self._pending:
-            if rec.stored_at < t:
+            if isinstance(rec, InstanceRecord) and rec.stored_at < t:
                 t = rec.stored_at
         if self.floor is not None:
             f = self.floor()
@@ -265,7 +289,8 @@ class IndexWriter:
         self.stats.failed_records += 1
         fut = item[1]
         if not fut.done():
-            err = IndexWriteError(f"index commit failed for {item[0].sop_instance_uid}: {exc!r}")
+            what = item[0].sop_instance_uid if isinstance(item[0], InstanceRecord) else "an update"
+            err = IndexWriteError(f"index commit failed for {what}: {exc!r}")
             err.__cause__ = exc
             fut.set_exception(err)
         self._slots.release()
@@ -275,13 +300,14 @@ class IndexWriter:
         self.stats.syncs += 1
 
     def _commit(
-        self, records: list[InstanceRecord], checkpoint: float | None, sync: bool
-    ) -> list[InstanceRecord | None]:
+        self, records: list[InstanceRecord | Operation], checkpoint: float | None, sync: bool
+    ) -> list[Any]:
         """One transaction for the whole batch (on the writer thread, or inline in "files"
         mode where it does no I/O wait)."""
         db = self.db
         with db.write() as w:
-            results = [db.apply(w, r) for r in records]
+            results = [db.apply(w, r) if isinstance(r, InstanceRecord) else r(w)
+                       for r in records]
             if checkpoint is not None:
                 db.meta_set("checkpoint", checkpoint, txn=w.txn)
         self.stats.commits += 1

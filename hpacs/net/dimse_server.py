@@ -27,6 +27,7 @@ from hpacs.metrics import Metrics
 from hpacs.net.find_service import FindService
 from hpacs.net.retrieve_service import RetrieveService
 from hpacs.store.ingest import Ingestor, Receiver
+from hpacs.store.tiers import Tiers
 from hpacs.ul import (
     Aborted,
     AcceptorPolicy,
@@ -55,9 +56,12 @@ DISK_BACKLOG_POLL_S = 0.005
 class DimseServer:
     """Listens for associations; owns the set of live ones (for limits and shutdown)."""
 
-    def __init__(self, config: Config, ingestor: Ingestor, metrics: Metrics) -> None:
+    def __init__(self, config: Config, ingestor: Ingestor, metrics: Metrics,
+                 tiers: Tiers | None = None) -> None:
         self.config = config
         self.ingestor = ingestor
+        #: The archive's tier reader: C-GET/C-MOVE read instances that are not hot through it.
+        self.tiers = tiers
         self.metrics = metrics
         d = config.dicom
         self.policy = AcceptorPolicy(

@@ -38,6 +38,7 @@ from hpacs.net.storage_scu import (
     open_instance,
     send_instance,
     storage_contexts,
+    stored_instance,
 )
 from hpacs.ul import LocalProtocolError
 
@@ -132,9 +133,7 @@ class RetrieveService:
                 for match in page:
                     entry = db.get_instance(match["SOPInstanceUID"])
                     if entry is not None:
-                        out.append(StoredInstance(entry.sop_class_uid, entry.sop_instance_uid,
-                                                  entry.transfer_syntax_uid,
-                                                  data_dir / entry.path))
+                        out.append(stored_instance(entry, data_dir, self.server.tiers))
                 await asyncio.sleep(0)
                 if self.conn.closed:
                     break

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 from pydicom.filebase import DicomBytesIO
@@ -32,6 +34,7 @@ from hpacs.dimse import commands as cmd
 from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
 from hpacs.dimse.retrieve import store_request
 from hpacs.log import get_logger
+from hpacs.store.tiers import open_source
 from hpacs.ul import (
     Aborted,
     AssociateRequest,
@@ -60,6 +63,23 @@ class StoredInstance:
     sop_instance_uid: str
     transfer_syntax_uid: str
     path: Path
+    #: For an instance not in a hot file: gives its bytes as a binary file (the archive's
+    #: tier reader, called in a worker thread when the instance is opened).
+    source: Callable[[], BinaryIO] | None = None
+
+
+def stored_instance(entry, data_dir: Path, tiers=None) -> StoredInstance:
+    """What to send for an index entry (``tiers``, the archive's tier reader, reads an
+    instance that is not in a hot file)."""
+    source = None
+    if entry.cold is not None and tiers is not None:
+        source = functools.partial(_tier_file, tiers, entry)
+    return StoredInstance(entry.sop_class_uid, entry.sop_instance_uid,
+                          entry.transfer_syntax_uid, data_dir / entry.path, source)
+
+
+def _tier_file(tiers, entry) -> BinaryIO:
+    return open_source(tiers.source(entry))
 
 
 class SendError(Exception):
@@ -81,17 +101,19 @@ class OpenedInstance:
 
 
 def _open_sync(item: StoredInstance, target_ts: str) -> OpenedInstance:
+    src = item.path if item.source is None else item.source()
     if target_ts != item.transfer_syntax_uid:
-        ds = pydicom.dcmread(item.path, force=True)
+        ds = pydicom.dcmread(src, force=True)
         fp = DicomBytesIO()
         fp.is_little_endian = True
         fp.is_implicit_VR = target_ts == IMPLICIT_VR_LE
         write_dataset(fp, ds)
         return OpenedInstance(None, 0, fp.getvalue())
-    meta = read_file_meta(item.path)
-    fh = open(item.path, "rb")  # noqa: SIM115 - closed by OpenedInstance.close
+    # closed by OpenedInstance.close
+    fh = open(src, "rb") if isinstance(src, Path) else src  # noqa: SIM115
     try:
-        size = os.fstat(fh.fileno()).st_size
+        meta = read_file_meta(fh)
+        size = fh.seek(0, os.SEEK_END)
         fh.seek(meta.dataset_offset)
     except BaseException:
         fh.close()

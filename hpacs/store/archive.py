@@ -1,4 +1,5 @@
-"""The archive: one data directory (lock, hot store, LMDB index, writer, ingest) and its recovery.
+"""The archive: one data directory (lock, hot and cold tiers, LMDB index, writer, ingest) and
+its recovery.
 
 Only one process owns a data directory at a time (``hpacs serve``, ``hpacs import`` and
 ``hpacs reindex`` take the same lock), so the single-writer index stays single-writer.
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import io
 import os
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from hpacs.config import Config
 from hpacs.dicom.part10 import Part10Error, read_file_meta, scan_part10
@@ -21,9 +25,12 @@ from hpacs.index.db import IndexDB
 from hpacs.index.schema import WANTED_TAGS, InstanceRecord, RecordError, record_from_scan
 from hpacs.index.writer import IndexWriter
 from hpacs.log import get_logger
+from hpacs.store.cold import ColdError
 from hpacs.store.hot import SUFFIX, HotStore
 from hpacs.store.ingest import Ingestor, Outcome, StoreResult
+from hpacs.store.lifecycle import Lifecycle
 from hpacs.store.metadata import METADATA_DIR, MetadataCache, MetadataWarmer
+from hpacs.store.tiers import Source, Tiers, ref_to_index
 
 log = get_logger("hpacs.archive")
 
@@ -53,12 +60,17 @@ class Archive:
         self.db: IndexDB
         self.writer: IndexWriter
         self.ingestor: Ingestor
+        self.tiers: Tiers
+        self.lifecycle: Lifecycle
 
     # -- life cycle ---------------------------------------------------------------------------
     async def open(self, *, recover: bool = True) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         self.hot = HotStore(self.data_dir, fsync=self.config.store.fsync)
+        lc = self.config.lifecycle
+        self.tiers = Tiers(self.hot, fsync=self.config.store.fsync,
+                           pack_size=lc.pack_size_mb << 20, level=lc.level)
         leftovers = self.hot.clean_tmp()
         if leftovers:
             log.info("archive.tmp_cleaned", files=leftovers)
@@ -66,7 +78,7 @@ class Archive:
         self.metadata = MetadataCache(self.data_dir / METADATA_DIR)
         self.warmer = MetadataWarmer(self.data_dir / METADATA_DIR, self.hot.absolute,
                                      self.config.store.metadata_workers)
-        self.ingestor.on_stored.append(self._warm_metadata)
+        self.ingestor.listeners.append(self._warm_metadata)
         checkpoint = self.db.meta_get("checkpoint")
         await self.writer.start()
         # was_clean is None on the very first start, False after a crash.
@@ -74,6 +86,8 @@ class Archive:
             since = float(checkpoint or 0.0) - RECOVERY_SLACK_S
             recovered = await self.recover(since)
             log.warning("archive.recovered", since=since, reindexed=recovered)
+        if recover:
+            await self.lifecycle.reconcile()  # moves a crash interrupted (see lifecycle.py)
 
     def _open_index(self) -> None:
         cfg = self.config.index
@@ -83,6 +97,7 @@ class Archive:
         self.writer = IndexWriter(self.db, sync_interval=cfg.sync_interval,
                                   max_batch=cfg.max_batch, floor=self.ingestor.oldest_unindexed)
         self.ingestor.writer = self.writer
+        self.lifecycle = Lifecycle(self, self.config.lifecycle)
 
     async def close(self) -> None:
         """Stop the writer (drain, commit, sync), the I/O threads and the index; safe to call
@@ -94,6 +109,8 @@ class Archive:
             await self.writer.stop()
             self.ingestor.close()
             self.db.close()
+        if hasattr(self, "tiers"):
+            self.tiers.close()
         self._release_lock()
 
     def _warm_metadata(self, record: InstanceRecord) -> None:
@@ -147,15 +164,9 @@ class Archive:
     def _record_of_file(self, relative: str, report: RebuildReport | None = None):
         path = self.hot.absolute(relative)
         try:
-            meta, values = scan_part10(path, WANTED_TAGS)
-            record = record_from_scan(
-                values,
-                little_endian=encoding_of(meta.transfer_syntax_uid).little_endian,
-                transfer_syntax=meta.transfer_syntax_uid,
-                path=relative,
-                size=path.stat().st_size,
-                stored_at=path.stat().st_mtime,
-            )
+            stat = path.stat()
+            record = record_of(path, path=relative, size=stat.st_size,
+                               stored_at=stat.st_mtime)
         except (OSError, Part10Error, ScanError, RecordError, KeyError) as exc:
             log.error("archive.unreadable_file", path=relative, error=str(exc))
             if report is not None:
@@ -172,7 +183,10 @@ class Archive:
         return record
 
     async def rebuild_index(self, progress=None) -> RebuildReport:
-        """Rebuild the index from the hot files alone (``hpacs reindex``)."""
+        """Rebuild the index from the hot files and the cold packs (``hpacs reindex``).
+
+        A hot file wins over cold records of the same instance (they are dead copies: a
+        promotion or an interrupted migration); among cold records the last appended wins."""
         report = RebuildReport()
         await self.writer.stop()
         self.ingestor.close()
@@ -183,21 +197,65 @@ class Archive:
         self._open_index()
         await self.writer.start()
         batch: list[asyncio.Future] = []
+
+        async def index(record) -> None:
+            batch.append(asyncio.ensure_future(self.writer.submit(record)))
+            if len(batch) >= 256:
+                await asyncio.gather(*batch)
+                report.indexed += len(batch)
+                batch.clear()
+
+        hot_sops: set[str] = set()
         for relative in self.hot.iter_files():
             record = self._record_of_file(relative, report)
             if progress is not None:
                 progress(1)
             if record is None:
                 continue
-            batch.append(asyncio.ensure_future(self.writer.submit(record)))
-            if len(batch) >= 256:
-                await asyncio.gather(*batch)
-                report.indexed += len(batch)
-                batch.clear()
+            hot_sops.add(record.sop_instance_uid)
+            await index(record)
+        loop = asyncio.get_running_loop()
+        latest = await loop.run_in_executor(None, self._latest_cold_records)
+        for sop_uid, ref in latest.items():
+            if progress is not None:
+                progress(1)
+            if sop_uid in hot_sops:
+                continue
+            record = await loop.run_in_executor(None, self._record_of_cold, sop_uid, ref, report)
+            if record is not None:
+                await index(record)
         if batch:
             await asyncio.gather(*batch)
             report.indexed += len(batch)
         return report
+
+    def _latest_cold_records(self) -> dict:
+        latest: dict = {}
+        for sop_uid, ref in self.tiers.cold.scan():  # pack order: a later record wins
+            latest[sop_uid] = ref
+        return latest
+
+    def _record_of_cold(self, sop_uid: str, ref, report: RebuildReport):
+        where = f"cold:{ref.pack}:{ref.offset}"
+        try:
+            src = io.BytesIO(self.tiers.cold.read(ref))
+            record = record_of(src, path="", size=ref.size, stored_at=0.0,
+                               cold=ref_to_index(ref))
+        except (ColdError, Part10Error, ScanError, RecordError, KeyError) as exc:
+            log.error("archive.unreadable_cold_record", where=where, sop=sop_uid, error=str(exc))
+            report.unreadable.append((where, str(exc)))
+            return None
+        if record.sop_instance_uid != sop_uid:
+            reason = f"record key {sop_uid} holds instance {record.sop_instance_uid}"
+            log.error("archive.orphan_cold_record", where=where, reason=reason)
+            report.unreadable.append((where, reason))
+            return None
+        return record
+
+    # -- reading ------------------------------------------------------------------------------
+    async def source(self, entry) -> Source:
+        """The one read path: an instance's hot file, or its restored cold bytes."""
+        return await self.tiers.asource(entry)
 
     # -- import -------------------------------------------------------------------------------
     async def import_file(self, path: Path) -> StoreResult:
@@ -245,6 +303,24 @@ class Archive:
                 yield item
         await feeder
         await asyncio.gather(*tasks)
+
+
+def record_of(source: Path | io.BytesIO, *, path: str, size: int, stored_at: float,
+              cold: list | None = None) -> InstanceRecord:
+    """The index record of a stored instance (hot file or restored cold bytes), from its
+    header. Raises OSError, Part10Error, ScanError, RecordError, KeyError."""
+    meta, values = scan_part10(source, WANTED_TAGS)
+    record = record_from_scan(
+        values,
+        little_endian=encoding_of(meta.transfer_syntax_uid).little_endian,
+        transfer_syntax=meta.transfer_syntax_uid,
+        path=path,
+        size=size,
+        stored_at=stored_at,
+    )
+    if cold is not None:
+        record = msgspec.structs.replace(record, cold=cold)
+    return record
 
 
 def iter_input_files(paths: Iterable[Path]) -> Iterable[Path]:

@@ -12,10 +12,11 @@ caller learn the outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -85,9 +86,9 @@ class Ingestor:
         #: stored_at of records whose file may be in place but whose index commit is pending.
         self._unindexed: dict[int, float] = {}
         self.in_flight = 0
-        #: Called with each newly stored (or replacing) record after its index commit, on the
-        #: loop; must return at once (queue the work): e.g. metadata warming, prefetch triggers.
-        self.on_stored: list[Callable[[InstanceRecord], None]] = []
+        #: Called with every newly stored record, after its commit (metadata warming, prior
+        #: prefetch): must be cheap and never raise (schedule work, do not do it).
+        self.listeners: list[Callable[[InstanceRecord], None]] = []
         #: File I/O runs here, one file's work in order (see store/sink.py).
         self.io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="hpacs-io")
 
@@ -130,16 +131,21 @@ class Ingestor:
             lock = self._locks[sop_uid] = asyncio.Lock()
         return lock
 
-    async def _commit(self, receiver: Receiver, record: InstanceRecord) -> StoreResult:
-        """Apply the duplicate policy, make the file durable, index it. Serialized per SOP UID."""
-        sop_uid = record.sop_instance_uid
+    @contextlib.asynccontextmanager
+    async def instance_lock(self, sop_uid: str) -> AsyncIterator[None]:
+        """Hold one SOP Instance UID against stores (and tier moves) of the same instance."""
         lock = self._lock(sop_uid)
         try:
             async with lock:
-                return await self._commit_locked(receiver, record)
+                yield
         finally:
             if not lock.locked() and self._locks.get(sop_uid) is lock:
                 del self._locks[sop_uid]
+
+    async def _commit(self, receiver: Receiver, record: InstanceRecord) -> StoreResult:
+        """Apply the duplicate policy, make the file durable, index it. Serialized per SOP UID."""
+        async with self.instance_lock(record.sop_instance_uid):
+            return await self._commit_locked(receiver, record)
 
     async def _commit_locked(self, receiver: Receiver, record: InstanceRecord) -> StoreResult:
         existing = self.db.get_instance(record.sop_instance_uid)
@@ -171,13 +177,13 @@ class Ingestor:
         finally:
             del self._unindexed[token]
         previous = result.previous
-        if previous is not None and previous.path != record.path:
+        if previous is not None and previous.path and previous.path != record.path:
             self.hot.remove(previous.path)
         outcome = Outcome.REPLACED if previous is not None else Outcome.STORED
-        for listener in self.on_stored:
+        for listener in self.listeners:
             try:
                 listener(record)
-            except Exception as exc:  # a listener's bug must not fail a durable store
+            except Exception as exc:  # a listener must never fail a stored instance
                 log.error("store.listener_failed", sop=record.sop_instance_uid, error=repr(exc))
         return StoreResult(outcome, "", record)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import io
 import mmap
 import multiprocessing
 import os
@@ -50,7 +51,8 @@ def instance_uri(study_uid: str, series_uid: str, sop_uid: str) -> str:
     return f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
 
 
-def compute(data: bytes | mmap.mmap, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
+def compute(data: bytes | memoryview | mmap.mmap, study_uid: str, series_uid: str,
+            sop_uid: str) -> bytes:
     """Encoded JSON of one stored instance, BulkDataURIs relative to the DICOMweb root."""
     return _ENCODER.encode(part10_json(data, bulk_base=instance_uri(study_uid, series_uid,
                                                                       sop_uid)))
@@ -63,6 +65,13 @@ def compute_file(path: Path, study_uid: str, series_uid: str, sop_uid: str) -> b
             raise DicomJSONError(f"{path} is empty")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             return compute(m, study_uid, series_uid, sop_uid)
+
+
+def compute_source(src: Path | io.BytesIO, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
+    """:func:`compute` for what the tier-aware read gives: a hot file or restored cold bytes."""
+    if isinstance(src, io.BytesIO):
+        return compute(src.getbuffer(), study_uid, series_uid, sop_uid)
+    return compute_file(src, study_uid, series_uid, sop_uid)
 
 
 def absolute_uris(blob: bytes, base: bytes) -> bytes:

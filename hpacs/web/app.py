@@ -11,8 +11,10 @@ from hpacs import __version__
 from hpacs.metrics import Metrics
 
 
-def build_app(metrics: Metrics, health: Callable[[], dict], archive=None) -> web.Application:
-    """``archive`` (an opened hpacs.store.archive.Archive) adds the DICOMweb routes."""
+def build_app(metrics: Metrics, health: Callable[[], dict], archive=None,
+              prefetcher=None) -> web.Application:
+    """``archive`` (an opened hpacs.store.archive.Archive) adds the DICOMweb routes,
+    ``prefetcher`` (hpacs.store.prefetch.Prefetcher) the ``/api`` operations."""
     from hpacs.web.middleware import compress_json, cors
 
     origins = archive.config.server.cors_origins if archive is not None else ()
@@ -36,4 +38,8 @@ def build_app(metrics: Metrics, health: Callable[[], dict], archive=None) -> web
         app.add_subapp(PREFIX, build_dicomweb(archive))
         app[ARCHIVE_KEY] = archive
         app.router.add_get("/wado", wado)  # WADO-URI (PS3.18 Chapter 9)
+    if prefetcher is not None:
+        from hpacs.web.api import build_api
+
+        app.add_subapp("/api", build_api(prefetcher))
     return app

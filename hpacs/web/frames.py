@@ -25,6 +25,7 @@ never in shared caches), a strong ETag from the indexed size + store time + repr
 from __future__ import annotations
 
 import asyncio
+import io
 import mmap
 import os
 import re
@@ -236,30 +237,37 @@ def read_frames(path, numbers: list[int], accept: str | None) -> tuple[str, str,
     return media, label, out
 
 
-def read_native_frames(path, numbers: list[int]) -> list[bytes] | None:
-    """Frames of native little-endian byte-aligned pixel data sliced straight out of the file
-    (no data set parsing beyond element headers); None when the layout is anything else."""
-    with open(path, "rb") as f:
+def read_native_frames(src, numbers: list[int]) -> list[bytes] | None:
+    """Frames of native little-endian byte-aligned pixel data sliced straight out of the stored
+    bytes (no data set parsing beyond element headers); None when the layout is anything else.
+    ``src`` is what the tier-aware read gives: a hot file's path or restored cold bytes."""
+    if isinstance(src, io.BytesIO):
+        return _slice_frames(src.getbuffer(), numbers)
+    with open(src, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             return None
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            try:
-                layout = native_layout(m)
-            except (DicomJSONError, Part10Error):
-                return None
-            if layout is None:
-                return None
-            bad = [k for k in numbers if not 1 <= k <= layout.frames]
-            if bad:
-                raise HTTPProblem(404, f"frame(s) {', '.join(map(str, bad))} out of range "
-                                       f"1..{layout.frames}")
-            out = []
-            for k in numbers:
-                span = layout.frame_span(k)
-                if span is None:
-                    raise PixelDataError(f"Pixel Data too short for frame {k}")
-                out.append(m[span[0]:span[1]])
-            return out
+            return _slice_frames(m, numbers)
+
+
+def _slice_frames(buf, numbers: list[int]) -> list[bytes] | None:
+    try:
+        layout = native_layout(buf)
+    except (DicomJSONError, Part10Error):
+        return None
+    if layout is None:
+        return None
+    bad = [k for k in numbers if not 1 <= k <= layout.frames]
+    if bad:
+        raise HTTPProblem(404, f"frame(s) {', '.join(map(str, bad))} out of range "
+                               f"1..{layout.frames}")
+    out = []
+    for k in numbers:
+        span = layout.frame_span(k)
+        if span is None:
+            raise PixelDataError(f"Pixel Data too short for frame {k}")
+        out.append(bytes(buf[span[0]:span[1]]))
+    return out
 
 
 def parse_frame_list(text: str) -> list[int]:
@@ -294,7 +302,7 @@ async def frames(request: web.Request) -> web.Response:
     tag = etag(entry, f"frames/{request.match_info['frames']}/{accept}")
     if (cached := not_modified(request, tag)) is not None:
         return cached
-    path = _archive(request).hot.absolute(entry.path)
+    path = await _archive(request).source(entry)
     if entry.transfer_syntax_uid in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
         media, label, _ = frame_plan(entry.transfer_syntax_uid, accept)
         payloads = await in_executor(read_native_frames, path, numbers)
@@ -375,7 +383,7 @@ async def bulkdata(request: web.Request) -> web.Response:
     tag = etag(entry, f"bulk/{text.upper()}")
     if (cached := not_modified(request, tag)) is not None:
         return cached
-    path = _archive(request).hot.absolute(entry.path)
+    path = await _archive(request).source(entry)
     label, payloads = await in_executor(read_bulkdata, path, int(text, 16))
     part_type = f"{OCTET}; transfer-syntax={label}"
     return multipart([(part_type, p) for p in payloads], OCTET, cache_headers(tag))

@@ -137,7 +137,7 @@ async def _single(request: web.Request, entry, frame: int, options, function) ->
     tag = etag(entry, f"{request.path}?{request.query_string}/{options.fmt}")
     if (cached := not_modified(request, tag)) is not None:
         return cached
-    path = request.app[ARCHIVE_KEY].hot.absolute(entry.path)
+    path = await request.app[ARCHIVE_KEY].source(entry)
     body = await in_executor(render_frame, path, frame, options, function)
     return _one_image(body, options.fmt, tag)
 
@@ -175,10 +175,11 @@ async def series_rendered(request: web.Request) -> web.StreamResponse:
     entries = _instances(request)
     options, function = parse_options(request, choose_format(request))
     media = MEDIA[options.fmt]
-    hot = request.app[ARCHIVE_KEY].hot
+    archive = request.app[ARCHIVE_KEY]
     loop = asyncio.get_running_loop()
     # render the first before answering so a bad image can still be a clean 422
-    first = await in_executor(render_frame, hot.absolute(entries[0].path), 1, options, function)
+    first = await in_executor(render_frame, await archive.source(entries[0]), 1, options,
+                              function)
     boundary = uuid.uuid4().hex
     resp = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="{media}"; boundary={boundary}',
@@ -190,8 +191,9 @@ async def series_rendered(request: web.Request) -> web.StreamResponse:
             body = first
         else:
             try:
-                body = await loop.run_in_executor(None, render_frame, hot.absolute(entry.path),
-                                                  1, options, function)
+                body = await loop.run_in_executor(None, render_frame,
+                                                  await archive.source(entry), 1, options,
+                                                  function)
             except (PixelDataError, HTTPProblem, OSError):
                 continue  # headers are out: leave out an instance that cannot be rendered
         await resp.write(b"".join((b"\r\n" if i else b"", delimiter, b"\r\nContent-Type: ",

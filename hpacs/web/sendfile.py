@@ -12,6 +12,7 @@ writes through the transport.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import select
 import ssl
@@ -25,6 +26,22 @@ _WRITABLE_TIMEOUT_S = 60.0
 
 class PeerGone(ConnectionError):
     """The client stopped reading (closed, or no progress for a minute)."""
+
+
+def _fd(f: BinaryIO) -> int | None:
+    """The OS file descriptor behind ``f``, None for in-memory files (restored cold bytes)."""
+    try:
+        return f.fileno()
+    except (OSError, io.UnsupportedOperation):
+        return None
+
+
+def source_size(f: BinaryIO) -> int:
+    """Bytes in an opened source: a file's size, or an in-memory buffer's length."""
+    fd = _fd(f)
+    if fd is not None:
+        return os.fstat(fd).st_size
+    return len(f.getbuffer())  # type: ignore[attr-defined]
 
 
 def can_sendfile(request: web.Request) -> bool:
@@ -66,12 +83,17 @@ async def _flushed(request: web.Request) -> None:
 
 async def send_file(request: web.Request, response: web.StreamResponse, f: BinaryIO,
                     size: int) -> None:
-    """Send the first ``size`` bytes of ``f`` as part of ``response`` (already prepared)."""
+    """Send the first ``size`` bytes of ``f`` (a file at 0, or an in-memory buffer) as part of
+    ``response`` (already prepared)."""
     loop = asyncio.get_running_loop()
+    fd = _fd(f)
+    if fd is None:  # already in memory: one write
+        await response.write(f.read(size))
+        return
     if can_sendfile(request):
         await _flushed(request)
         sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
-        await loop.run_in_executor(None, _blocking_sendfile, sock.fileno(), f.fileno(), 0, size)
+        await loop.run_in_executor(None, _blocking_sendfile, sock.fileno(), fd, 0, size)
         return
     left = size
     while left > 0:

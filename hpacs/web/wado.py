@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -30,7 +29,8 @@ from aiohttp import web
 from hpacs.dicom.dicomjson import DicomJSONError
 from hpacs.dicom.part10 import Part10Error
 from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE
-from hpacs.store.metadata import absolute_uris, compute_file
+from hpacs.store.metadata import absolute_uris, compute_source
+from hpacs.store.tiers import open_source
 from hpacs.web.dicomweb import (
     ARCHIVE_KEY,
     DICOM_JSON,
@@ -40,7 +40,7 @@ from hpacs.web.dicomweb import (
     log,
     not_modified,
 )
-from hpacs.web.sendfile import PeerGone, send_file
+from hpacs.web.sendfile import PeerGone, send_file, source_size
 
 BULK_THRESHOLD = 1024
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -165,15 +165,14 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     for head, entry in zip(heads, entries, strict=True):
         await resp.write(head)
-        path = archive.hot.absolute(entry.path)
         try:
-            f = await loop.run_in_executor(None, open, path, "rb")
+            f = await loop.run_in_executor(None, open_source, await archive.source(entry))
         except OSError as exc:
             log.error("wado.unreadable", sop=entry.sop_instance_uid, path=entry.path,
                       error=str(exc))
             raise  # headers are out: abort the connection so the client sees a broken body
         try:
-            if os.fstat(f.fileno()).st_size != entry.size:
+            if source_size(f) != entry.size:
                 log.error("wado.size_changed", sop=entry.sop_instance_uid, path=entry.path)
                 raise PeerGone("stored file changed size during the response")
             await send_file(request, resp, f, entry.size)
@@ -194,8 +193,8 @@ def _fill_missing(archive, entries: list, blobs: list, study: str) -> None:
     rows = []
     for i, e in enumerate(entries):
         if blobs[i] is None:
-            blobs[i] = compute_file(archive.hot.absolute(e.path), study, e.series_uid,
-                                    e.sop_instance_uid)
+            blobs[i] = compute_source(archive.tiers.source(e), study, e.series_uid,
+                                      e.sop_instance_uid)
             rows.append((e.sop_instance_uid, e.stored_at, blobs[i]))
     archive.metadata.put_many(rows)
     log.info("wado.metadata_computed", instances=len(rows))

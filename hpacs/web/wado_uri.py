@@ -85,7 +85,6 @@ async def _wado(request: web.Request) -> web.StreamResponse:
     media = _content_type(request)
     q = request.query
     archive = request.app[ARCHIVE_KEY]
-    path = archive.hot.absolute(entry.path)
     if media == DICOM:
         ts = q.get("transferSyntax")
         if ts not in (None, "", "*", entry.transfer_syntax_uid):
@@ -97,7 +96,7 @@ async def _wado(request: web.Request) -> web.StreamResponse:
             return cached
         loop = asyncio.get_running_loop()
         try:
-            body = await loop.run_in_executor(None, path.read_bytes)
+            body = await loop.run_in_executor(None, archive.tiers.read_bytes, entry)
         except OSError:
             raise HTTPProblem(500, "the stored object cannot be read") from None
         return web.Response(body=body, content_type=DICOM, headers=cache_headers(tag))
@@ -116,7 +115,7 @@ async def _wado(request: web.Request) -> web.StreamResponse:
     tag = etag(entry, f"{request.query_string}")
     if (cached := not_modified(request, tag)) is not None:
         return cached
-    body = await in_executor(render_frame, path, frame, options, None)
+    body = await in_executor(render_frame, await archive.source(entry), frame, options, None)
     return web.Response(body=body, content_type=MEDIA[options.fmt], headers=cache_headers(tag))
 
 
