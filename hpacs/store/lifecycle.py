@@ -220,7 +220,8 @@ class Lifecycle:
         #: Extra exclusion hook (e.g. "patient has an open order"): True keeps a study hot.
         self.keep: Callable[[StudyUsage], bool] | None = None
         self._study_locks: dict[str, asyncio.Lock] = {}
-        self._promotions: asyncio.Queue[str] | None = None
+        self._promotions: asyncio.Queue[str | None] | None = None
+        self._stopping = asyncio.Event()
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self.yield_to_ingest = True
@@ -483,7 +484,7 @@ class Lifecycle:
         log.info("lifecycle.planned", studies=len(report.candidates), dry_run=dry_run,
                  bytes=sum(c.hot_bytes for c in report.candidates))
         for i, c in enumerate(report.candidates):
-            if dry_run:
+            if dry_run or self._stopping.is_set():  # a stop lets the current study finish
                 continue
             r = await self.migrate_study(c.study_uid)
             report.studies += 1 if r.instances else 0
@@ -538,6 +539,7 @@ class Lifecycle:
         """Start the promotion worker, the access flusher and (if enabled) the rules task."""
         loop = asyncio.get_running_loop()
         self._promotions = asyncio.Queue()
+        self._stopping.clear()
         if self.rules.promote_on_read:
             self.archive.tiers.on_cold_read = self._on_cold_read(loop)
         self._tasks = [asyncio.create_task(self._promotion_worker(), name="hpacs-promote"),
@@ -546,9 +548,12 @@ class Lifecycle:
             self._tasks.append(asyncio.create_task(self._rules_loop(), name="hpacs-migrate"))
 
     async def stop(self) -> None:
+        """Let the move under way finish (a study is never left half moved by a clean stop),
+        drop queued promotions, flush access times."""
         self.archive.tiers.on_cold_read = None
-        for t in self._tasks:
-            t.cancel()
+        self._stopping.set()
+        if self._promotions is not None:
+            self._promotions.put_nowait(None)  # wake an idle worker
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
@@ -563,8 +568,11 @@ class Lifecycle:
 
     async def _promotion_worker(self) -> None:
         assert self._promotions is not None
-        while True:
+        while not self._stopping.is_set():
             study_uid = await self._promotions.get()
+            if study_uid is None or self._stopping.is_set():
+                self._promotions.task_done()
+                break
             try:
                 await self.promote_study(study_uid)
             except Exception as exc:
@@ -573,17 +581,21 @@ class Lifecycle:
                 self._queued.discard(study_uid)
                 self._promotions.task_done()
 
+    async def _idle(self, seconds: float) -> bool:
+        """Sleep, or return early (True) when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
     async def _access_flusher(self) -> None:
-        while True:
-            await asyncio.sleep(self.rules.access_flush_interval)
+        while not await self._idle(self.rules.access_flush_interval):
             try:
                 await self.flush_access()
             except Exception as exc:
                 log.error("lifecycle.access_flush_failed", error=repr(exc))
 
     async def _rules_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.rules.interval)
+        while not await self._idle(self.rules.interval):
             try:
                 await self.flush_access()
                 await self.run_rules()

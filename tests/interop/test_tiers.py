@@ -399,3 +399,14 @@ def test_verify_cli_reports_and_exit_codes(cold_archive):
     assert bad.returncode == 1
     assert re.search(r"corrupt [1-9]", bad.stdout), bad.stdout
     assert "  corrupt " in bad.stdout
+
+
+def test_cli_migrate_dry_run_and_age(tmp_path):
+    data_dir = tmp_path / "data"
+    import_files(data_dir, synthetic(tmp_path / "in"))
+    dry = hpacs("migrate", "--data-dir", str(data_dir), "--older-than", "0", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.count("  would migrate ") == 3 and "dry run: 3 studies" in dry.stdout
+    young = hpacs("migrate", "--data-dir", str(data_dir), "--older-than", "1", "--no-progress")
+    assert young.returncode == 0 and "migrated 0 studies" in young.stdout
+    assert all(e.cold is None for e in entries(data_dir).values())

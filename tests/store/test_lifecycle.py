@@ -312,3 +312,42 @@ async def test_new_study_triggers_prefetch_of_its_priors(tmp_path):
         finally:
             prefetcher.stop()
             await archive.lifecycle.stop()
+
+
+async def test_background_rules_migrate_and_count_in_metrics(tmp_path):
+    from hpacs.metrics import Metrics
+
+    cfg = config(tmp_path / "data", enabled=True, interval=0.05, older_than_days=0)
+    async with Archive(cfg) as archive:
+        originals = await import_all(archive, [write(make_ct(study=s, number=1), tmp_path / "in")
+                                               for s in (1, 2)])
+        metrics = archive.lifecycle.metrics = Metrics()
+        await archive.lifecycle.start()
+        try:
+            for _ in range(200):
+                if set(locations(archive).values()) == {"cold"}:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await archive.lifecycle.stop()
+        assert set(locations(archive).values()) == {"cold"}
+        sample = metrics.registry.get_sample_value
+        assert sample("hpacs_tier_migrated_instances_total") == 2
+        assert sample("hpacs_tier_migrated_bytes_total") == sum(map(len, originals.values()))
+        assert sample("hpacs_tier_pending_studies") == 0
+        all_read_back(archive, originals)
+
+
+async def test_a_resent_instance_replaces_its_cold_copy(tmp_path):
+    cfg = config(tmp_path / "data")
+    cfg = replace(cfg, store=replace(cfg.store, duplicate_policy="replace"))
+    ds = make_ct(number=1)
+    async with Archive(cfg) as archive:
+        await import_all(archive, [write(ds, tmp_path / "in")])
+        await archive.lifecycle.run_rules(older_than_days=0)
+        ds.PatientName = "NEW^NAME"
+        originals = await import_all(archive, [write(ds, tmp_path / "in2")])
+        assert locations(archive) == {ds.SOPInstanceUID: "hot"}
+        all_read_back(archive, originals)
+        report = verify(archive.db, archive.tiers)
+        assert report.ok and report.dead_records == 1
