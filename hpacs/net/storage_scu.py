@@ -3,9 +3,9 @@
 :func:`open_instance` / :func:`send_instance` put one stored instance on an association as a
 C-STORE-RQ: the data set bytes after the Part 10 meta, read from the file in chunks and written
 as P-DATA fragments (never a whole study in memory); an instance whose stored syntax the peer did
-not accept but that is little-endian uncompressed is re-encoded by pydicom (see
-``hpacs.dimse.retrieve.choose_context``). The C-GET SCP uses them on the peer's own association,
-:class:`StorageSCU` (our association as requestor, on ``ul.Connection``) for C-MOVE.
+not accept is transcoded (in a worker thread) by ``hpacs.pixels.transcode`` into the syntax
+``hpacs.dimse.retrieve.choose_context`` picked. The C-GET SCP uses them on the peer's own
+association, :class:`StorageSCU` (our association as requestor, on ``ul.Connection``) for C-MOVE.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ import asyncio
 import contextlib
 import itertools
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import pydicom
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 
 from hpacs.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
@@ -32,6 +29,7 @@ from hpacs.dimse import commands as cmd
 from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
 from hpacs.dimse.retrieve import store_request
 from hpacs.log import get_logger
+from hpacs.pixels.transcode import TranscodeError, transcode
 from hpacs.ul import (
     Aborted,
     AssociateRequest,
@@ -63,7 +61,8 @@ class StoredInstance:
 
 
 class SendError(Exception):
-    """The instance cannot be sent (file unreadable...): the sub-operation fails."""
+    """The instance cannot be sent (file unreadable, cannot be transcoded...): the
+    sub-operation fails."""
 
 
 class OpenedInstance:
@@ -80,14 +79,14 @@ class OpenedInstance:
             self.fh = None
 
 
-def _open_sync(item: StoredInstance, target_ts: str) -> OpenedInstance:
+def _open_sync(item: StoredInstance, target_ts: str, allow_lossy: bool) -> OpenedInstance:
     if target_ts != item.transfer_syntax_uid:
-        ds = pydicom.dcmread(item.path, force=True)
-        fp = DicomBytesIO()
-        fp.is_little_endian = True
-        fp.is_implicit_VR = target_ts == IMPLICIT_VR_LE
-        write_dataset(fp, ds)
-        return OpenedInstance(None, 0, fp.getvalue())
+        started = time.perf_counter()
+        out = transcode(item.path, target_ts, allow_lossy=allow_lossy)
+        log.debug("transcode", sop=item.sop_instance_uid, stored=item.transfer_syntax_uid,
+                 sent=target_ts, bytes=len(out.dataset),
+                 ms=round((time.perf_counter() - started) * 1000, 2))
+        return OpenedInstance(None, 0, out.dataset)
     meta = read_file_meta(item.path)
     fh = open(item.path, "rb")  # noqa: SIM115 - closed by OpenedInstance.close
     try:
@@ -99,11 +98,16 @@ def _open_sync(item: StoredInstance, target_ts: str) -> OpenedInstance:
     return OpenedInstance(fh, size - meta.dataset_offset, None)
 
 
-async def open_instance(item: StoredInstance, target_ts: str) -> OpenedInstance:
-    """Open (or re-encode) in a worker thread; raises :class:`SendError`."""
+async def open_instance(item: StoredInstance, target_ts: str, *,
+                        allow_lossy: bool = False) -> OpenedInstance:
+    """Open (or transcode) in a worker thread; raises :class:`SendError`."""
     loop = asyncio.get_running_loop()
     try:
-        return await loop.run_in_executor(None, _open_sync, item, target_ts)
+        return await loop.run_in_executor(None, _open_sync, item, target_ts, allow_lossy)
+    except TranscodeError as exc:
+        log.warning("transcode.failed", sop=item.sop_instance_uid,
+                    stored=item.transfer_syntax_uid, target=target_ts, error=str(exc))
+        raise SendError(f"{item.sop_instance_uid}: {exc}") from exc
     except Exception as exc:
         raise SendError(f"{item.sop_instance_uid}: {exc}") from exc
 
@@ -341,7 +345,7 @@ def storage_contexts(items: Iterable[StoredInstance]) -> list[tuple[str, tuple[s
     """Presentation contexts to propose for ``items`` (uncapped; at most 128 fit in one
     association): each SOP class in each stored syntax (one syntax per context, so the stored
     one can always be chosen), then each SOP class in the little-endian uncompressed syntaxes
-    not proposed already (fallback for instances pydicom can re-encode)."""
+    not proposed already (the fallback every instance can be transcoded to)."""
     stored: dict[str, list[str]] = {}
     for it in items:
         syntaxes = stored.setdefault(it.sop_class_uid, [])
