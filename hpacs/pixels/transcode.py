@@ -66,6 +66,7 @@ __all__ = [
     "encode_frames",
     "is_lossy_syntax",
     "transcode",
+    "transcode_bytes",
 ]
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"

@@ -1,13 +1,18 @@
-"""WADO-RS (PS3.18 10.4): study/series/instance retrieval as stored, and ``/metadata``.
+"""WADO-RS (PS3.18 10.4): study/series/instance retrieval, and ``/metadata``.
 
 Retrieval streams ``multipart/related; type="application/dicom"`` part by part: each part's
 boundary and headers, then the stored Part 10 file in 1 MiB reads done off the loop; never more
-than one chunk of one file in memory. Each part says its ``transfer-syntax=``.
+than one chunk of one file in memory (a transcoded instance is one instance in memory). Each
+part's Content-Type says the ``transfer-syntax=`` actually sent.
 
 Accept: ``*/*``, ``multipart/*`` or ``multipart/related; type="application/dicom"`` with
-``transfer-syntax=*`` serve as stored; a named ``transfer-syntax`` is served when the instances are
-stored in it; no ``transfer-syntax`` means Explicit VR Little Endian (PS3.18 default), served
-when stored that way. Anything else is 406: transcoding comes with the pixels work.
+``transfer-syntax=*`` serve as stored; no ``transfer-syntax`` means Explicit VR Little Endian
+(PS3.18 8.7.3.5.2 default, what dicomweb-client sends by default); a named ``transfer-syntax``
+(several media ranges: in order of q) is served as stored when the instance is stored in it,
+else the instance is transcoded (``hpacs.pixels.transcode``, off the loop) to the syntax
+``choose_syntax`` picks among those asked for. Lossy output only when the config allows it
+(``pixels.allow_lossy_transcode``) and the Accept names the lossy syntax. 406 Not Acceptable,
+with a body naming the stored and asked syntaxes, when an instance cannot be produced.
 
 ``/metadata`` is PS3.18 F.2 JSON from pydicom's ``Dataset.to_json_dict`` read off the loop
 (not yet precomputed at ingest); binary values over 1 KiB become BulkDataURIs
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -31,6 +37,7 @@ from hpacs.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LE as DEFLATED,
 )
 from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from hpacs.pixels.transcode import TranscodeError, choose_syntax, transcode_bytes
 from hpacs.web.dicomweb import (
     ARCHIVE_KEY,
     HTTPProblem,
@@ -119,19 +126,50 @@ def media_ranges(accept: str) -> Iterator[tuple[str, dict[str, str]]]:
         yield media.lower(), opts
 
 
-def acceptable_syntaxes(accept: str | None) -> set[str]:
-    """Transfer syntaxes an Accept header allows for application/dicom parts (ANY: as stored)."""
+def _q(opts: dict[str, str]) -> float:
+    try:
+        return float(opts.get("q", "1"))
+    except ValueError:
+        return 0.0
+
+
+def ranked_syntaxes(accept: str | None) -> list[tuple[float, str]]:
+    """(q, transfer syntax) an Accept header allows for application/dicom parts, highest q
+    first (header order within one q); ANY means as stored."""
     if not accept:
-        return {ANY}
-    allowed: set[str] = set()
+        return [(1.0, ANY)]
+    ranked: list[tuple[float, str]] = []
     for media, opts in media_ranges(accept):
         if media in ("*/*", "multipart/*"):
-            allowed.add(ANY)
+            ranked.append((_q(opts), ANY))
         elif media == "multipart/related":
             if opts.get("type", "application/dicom").lower() != "application/dicom":
                 continue
-            allowed.add(opts.get("transfer-syntax", EXPLICIT_VR_LE))
-    return allowed
+            ranked.append((_q(opts), opts.get("transfer-syntax", EXPLICIT_VR_LE)))
+    ranked.sort(key=lambda item: -item[0])  # stable
+    return ranked
+
+
+def acceptable_syntaxes(accept: str | None) -> list[str]:
+    """Transfer syntaxes an Accept header allows, most preferred first (ANY: as stored)."""
+    return list(dict.fromkeys(ts for _, ts in ranked_syntaxes(accept)))
+
+
+def target_syntaxes(stored: str, ranked: list[tuple[float, str]],
+                    allow_lossy: bool) -> list[str]:
+    """The syntaxes an instance stored as ``stored`` may be sent in, best first: by q, and
+    as stored (``*`` or the stored syntax) before the others of the same q; a syntax other
+    than the stored one only if we can produce it. Empty: 406. Later ones are fallbacks when
+    transcoding to an earlier one fails."""
+    out: list[str] = []
+    for _, ts in sorted(ranked, key=lambda item: (-item[0], item[1] not in (ANY, stored))):
+        if ts in (ANY, stored):
+            ts = stored
+        elif choose_syntax(stored, [ts], allow_lossy=allow_lossy) != ts:
+            continue
+        if ts not in out:
+            out.append(ts)
+    return out
 
 
 # -- retrieval ------------------------------------------------------------------------------
@@ -139,29 +177,40 @@ def acceptable_syntaxes(accept: str | None) -> set[str]:
 
 async def retrieve(request: web.Request) -> web.StreamResponse:
     entries = _instances(request)
-    allowed = acceptable_syntaxes(request.headers.get("Accept"))
-    if ANY not in allowed:
-        refused = sorted({e.transfer_syntax_uid for e in entries} - allowed)
-        if refused:
-            raise HTTPProblem(
-                406, "cannot serve the instances in the transfer syntax asked for (stored as "
-                     f"{', '.join(refused)}; transcoding is not available yet): ask for "
-                     "transfer-syntax=* to get them as stored",
-                accept=request.headers.get("Accept"))
+    accept = request.headers.get("Accept")
+    ranked = ranked_syntaxes(accept)
+    allowed = acceptable_syntaxes(accept)
     archive = request.app[ARCHIVE_KEY]
+    allow_lossy = archive.config.pixels.allow_lossy_transcode
+    plans = [target_syntaxes(e.transfer_syntax_uid, ranked, allow_lossy) for e in entries]
+    refused = sorted({e.transfer_syntax_uid for e, p in zip(entries, plans, strict=True)
+                      if not p})
+    if refused:
+        raise HTTPProblem(
+            406, f"cannot serve instances stored as {', '.join(refused)} in the transfer "
+                 f"syntax asked for ({', '.join(allowed) or 'none'}): we produce Explicit/"
+                 "Implicit VR Little Endian, deflate and lossless RLE/JPEG-LS/JPEG 2000"
+                 f"{'' if allow_lossy else ' (lossy output is disabled)'}; ask for "
+                 "transfer-syntax=* to get them as stored", accept=accept)
     boundary = uuid.uuid4().hex
     resp = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
-    await resp.prepare(request)
     loop = asyncio.get_running_loop()
     delimiter = f"--{boundary}".encode()
     sent = 0
-    for i, entry in enumerate(entries):
+    for i, (entry, plan) in enumerate(zip(entries, plans, strict=True)):
+        path = archive.hot.absolute(entry.path)
+        target, body = await _part(loop, path, entry, plan, allow_lossy, resp.prepared)
+        if not resp.prepared:
+            await resp.prepare(request)
         head = b"".join((b"\r\n" if i else b"", delimiter,
                          b"\r\nContent-Type: application/dicom; transfer-syntax=",
-                         entry.transfer_syntax_uid.encode(), b"\r\n\r\n"))
+                         target.encode(), b"\r\n\r\n"))
         await resp.write(head)
-        path = archive.hot.absolute(entry.path)
+        if body is not None:
+            await resp.write(body)
+            sent += len(body)
+            continue
         try:
             f = await loop.run_in_executor(None, open, path, "rb")
         except OSError as exc:
@@ -178,6 +227,35 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     await resp.write_eof()
     log.debug("wado.retrieved", path=request.path, instances=len(entries), bytes=sent)
     return resp
+
+
+async def _part(loop, path, entry, plan: list[str], allow_lossy: bool,
+                prepared: bool) -> tuple[str, bytes | None]:
+    """(syntax, Part 10 bytes) of one part, transcoded off the loop; bytes None: stream the
+    stored file. A syntax that fails to transcode falls back to the next one in ``plan``; when
+    none is left the response is a 406 if it has not started (``transfer-syntax=*`` still
+    works), else the connection is aborted (the body is cut)."""
+    error = ""
+    for target in plan:
+        if target == entry.transfer_syntax_uid:
+            return target, None
+        try:
+            return target, await loop.run_in_executor(
+                None, partial(transcode_bytes, path, target, allow_lossy=allow_lossy))
+        except TranscodeError as exc:
+            log.warning("wado.transcode_failed", sop=entry.sop_instance_uid,
+                        stored=entry.transfer_syntax_uid, target=target, error=str(exc))
+            error = str(exc)
+        except OSError as exc:
+            log.error("wado.unreadable", sop=entry.sop_instance_uid, path=entry.path,
+                      error=str(exc))
+            if prepared:
+                raise
+            raise HTTPProblem(500, "a stored instance cannot be read") from None
+    if prepared:
+        raise ConnectionResetError(f"cannot transcode {entry.sop_instance_uid}: {error}")
+    raise HTTPProblem(406, f"instance {entry.sop_instance_uid}: {error}; ask for "
+                           "transfer-syntax=* to get it as stored")
 
 
 # -- metadata -------------------------------------------------------------------------------

@@ -123,16 +123,20 @@ def corpus(tmp_path_factory):
     config.write_text(f'[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\n'
                       f'port = {dest_port}\n')
     srv = start_server(base / "data", "--config", str(config))
-    c = Corpus(srv, base, dest_port)
-    statuses = send_files(srv, list(c.files.values()))
-    assert all(s == 0 for s in statuses.values()), statuses
-    # the corpus has every family the issue names
-    families = {c.syntax[s] for s in c.files}
-    for ts in ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
-               "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
-               "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.1.99",
-               EXPLICIT_VR_BE):
-        assert ts in families, ts
+    try:
+        c = Corpus(srv, base, dest_port)
+        statuses = send_files(srv, list(c.files.values()))
+        assert all(s == 0 for s in statuses.values()), statuses
+        # the corpus has every family the issue names
+        families = {c.syntax[s] for s in c.files}
+        for ts in ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
+                   "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+                   "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.1.99",
+                   EXPLICIT_VR_BE):
+            assert ts in families, ts
+    except BaseException:
+        srv.kill()
+        raise
     yield c
     assert srv.stop() == 0, srv.log()
     log = srv.log()  # (pydicom logs its decoders' tracebacks for the undecodable files)
