@@ -259,19 +259,39 @@ def _source_is_lossy(ds: Dataset, stored: str) -> bool:
     return True
 
 
+#: Faster decoders where pydicom's default order picks a slower one (CT 512x512: JPEG-LS with
+#: CharLS 14 ms vs libjpeg 55 ms; JPEG 2000 with pylibjpeg-openjpeg 77 ms vs Pillow 103 ms);
+#: when the preferred one fails, pydicom's own choice is tried.
+_PREFERRED_DECODER = {JPEG_LS_LOSSLESS: "pyjpegls", JPEG_LS_NEAR_LOSSLESS: "pyjpegls",
+                      JPEG_2000_LOSSLESS: "pylibjpeg", JPEG_2000: "pylibjpeg"}
+_DECODE_ERRORS = (ValueError, KeyError, AttributeError, IndexError, TypeError, RuntimeError,
+                  NotImplementedError, EOFError)
+
+
+def _decoders(ds: Dataset, stored: str) -> list[str]:
+    """Decoding plugins to try, in order."""
+    preferred = _PREFERRED_DECODER.get(stored)
+    if preferred and preferred in get_decoder(UID(stored)).available_plugins:
+        return [preferred, ""]
+    return [decoding_plugin(ds)]
+
+
 def _decode_frames(ds: Dataset, stored: str, as_rgb: bool) -> tuple[list[np.ndarray], dict]:
     decoder = get_decoder(UID(stored))
-    frames: list[np.ndarray] = []
-    metas: list[dict] = []
-    try:
-        for arr, frame_meta in decoder.iter_array(ds, as_rgb=as_rgb,
-                                                  decoding_plugin=decoding_plugin(ds)):
-            frames.append(arr)
-            metas.append(frame_meta)
-    except (ValueError, KeyError, AttributeError, IndexError, TypeError, RuntimeError,
-            NotImplementedError, EOFError) as exc:
+    error: Exception | None = None
+    for plugin in _decoders(ds, stored):
+        frames: list[np.ndarray] = []
+        metas: list[dict] = []
+        try:
+            for arr, frame_meta in decoder.iter_array(ds, as_rgb=as_rgb, decoding_plugin=plugin):
+                frames.append(arr)
+                metas.append(frame_meta)
+            break
+        except _DECODE_ERRORS as exc:
+            error = exc
+    else:
         raise TranscodeError(f"cannot decode pixel data stored as {_name(stored)}: "
-                             f"{exc}") from exc
+                             f"{error}") from error
     if not frames:
         raise TranscodeError(f"no frames in pixel data stored as {_name(stored)}")
     meta = dict(metas[-1])
@@ -447,13 +467,17 @@ def encode_frames(source: Source, numbers: Sequence[int], target: str, *,
     decoder = get_decoder(UID(stored))
     out = []
     for k in numbers:
-        try:
-            arr, meta = decoder.as_array(ds, index=k - 1, as_rgb=lossy_source,
-                                         decoding_plugin=decoding_plugin(ds))
-        except (ValueError, KeyError, AttributeError, IndexError, TypeError, RuntimeError,
-                NotImplementedError, EOFError) as exc:
+        error: Exception | None = None
+        for plugin in _decoders(ds, stored):
+            try:
+                arr, meta = decoder.as_array(ds, index=k - 1, as_rgb=lossy_source,
+                                             decoding_plugin=plugin)
+                break
+            except _DECODE_ERRORS as exc:
+                error = exc
+        else:
             raise TranscodeError(f"cannot decode frame {k} stored as {_name(stored)}: "
-                                 f"{exc}") from exc
+                                 f"{error}") from error
         pi = str(meta["photometric_interpretation"])
         options = {
             "rows": int(meta["rows"]), "columns": int(meta["columns"]),
