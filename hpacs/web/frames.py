@@ -258,8 +258,11 @@ def read_frames(path, numbers: list[int], accept: str | None,
     if action == ENCODE:
         try:
             return media, label, encode_frames(ds, numbers, label, allow_lossy=allow_lossy)
-        except TranscodeError as exc:
-            raise PixelDataError(str(exc)) from exc
+        except TranscodeError as exc:  # the representation asked for cannot be produced
+            log.warning("frames.transcode_failed", target=label, error=str(exc))
+            raise HTTPProblem(406, f"cannot produce frames in {label}: {exc}; ask for "
+                                   f"transfer-syntax=* (as stored) or {EXPLICIT_VR_LE} "
+                                   "(decoded)") from None
     data = ds.PixelData
     out = []
     for k in numbers:

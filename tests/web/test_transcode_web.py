@@ -330,3 +330,14 @@ def test_wado_uri_not_acceptable(srv):
     r = _wado_uri(srv, UNDECODABLE, transferSyntax=EVRLE)
     assert r.status_code == 406 and "transferSyntax=*" in r.json()["error"]
     assert _wado_uri(srv, UNDECODABLE, transferSyntax="*").status_code == 200
+
+
+def test_frames_that_cannot_be_encoded_are_406_and_as_stored_works(srv):
+    url = f"{srv.url(UNDECODABLE)}/frames/1"
+    r = requests.get(url, timeout=30, headers={"Accept": 'multipart/related; type="image/jls"'})
+    assert r.status_code == 406, r.text
+    assert JLS in r.json()["error"] and "transfer-syntax=*" in r.json()["error"]
+    r = requests.get(url, timeout=30, headers={
+        "Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'})
+    [(ctype, _)] = parts(r)
+    assert ctype == f"application/octet-stream; transfer-syntax={RLE}"  # the stored bitstream
