@@ -324,6 +324,9 @@ def _recode_pixels(ds: Dataset, stored: str, target: str) -> None:
         setattr(ds, keyword, int(meta[_SNAKE[keyword]]))
     if spp > 1:
         ds.PlanarConfiguration = 0
+    if lossy_source:  # the stored encoding's loss first, then any new one (history order)
+        ratio = raw_size / compressed_size if compressed_size else None
+        _mark_lossy(ds, _METHODS.get(stored), ratio, source=True)
     if STORABLE[target].encapsulated:
         options = {
             "rows": int(meta["rows"]), "columns": int(meta["columns"]),
@@ -353,9 +356,6 @@ def _recode_pixels(ds: Dataset, stored: str, target: str) -> None:
         elem = ds["PixelData"]
         elem.VR = "OB" if int(meta["bits_allocated"]) <= 8 else "OW"
         elem.is_undefined_length = False
-    if lossy_source and stored != target:
-        ratio = raw_size / compressed_size if compressed_size else None
-        _mark_lossy(ds, _METHODS.get(stored), ratio, source=True)
     ds._pixel_array = None
     ds._pixel_id = {}
 
@@ -381,13 +381,12 @@ def _mark_lossy(ds: Dataset, method: str | None, ratio: float | None, *,
                 source: bool = False) -> None:
     """Lossy Image Compression "01"; a new lossy step adds its method and ratio; a decoded
     lossy source gets them only when the instance recorded none (PS3.3 C.7.6.1.1.5)."""
-    already = str(ds.get("LossyImageCompression", "") or "").strip() == "01"
     ds.LossyImageCompression = "01"
     if method is None or ratio is None:
         return
     methods = list(_multi(ds.get("LossyImageCompressionMethod")))
     ratios = list(_multi(ds.get("LossyImageCompressionRatio")))
-    if source and (already or methods or ratios):
+    if source and (methods or ratios):  # the instance recorded its history already
         return
     if len(methods) != len(ratios):  # out of step: start the history again from what we know
         methods, ratios = [], []

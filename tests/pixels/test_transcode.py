@@ -162,6 +162,16 @@ def test_near_lossless_jpeg_ls_source_gets_lossy_attributes_when_it_had_none():
     assert np.array_equal(pixels(got), pixels(src))
 
 
+def test_a_second_lossy_step_appends_to_the_history():
+    path = TEST_FILES / "SC_rgb_jls_lossy_line.dcm"  # near-lossless, no lossy attributes
+    src = original(path)
+    got = read(transcode(path, JPEG_2000, allow_lossy=True).part10())
+    assert got.LossyImageCompression == "01"
+    assert list(got.LossyImageCompressionMethod) == ["ISO_14495_1", "ISO_15444_1"]
+    assert len(got.LossyImageCompressionRatio) == 2
+    assert got.SOPInstanceUID == src.SOPInstanceUID
+
+
 def test_lossless_jpeg_ls_stays_unmarked():
     got = read(transcode(TEST_FILES / "MR_small_jpeg_ls_lossless.dcm", EXPLICIT_VR_LE).part10())
     assert "LossyImageCompression" not in got
