@@ -76,6 +76,9 @@ class PixelsConfig:
     #: from lossless data, and only when the requester named that syntax. Off: lossless data
     #: is only ever sent losslessly (uncompressed, deflate, RLE, JPEG-LS/JPEG 2000 lossless).
     allow_lossy_transcode: bool = False
+    #: Worker processes for transcoding (codecs hold the GIL: in threads they would stall the
+    #: event loop); 0 transcodes in the loop's thread executor instead.
+    transcode_workers: int = 2
 
 
 @dataclass(frozen=True, slots=True)

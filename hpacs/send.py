@@ -154,7 +154,8 @@ def association_batches(items: list[StoredInstance]) -> list[list[StoredInstance
 
 
 async def send_items(items: list[StoredInstance], dest: RemoteAE, calling_ae: str,
-                     timeout: float, progress=None, *, allow_lossy: bool = False) -> SendReport:
+                     timeout: float, progress=None, *, allow_lossy: bool = False,
+                     workers: int = 2) -> SendReport:
     """C-STORE every item to ``dest``, one association per batch of <= 128 contexts.
 
     An association lost mid-instance fails that instance and the rest go on a new association;
@@ -183,14 +184,15 @@ async def send_items(items: list[StoredInstance], dest: RemoteAE, calling_ae: st
                 done(len(rest))
                 return report
             try:
-                pending = await _store_all(scu, pending, report, done, allow_lossy)
+                pending = await _store_all(scu, pending, report, done, allow_lossy, workers)
             finally:
                 await scu.release()
     return report
 
 
 async def _store_all(scu: StorageSCU, items: list[StoredInstance], report: SendReport,
-                     done, allow_lossy: bool = False) -> list[StoredInstance]:
+                     done, allow_lossy: bool = False,
+                     workers: int = 2) -> list[StoredInstance]:
     """Send items on one association; returns those left when it was lost."""
     for i, item in enumerate(items):
         choice = choose_context(scu.accepted_contexts, item.sop_class_uid,
@@ -206,7 +208,8 @@ async def _store_all(scu: StorageSCU, items: list[StoredInstance], report: SendR
             done()
             continue
         try:
-            opened = await open_instance(item, choice[1], allow_lossy=allow_lossy)
+            opened = await open_instance(item, choice[1], allow_lossy=allow_lossy,
+                                         workers=workers)
         except SendError as exc:
             report.failed.append((item.sop_instance_uid, f"unreadable: {exc}"))
             done()
@@ -264,7 +267,8 @@ async def _send(config: Config, args: argparse.Namespace) -> int:
         return 1
     with tqdm(total=len(items), unit="inst", disable=args.no_progress, file=sys.stderr) as bar:
         report = await send_items(items, dest, calling_ae, args.timeout, progress=bar.update,
-                                  allow_lossy=config.pixels.allow_lossy_transcode)
+                                  allow_lossy=config.pixels.allow_lossy_transcode,
+                                  workers=config.pixels.transcode_workers)
     warn = f", {report.warnings} with warning status" if report.warnings else ""
     skip = f", {len(skipped)} files skipped" if skipped else ""
     print(f"sent {report.sent}, failed {len(report.failed)} (of {len(items)} instances"

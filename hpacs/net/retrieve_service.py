@@ -147,6 +147,10 @@ class RetrieveService:
         """Lossy transcoding for a peer that accepted only lossy syntaxes (config, default no)."""
         return self.server.config.pixels.allow_lossy_transcode
 
+    @property
+    def _transcode_workers(self) -> int:
+        return self.server.config.pixels.transcode_workers
+
     def _stop_reason(self, message_id: int) -> str | None:
         if message_id in self._cancelled:
             return "cancel"
@@ -188,7 +192,8 @@ class RetrieveService:
     async def _get_store(self, item: StoredInstance, context_id: int, ts: str) -> str:
         """One C-GET sub-operation: our C-STORE-RQ on the peer's association, its response."""
         try:
-            opened = await open_instance(item, ts, allow_lossy=self._allow_lossy)
+            opened = await open_instance(item, ts, allow_lossy=self._allow_lossy,
+                                         workers=self._transcode_workers)
         except SendError as exc:
             log.warning("get.unreadable", sop=item.sop_instance_uid, error=str(exc))
             return "failed"
@@ -260,7 +265,8 @@ class RetrieveService:
                 else:
                     try:
                         opened = await open_instance(item, choice[1],
-                                                     allow_lossy=self._allow_lossy)
+                                                     allow_lossy=self._allow_lossy,
+                                                     workers=self._transcode_workers)
                     except SendError as exc:
                         log.warning("move.unreadable", sop=item.sop_instance_uid,
                                     error=str(exc))

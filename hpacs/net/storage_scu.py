@@ -29,7 +29,8 @@ from hpacs.dimse import commands as cmd
 from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
 from hpacs.dimse.retrieve import store_request
 from hpacs.log import get_logger
-from hpacs.pixels.transcode import TranscodeError, transcode
+from hpacs.pixels.transcode import TranscodeError
+from hpacs.pixels.workers import run_transcode, transcoded_dataset
 from hpacs.ul import (
     Aborted,
     AssociateRequest,
@@ -79,14 +80,7 @@ class OpenedInstance:
             self.fh = None
 
 
-def _open_sync(item: StoredInstance, target_ts: str, allow_lossy: bool) -> OpenedInstance:
-    if target_ts != item.transfer_syntax_uid:
-        started = time.perf_counter()
-        out = transcode(item.path, target_ts, allow_lossy=allow_lossy)
-        log.debug("transcode", sop=item.sop_instance_uid, stored=item.transfer_syntax_uid,
-                 sent=target_ts, bytes=len(out.dataset),
-                 ms=round((time.perf_counter() - started) * 1000, 2))
-        return OpenedInstance(None, 0, out.dataset)
+def _open_sync(item: StoredInstance) -> OpenedInstance:
     meta = read_file_meta(item.path)
     fh = open(item.path, "rb")  # noqa: SIM115 - closed by OpenedInstance.close
     try:
@@ -98,18 +92,29 @@ def _open_sync(item: StoredInstance, target_ts: str, allow_lossy: bool) -> Opene
     return OpenedInstance(fh, size - meta.dataset_offset, None)
 
 
-async def open_instance(item: StoredInstance, target_ts: str, *,
-                        allow_lossy: bool = False) -> OpenedInstance:
-    """Open (or transcode) in a worker thread; raises :class:`SendError`."""
+async def open_instance(item: StoredInstance, target_ts: str, *, allow_lossy: bool = False,
+                        workers: int = 2) -> OpenedInstance:
+    """Open the stored file (a worker thread), or transcode it into ``target_ts`` (worker
+    processes, see ``hpacs.pixels.workers``); raises :class:`SendError`."""
     loop = asyncio.get_running_loop()
+    if target_ts == item.transfer_syntax_uid:
+        try:
+            return await loop.run_in_executor(None, _open_sync, item)
+        except Exception as exc:
+            raise SendError(f"{item.sop_instance_uid}: {exc}") from exc
+    started = time.perf_counter()
     try:
-        return await loop.run_in_executor(None, _open_sync, item, target_ts, allow_lossy)
+        data = await run_transcode(transcoded_dataset, item.path, target_ts,
+                                   allow_lossy=allow_lossy, workers=workers)
     except TranscodeError as exc:
         log.warning("transcode.failed", sop=item.sop_instance_uid,
                     stored=item.transfer_syntax_uid, target=target_ts, error=str(exc))
         raise SendError(f"{item.sop_instance_uid}: {exc}") from exc
     except Exception as exc:
         raise SendError(f"{item.sop_instance_uid}: {exc}") from exc
+    log.debug("transcode", sop=item.sop_instance_uid, stored=item.transfer_syntax_uid,
+              sent=target_ts, bytes=len(data), ms=round((time.perf_counter() - started) * 1000, 2))
+    return OpenedInstance(None, 0, data)
 
 
 async def send_instance(

@@ -66,7 +66,6 @@ __all__ = [
     "encode_frames",
     "is_lossy_syntax",
     "transcode",
-    "transcode_bytes",
 ]
 
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
@@ -490,9 +489,3 @@ def encode_frames(source: Source, numbers: Sequence[int], target: str, *,
         }
         out += _encode([arr], target, options)
     return out
-
-
-def transcode_bytes(source: Source, target: str, *, allow_lossy: bool = False) -> bytes:
-    """Shorthand: the Part 10 file of ``source`` in ``target``."""
-    return transcode(source, target, allow_lossy=allow_lossy).part10()
-

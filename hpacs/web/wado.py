@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pydicom
@@ -37,7 +36,8 @@ from hpacs.dicom.transfer_syntax import (
     DEFLATED_EXPLICIT_VR_LE as DEFLATED,
 )
 from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE, IMPLICIT_VR_LE
-from hpacs.pixels.transcode import TranscodeError, choose_syntax, transcode_bytes
+from hpacs.pixels.transcode import TranscodeError, choose_syntax
+from hpacs.pixels.workers import run_transcode, transcoded_part10
 from hpacs.web.dicomweb import (
     ARCHIVE_KEY,
     HTTPProblem,
@@ -200,7 +200,8 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     sent = 0
     for i, (entry, plan) in enumerate(zip(entries, plans, strict=True)):
         path = archive.hot.absolute(entry.path)
-        target, body = await _part(loop, path, entry, plan, allow_lossy, resp.prepared)
+        target, body = await _part(path, entry, plan, allow_lossy,
+                                   archive.config.pixels.transcode_workers, resp.prepared)
         if not resp.prepared:
             await resp.prepare(request)
         head = b"".join((b"\r\n" if i else b"", delimiter,
@@ -229,7 +230,7 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _part(loop, path, entry, plan: list[str], allow_lossy: bool,
+async def _part(path, entry, plan: list[str], allow_lossy: bool, workers: int,
                 prepared: bool) -> tuple[str, bytes | None]:
     """(syntax, Part 10 bytes) of one part, transcoded off the loop; bytes None: stream the
     stored file. A syntax that fails to transcode falls back to the next one in ``plan``; when
@@ -240,8 +241,8 @@ async def _part(loop, path, entry, plan: list[str], allow_lossy: bool,
         if target == entry.transfer_syntax_uid:
             return target, None
         try:
-            return target, await loop.run_in_executor(
-                None, partial(transcode_bytes, path, target, allow_lossy=allow_lossy))
+            return target, await run_transcode(transcoded_part10, path, target,
+                                               allow_lossy=allow_lossy, workers=workers)
         except TranscodeError as exc:
             log.warning("wado.transcode_failed", sop=entry.sop_instance_uid,
                         stored=entry.transfer_syntax_uid, target=target, error=str(exc))

@@ -20,12 +20,12 @@ content type we do not serve: 406; pixel data that cannot be rendered: 422 (see 
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 
 from aiohttp import web
 
 from hpacs.pixels import RenderOptions
-from hpacs.pixels.transcode import TranscodeError, can_produce, transcode_bytes
+from hpacs.pixels.transcode import TranscodeError, can_produce
+from hpacs.pixels.workers import run_transcode, transcoded_part10
 from hpacs.web.dicomweb import ARCHIVE_KEY, HTTPProblem, check_uid, error_response, log
 from hpacs.web.frames import cache_headers, etag, in_executor, not_modified
 from hpacs.web.rendered import MEDIA, render_frame
@@ -109,8 +109,8 @@ async def _wado(request: web.Request) -> web.StreamResponse:
             if ts == entry.transfer_syntax_uid:
                 body = await loop.run_in_executor(None, path.read_bytes)
             else:
-                body = await loop.run_in_executor(
-                    None, partial(transcode_bytes, path, ts, allow_lossy=allow_lossy))
+                body = await run_transcode(transcoded_part10, path, ts, allow_lossy=allow_lossy,
+                                           workers=archive.config.pixels.transcode_workers)
         except OSError:
             raise HTTPProblem(500, "the stored object cannot be read") from None
         except TranscodeError as exc:
