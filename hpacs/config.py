@@ -119,6 +119,17 @@ class QueryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PixelsConfig:
+    #: Transcoding on retrieve may produce a lossy syntax (JPEG-LS near-lossless, JPEG 2000)
+    #: from lossless data, and only when the requester named that syntax. Off: lossless data
+    #: is only ever sent losslessly (uncompressed, deflate, RLE, JPEG-LS/JPEG 2000 lossless).
+    allow_lossy_transcode: bool = False
+    #: Worker processes for transcoding (codecs hold the GIL: in threads they would stall the
+    #: event loop); 0 transcodes in the loop's thread executor instead.
+    transcode_workers: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "INFO"
     #: "json" for one JSON object per line, "text" for humans.
@@ -143,6 +154,7 @@ class Config:
     query: QueryConfig = field(default_factory=QueryConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
+    pixels: PixelsConfig = field(default_factory=PixelsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: C-MOVE destinations by AE title: ``[[remote]]`` tables in TOML, or the environment
     #: variable ``HPACS_REMOTE="AE1@host:port,AE2@host:port"`` (replaces the file's list).

@@ -1,7 +1,10 @@
 """`hpacs send`: a storage SCU on the command line (files, or studies/series from the archive).
 
 Files are sent as stored: the data set bytes after the Part 10 meta, in the file's own transfer
-syntax (:mod:`hpacs.net.storage_scu`, the same SCU C-MOVE uses). Archive instances are found
+syntax (:mod:`hpacs.net.storage_scu`, the same SCU C-MOVE uses). When the destination did not
+accept that syntax, the instance is transcoded to the one the same choice as C-MOVE picks
+(``hpacs.pixels.transcode.choose_syntax``: Explicit, then Implicit VR LE, then a lossless
+syntax we encode; lossy only with ``pixels.allow_lossy_transcode``). Archive instances are found
 through a read-only :class:`IndexDB` (no archive lock), so sending works while the server runs.
 Instances in the cold tier are read through the archive's tier reader, which opens the cold
 store: that is only done when no server owns the data directory (the store's start-up repairs a
@@ -187,7 +190,8 @@ def association_batches(items: list[StoredInstance]) -> list[list[StoredInstance
 
 
 async def send_items(items: list[StoredInstance], dest: RemoteAE, calling_ae: str,
-                     timeout: float, progress=None) -> SendReport:
+                     timeout: float, progress=None, *, allow_lossy: bool = False,
+                     workers: int = 2) -> SendReport:
     """C-STORE every item to ``dest``, one association per batch of <= 128 contexts.
 
     An association lost mid-instance fails that instance and the rest go on a new association;
@@ -216,26 +220,32 @@ async def send_items(items: list[StoredInstance], dest: RemoteAE, calling_ae: st
                 done(len(rest))
                 return report
             try:
-                pending = await _store_all(scu, pending, report, done)
+                pending = await _store_all(scu, pending, report, done, allow_lossy, workers)
             finally:
                 await scu.release()
     return report
 
 
 async def _store_all(scu: StorageSCU, items: list[StoredInstance], report: SendReport,
-                     done) -> list[StoredInstance]:
+                     done, allow_lossy: bool = False,
+                     workers: int = 2) -> list[StoredInstance]:
     """Send items on one association; returns those left when it was lost."""
     for i, item in enumerate(items):
         choice = choose_context(scu.accepted_contexts, item.sop_class_uid,
-                                item.transfer_syntax_uid)
+                                item.transfer_syntax_uid, allow_lossy=allow_lossy)
         if choice is None:
+            offered = sorted({ts for abstract, ts in scu.accepted_contexts.values()
+                              if abstract == item.sop_class_uid})
             report.failed.append((item.sop_instance_uid,
                                   f"destination accepted no context for SOP class "
-                                  f"{item.sop_class_uid} in {item.transfer_syntax_uid}"))
+                                  f"{item.sop_class_uid} in {item.transfer_syntax_uid} or a "
+                                  f"syntax we can transcode it to (accepted: "
+                                  f"{', '.join(offered) or 'none'})"))
             done()
             continue
         try:
-            opened = await open_instance(item, choice[1])
+            opened = await open_instance(item, choice[1], allow_lossy=allow_lossy,
+                                         workers=workers)
         except SendError as exc:
             report.failed.append((item.sop_instance_uid, f"unreadable: {exc}"))
             done()
@@ -301,7 +311,9 @@ async def _send_items(config: Config, args: argparse.Namespace, dest: RemoteAE,
         print(f"sent 0, failed 0 (nothing to send; {len(skipped)} files skipped)")
         return 1
     with tqdm(total=len(items), unit="inst", disable=args.no_progress, file=sys.stderr) as bar:
-        report = await send_items(items, dest, calling_ae, args.timeout, progress=bar.update)
+        report = await send_items(items, dest, calling_ae, args.timeout, progress=bar.update,
+                                  allow_lossy=config.pixels.allow_lossy_transcode,
+                                  workers=config.pixels.transcode_workers)
     warn = f", {report.warnings} with warning status" if report.warnings else ""
     skip = f", {len(skipped)} files skipped" if skipped else ""
     print(f"sent {report.sent}, failed {len(report.failed)} (of {len(items)} instances"

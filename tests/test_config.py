@@ -11,6 +11,15 @@ def test_defaults_match_the_documented_ones():
     assert (c.server.host, c.server.dicom_port, c.server.http_port) == ("127.0.0.1", 11112, 8042)
     assert c.server.ae_title == "HPACS"
     assert c.store.duplicate_policy == "keep"
+    assert c.pixels.allow_lossy_transcode is False  # lossless data stays lossless unless asked
+
+
+def test_lossy_transcoding_from_toml_and_env(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[pixels]\nallow_lossy_transcode = true\n")
+    assert load_config(f, environ={}).pixels.allow_lossy_transcode is True
+    env = {"HPACS_PIXELS__ALLOW_LOSSY_TRANSCODE": "false"}
+    assert load_config(f, environ=env).pixels.allow_lossy_transcode is False
 
 
 def test_file_then_env_then_flags(tmp_path):

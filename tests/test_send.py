@@ -27,14 +27,17 @@ SUMMARY = re.compile(r"sent (\d+), failed (\d+)")
 
 
 class StoreSCP:
-    def __init__(self, out: Path, ae_title: str = "STORESCP") -> None:
+    def __init__(self, out: Path, ae_title: str = "STORESCP", accept_all: bool = True) -> None:
         self.out = out
         self.ae_title = ae_title
         self.port = free_port()
         out.mkdir(parents=True, exist_ok=True)
-        # +xa accept every syntax, +B write data sets bit-preserved, +uf never overwrite
+        # +xa accept every syntax (default: uncompressed only), +B write data sets
+        # bit-preserved, +uf never overwrite
+        syntaxes = ["+xa"] if accept_all else []
         self.proc = subprocess.Popen(
-            [STORESCP, "-aet", ae_title, "+xa", "+B", "+uf", "-od", str(out), str(self.port)],
+            [STORESCP, "-aet", ae_title, *syntaxes, "+B", "+uf", "-od", str(out),
+             str(self.port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**os.environ, "TCP_NODELAY": "1"})
         deadline = time.monotonic() + 10
@@ -163,3 +166,29 @@ def test_named_remote_from_the_config(tmp_path, storescp):
     assert "not AE@host:port and not a [[remote]] AE title (known: DEST)" in unknown.stderr
     bad = hpacs("send", "--to", "X@host", str(path))
     assert bad.returncode == 2 and "expected AE@host:port" in bad.stderr
+
+
+def test_send_transcodes_for_a_destination_that_accepts_uncompressed_only(tmp_path):
+    """storescp with its default syntaxes (uncompressed only): compressed files are decoded
+    (the same choice as C-MOVE) and decode to pydicom's decode of the original."""
+    import numpy as np
+
+    scp = StoreSCP(tmp_path / "received", accept_all=False)
+    names = ["SC_rgb_rle.dcm", "JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm",
+             "SC_rgb_dcmtk_+eb+cy+s2.dcm", "image_dfl.dcm", "JPEG-lossy.dcm"]
+    files = [Path(pydicom.data.get_testdata_file(name)) for name in names]
+    try:
+        run = hpacs("send", "--to", scp.to, "--no-progress", *map(str, files), timeout=60)
+    finally:
+        scp.stop()
+    # JPEG-lossy.dcm: pydicom cannot decode it, so it cannot be transcoded: a clear failure
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert summary(run) == (len(files) - 1, 1)
+    lossy_uid = sop_uid_of(files[-1])
+    assert re.search(rf"failed {re.escape(lossy_uid)}: unreadable: .*1\.2\.840\.10008\.1\.2\.4\.51",
+                     run.stdout), run.stdout
+    received = {sop_uid_of(f): f for f in scp.out.iterdir()}
+    for path in files[:-1]:
+        got = pydicom.dcmread(received[sop_uid_of(path)])
+        assert got.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"), path
+        assert np.array_equal(got.pixel_array, pydicom.dcmread(path).pixel_array), path

@@ -34,12 +34,6 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from hpacs.dicom.transfer_syntax import (
-    DEFLATED_EXPLICIT_VR_LE,
-    EXPLICIT_VR_LE,
-    IMPLICIT_VR_LE,
-    STORABLE,
-)
 from hpacs.dimse import status
 from hpacs.dimse.commands import (
     AFFECTED_SOP_CLASS_UID,
@@ -70,6 +64,7 @@ from hpacs.dimse.find import (
     parse_find,
 )
 from hpacs.index.query import IMAGE, Query
+from hpacs.pixels.transcode import choose_syntax
 
 PATIENT_ROOT_MOVE: Final = "1.2.840.10008.5.1.4.1.2.1.2"
 PATIENT_ROOT_GET: Final = "1.2.840.10008.5.1.4.1.2.1.3"
@@ -97,9 +92,6 @@ _LEVEL_UNIQUE: Final = {"PATIENT": ("PatientID", 0x00100020),
                         "STUDY": ("StudyInstanceUID", 0x0020000D),
                         "SERIES": ("SeriesInstanceUID", 0x0020000E),
                         "IMAGE": ("SOPInstanceUID", 0x00080018)}
-#: What pydicom can re-encode without touching pixel data: little endian, not encapsulated.
-_REENCODABLE_FROM: Final = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_EXPLICIT_VR_LE})
-_REENCODE_TO: Final = (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
 #: Explicit VR limits a UI value to 65534 bytes; longer Failed SOP Instance UID lists are cut.
 _MAX_UI_BYTES: Final = 65534
 
@@ -134,22 +126,22 @@ def parse_retrieve(sop_class: str, identifier: bytes, transfer_syntax: str) -> R
 
 
 def choose_context(accepted: dict[int, tuple[str, str]], sop_class: str, stored_ts: str,
-                   allowed: set[int] | None = None) -> tuple[int, str] | None:
+                   allowed: set[int] | None = None, *,
+                   allow_lossy: bool = False) -> tuple[int, str] | None:
     """(context ID, transfer syntax) to send a stored instance on, or None (sub-op fails).
 
-    The stored syntax wins (bytes sent as stored); else Explicit then Implicit VR LE when the
-    stored syntax is one pydicom can re-encode without decompressing pixel data.
+    The syntax is :func:`hpacs.pixels.transcode.choose_syntax` over the syntaxes accepted for
+    the SOP class, in the order the peer proposed them (context IDs): as stored, else Explicit
+    then Implicit VR LE, else a lossless syntax we encode (lossy ones only with
+    ``allow_lossy``); anything but the stored syntax is transcoded when sent.
     ``allowed`` restricts the candidate contexts (C-GET: those with the SCP role accepted).
     """
-    candidates = {ts: cid for cid, (abstract, ts) in sorted(accepted.items(), reverse=True)
-                  if abstract == sop_class and (allowed is None or cid in allowed)}
-    if stored_ts in candidates:
-        return candidates[stored_ts], stored_ts
-    if stored_ts in _REENCODABLE_FROM:
-        for ts in _REENCODE_TO:
-            if ts in candidates:
-                return candidates[ts], ts
-    return None
+    candidates: dict[str, int] = {}
+    for cid, (abstract, ts) in sorted(accepted.items()):
+        if abstract == sop_class and (allowed is None or cid in allowed):
+            candidates.setdefault(ts, cid)
+    ts = choose_syntax(stored_ts, candidates, allow_lossy=allow_lossy)
+    return None if ts is None else (candidates[ts], ts)
 
 
 def store_outcome(code: int) -> str:
@@ -258,11 +250,6 @@ def refused(request: Command, response_field: int, code: int, comment: str = "",
 def response_field_for(command_field: int) -> int:
     return (CommandField.C_GET_RSP if command_field == CommandField.C_GET_RQ
             else CommandField.C_MOVE_RSP)
-
-
-def reencodable(stored_ts: str) -> bool:
-    enc = STORABLE.get(stored_ts)
-    return enc is not None and stored_ts in _REENCODABLE_FROM
 
 
 __all__ = [

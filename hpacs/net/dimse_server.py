@@ -379,8 +379,9 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
             task = asyncio.ensure_future(self._release_after_pending())
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)
-        else:
-            self._send(self.conn.release_reply())
+        elif not self.conn.closed:  # an A-ABORT read in the same chunk may have closed it
+            with contextlib.suppress(LocalProtocolError):
+                self._send(self.conn.release_reply())
 
     async def _release_after_pending(self) -> None:
         await self.finish_pending(exclude=asyncio.current_task())

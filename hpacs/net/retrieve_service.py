@@ -141,6 +141,15 @@ class RetrieveService:
             pages.close()
         return out
 
+    @property
+    def _allow_lossy(self) -> bool:
+        """Lossy transcoding for a peer that accepted only lossy syntaxes (config, default no)."""
+        return self.server.config.pixels.allow_lossy_transcode
+
+    @property
+    def _transcode_workers(self) -> int:
+        return self.server.config.pixels.transcode_workers
+
     def _stop_reason(self, message_id: int) -> str | None:
         if message_id in self._cancelled:
             return "cancel"
@@ -166,7 +175,7 @@ class RetrieveService:
                 subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
                 return False
             choice = choose_context(accepted, item.sop_class_uid, item.transfer_syntax_uid,
-                                    allowed)
+                                    allowed, allow_lossy=self._allow_lossy)
             if choice is None:
                 log.warning("get.no_context", ae=self.calling_ae, sop=item.sop_instance_uid,
                             sop_class=item.sop_class_uid, ts=item.transfer_syntax_uid)
@@ -182,7 +191,8 @@ class RetrieveService:
     async def _get_store(self, item: StoredInstance, context_id: int, ts: str) -> str:
         """One C-GET sub-operation: our C-STORE-RQ on the peer's association, its response."""
         try:
-            opened = await open_instance(item, ts)
+            opened = await open_instance(item, ts, allow_lossy=self._allow_lossy,
+                                         workers=self._transcode_workers)
         except SendError as exc:
             log.warning("get.unreadable", sop=item.sop_instance_uid, error=str(exc))
             return "failed"
@@ -245,7 +255,7 @@ class RetrieveService:
                     subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
                     break
                 choice = choose_context(scu.accepted_contexts, item.sop_class_uid,
-                                        item.transfer_syntax_uid)
+                                        item.transfer_syntax_uid, allow_lossy=self._allow_lossy)
                 outcome = "failed"
                 if choice is None:
                     log.warning("move.no_context", destination=remote.ae_title,
@@ -253,7 +263,9 @@ class RetrieveService:
                                 ts=item.transfer_syntax_uid)
                 else:
                     try:
-                        opened = await open_instance(item, choice[1])
+                        opened = await open_instance(item, choice[1],
+                                                     allow_lossy=self._allow_lossy,
+                                                     workers=self._transcode_workers)
                     except SendError as exc:
                         log.warning("move.unreadable", sop=item.sop_instance_uid,
                                     error=str(exc))

@@ -3,9 +3,9 @@
 :func:`open_instance` / :func:`send_instance` put one stored instance on an association as a
 C-STORE-RQ: the data set bytes after the Part 10 meta, read from the file in chunks and written
 as P-DATA fragments (never a whole study in memory); an instance whose stored syntax the peer did
-not accept but that is little-endian uncompressed is re-encoded by pydicom (see
-``hpacs.dimse.retrieve.choose_context``). The C-GET SCP uses them on the peer's own association,
-:class:`StorageSCU` (our association as requestor, on ``ul.Connection``) for C-MOVE.
+not accept is transcoded (in a worker thread) by ``hpacs.pixels.transcode`` into the syntax
+``hpacs.dimse.retrieve.choose_context`` picked. The C-GET SCP uses them on the peer's own
+association, :class:`StorageSCU` (our association as requestor, on ``ul.Connection``) for C-MOVE.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ import contextlib
 import functools
 import itertools
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-
-import pydicom
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 
 from hpacs.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
@@ -34,6 +31,8 @@ from hpacs.dimse import commands as cmd
 from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
 from hpacs.dimse.retrieve import store_request
 from hpacs.log import get_logger
+from hpacs.pixels.transcode import TranscodeError
+from hpacs.pixels.workers import run_transcode, transcoded_dataset
 from hpacs.store.tiers import open_source
 from hpacs.ul import (
     Aborted,
@@ -83,7 +82,8 @@ def _tier_file(tiers, entry) -> BinaryIO:
 
 
 class SendError(Exception):
-    """The instance cannot be sent (file unreadable...): the sub-operation fails."""
+    """The instance cannot be sent (file unreadable, cannot be transcoded...): the
+    sub-operation fails."""
 
 
 class OpenedInstance:
@@ -100,15 +100,8 @@ class OpenedInstance:
             self.fh = None
 
 
-def _open_sync(item: StoredInstance, target_ts: str) -> OpenedInstance:
+def _open_sync(item: StoredInstance) -> OpenedInstance:
     src = item.path if item.source is None else item.source()
-    if target_ts != item.transfer_syntax_uid:
-        ds = pydicom.dcmread(src, force=True)
-        fp = DicomBytesIO()
-        fp.is_little_endian = True
-        fp.is_implicit_VR = target_ts == IMPLICIT_VR_LE
-        write_dataset(fp, ds)
-        return OpenedInstance(None, 0, fp.getvalue())
     # closed by OpenedInstance.close
     fh = open(src, "rb") if isinstance(src, Path) else src  # noqa: SIM115
     try:
@@ -121,13 +114,38 @@ def _open_sync(item: StoredInstance, target_ts: str) -> OpenedInstance:
     return OpenedInstance(fh, size - meta.dataset_offset, None)
 
 
-async def open_instance(item: StoredInstance, target_ts: str) -> OpenedInstance:
-    """Open (or re-encode) in a worker thread; raises :class:`SendError`."""
+def _read_source(item: StoredInstance) -> bytes:
+    assert item.source is not None
+    with item.source() as f:
+        return f.read()
+
+
+async def open_instance(item: StoredInstance, target_ts: str, *, allow_lossy: bool = False,
+                        workers: int = 2) -> OpenedInstance:
+    """Open the stored file (a worker thread), or transcode it into ``target_ts`` (worker
+    processes, see ``hpacs.pixels.workers``); raises :class:`SendError`."""
     loop = asyncio.get_running_loop()
+    if target_ts == item.transfer_syntax_uid:
+        try:
+            return await loop.run_in_executor(None, _open_sync, item)
+        except Exception as exc:
+            raise SendError(f"{item.sop_instance_uid}: {exc}") from exc
+    started = time.perf_counter()
     try:
-        return await loop.run_in_executor(None, _open_sync, item, target_ts)
+        source: Path | bytes = item.path
+        if item.source is not None:  # not a hot file: the codec workers get its bytes
+            source = await loop.run_in_executor(None, _read_source, item)
+        data = await run_transcode(transcoded_dataset, source, target_ts,
+                                   allow_lossy=allow_lossy, workers=workers)
+    except TranscodeError as exc:
+        log.warning("transcode.failed", sop=item.sop_instance_uid,
+                    stored=item.transfer_syntax_uid, target=target_ts, error=str(exc))
+        raise SendError(f"{item.sop_instance_uid}: {exc}") from exc
     except Exception as exc:
         raise SendError(f"{item.sop_instance_uid}: {exc}") from exc
+    log.debug("transcode", sop=item.sop_instance_uid, stored=item.transfer_syntax_uid,
+              sent=target_ts, bytes=len(data), ms=round((time.perf_counter() - started) * 1000, 2))
+    return OpenedInstance(None, 0, data)
 
 
 async def send_instance(
@@ -363,7 +381,7 @@ def storage_contexts(items: Iterable[StoredInstance]) -> list[tuple[str, tuple[s
     """Presentation contexts to propose for ``items`` (uncapped; at most 128 fit in one
     association): each SOP class in each stored syntax (one syntax per context, so the stored
     one can always be chosen), then each SOP class in the little-endian uncompressed syntaxes
-    not proposed already (fallback for instances pydicom can re-encode)."""
+    not proposed already (the fallback every instance can be transcoded to)."""
     stored: dict[str, list[str]] = {}
     for it in items:
         syntaxes = stored.setdefault(it.sop_class_uid, [])

@@ -29,7 +29,8 @@ from pydicom.uid import RLELossless
 
 from hpacs.pixels._kernels import PixelDataError
 
-__all__ = ["PLUGIN", "PixelDataError", "Source", "decode", "iter_frames", "load", "num_frames"]
+__all__ = ["PLUGIN", "PixelDataError", "Source", "decode", "decoding_plugin", "iter_frames", "load",
+           "num_frames"]
 
 #: Name of hpacs's RLE decoder among pydicom's RLE Lossless plugins.
 PLUGIN = "hpacs"
@@ -54,9 +55,13 @@ def load(source: Source) -> Dataset:
         raise PixelDataError(f"not a readable DICOM data set: {exc}") from exc
 
 
-def _plugin(ds: Dataset) -> str:
+def decoding_plugin(ds: Dataset) -> str:
+    """The pydicom decoding plugin hpacs uses for ``ds`` ("" lets pydicom pick)."""
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     return PLUGIN if ts == RLELossless else ""
+
+
+_plugin = decoding_plugin
 
 
 def num_frames(source: Source) -> int:

@@ -1,9 +1,10 @@
 """RLE Lossless for whole frames and arrays, on hpacs's own codec (``hpacs/_ext/_rle.pyx``).
 
-The module is also a pydicom decoder plugin (``is_available``, ``DECODER_DEPENDENCIES`` and
-``decode_frame_plugin``): ``hpacs.pixels.decode`` registers it as ``"hpacs"`` on pydicom's
-RLE Lossless decoder, so pydicom's own pipeline (frame access, Bits Stored correction, colour
-conversion) runs with our decoder inside it and the result is ``ds.pixel_array`` exactly.
+The module is also a pydicom decoder and encoder plugin (``is_available``, ``*_DEPENDENCIES``,
+``decode_frame_plugin`` / ``encode_frame_plugin``): ``hpacs.pixels.decode`` registers it as
+``"hpacs"`` on pydicom's RLE Lossless decoder (``hpacs.pixels.transcode`` on its encoder), so
+pydicom's own pipeline (frame access, Bits Stored correction, colour conversion) runs with our
+decoder inside it and the result is ``ds.pixel_array`` exactly.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pydicom.uid import RLELossless
 
 from hpacs.pixels._kernels import PixelDataError, rle_decode_frame, rle_encode_frame
 
-__all__ = ["DECODER_DEPENDENCIES", "decode_frame_plugin", "encode_array", "is_available"]
+__all__ = ["DECODER_DEPENDENCIES", "ENCODER_DEPENDENCIES", "decode_frame_plugin",
+           "encode_array", "encode_frame_plugin", "is_available"]
 
 DECODER_DEPENDENCIES: dict[str, tuple[str, ...]] = {RLELossless: ()}
+ENCODER_DEPENDENCIES: dict[str, tuple[str, ...]] = {RLELossless: ()}
 
 
 def is_available(uid: str) -> bool:
@@ -31,6 +34,15 @@ def decode_frame_plugin(src: bytes, runner) -> bytearray:
     )
     runner.set_option("planar_configuration", 0)
     return out
+
+
+def encode_frame_plugin(src: bytes, runner) -> bytes:
+    """pydicom encoder-plugin entry point: one frame, sample-interleaved little-endian."""
+    if runner.get_option("byteorder", "<") != "<":
+        raise PixelDataError("big-endian input to the RLE encoder is not supported")
+    return rle_encode_frame(
+        bytes(src), runner.rows, runner.columns, runner.samples_per_pixel, runner.bits_allocated
+    )
 
 
 def encode_array(arr: np.ndarray, *, frames: bool | None = None) -> list[bytes]:

@@ -61,6 +61,11 @@ def open_source(src: Source) -> BinaryIO:
     return open(src, "rb")
 
 
+def as_path_or_bytes(src: Source) -> Path | bytes:
+    """A source as the pixel codecs and worker processes take it (a path, or the bytes)."""
+    return src.getvalue() if isinstance(src, io.BytesIO) else src
+
+
 class Tiers:
     """The hot store, the cold store (opened on first use) and the read bookkeeping."""
 

@@ -14,7 +14,12 @@ carries ``transfer-syntax=`` (OHIF picks its decoder from it).
   syntax (``transfer-syntax=*``, the stored UID, ``type="*/*"``, or the image media type of the
   stored syntax); when it asks for ``transfer-syntax=1.2.840.10008.1.2.1`` (the PS3.18 default
   for ``application/octet-stream`` without the parameter) the frame is decoded by
-  hpacs.pixels and sent as native little-endian bytes. Anything else: 406.
+  hpacs.pixels and sent as native little-endian bytes.
+* Any stored syntax, asked for as an image media type we can encode (``image/jls`` ->
+  JPEG-LS lossless, ``image/jp2`` -> JPEG 2000 lossless, ``image/dicom-rle`` -> RLE, or the
+  ``transfer-syntax=`` named with it; lossy ones only when ``pixels.allow_lossy_transcode``):
+  each frame is decoded and encoded by ``hpacs.pixels.transcode.encode_frames``.
+  Anything else: 406.
 
 Files are read off the loop. Stored instances can be replaced (duplicate policy "replace"), so
 responses are cacheable but not ``immutable``: ``Cache-Control: private, max-age=3600`` (PHI:
@@ -47,6 +52,7 @@ from hpacs.dicom.transfer_syntax import (
     IMPLICIT_VR_LE,
 )
 from hpacs.pixels import PixelDataError, decode
+from hpacs.pixels.transcode import TranscodeError, can_produce, encode_frames
 from hpacs.web.dicomweb import HTTPProblem, cache_headers, check_uid, etag, log, not_modified
 from hpacs.web.wado import (
     ANY,
@@ -69,6 +75,11 @@ IMAGE_TYPES = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 _ALIASES = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
+#: The transfer syntax an image media type means without ``transfer-syntax=`` (PS3.18 8.7.3-x).
+DEFAULT_SYNTAX = {"image/jpeg": "1.2.840.10008.1.2.4.50", "image/jls": "1.2.840.10008.1.2.4.80",
+                  "image/jp2": "1.2.840.10008.1.2.4.90", "image/jpx": "1.2.840.10008.1.2.4.92",
+                  "image/dicom-rle": "1.2.840.10008.1.2.5"}
+AS_STORED, DECODE, ENCODE = "", "decode", "encode"
 _FRAME_LIST = re.compile(r"[0-9]+(,[0-9]+)*")
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 
@@ -113,31 +124,40 @@ def frame_choices(accept: str | None) -> list[tuple[str, str]]:
     return out
 
 
-def frame_plan(stored_ts: str, accept: str | None) -> tuple[str, str, bool]:
-    """(response part media type, label transfer syntax, decode?) or 406."""
+def frame_plan(stored_ts: str, accept: str | None,
+               allow_lossy: bool = False) -> tuple[str, str, str]:
+    """(response part media type, label transfer syntax, AS_STORED/DECODE/ENCODE) or 406."""
     for media, ts in frame_choices(accept):
-        if stored_ts in NATIVE:
-            if media not in ("*", OCTET):
-                continue
+        if stored_ts in NATIVE and media in ("*", OCTET):
             if ts == ANY:  # as stored; big endian and deflated leave as Explicit VR LE
-                return OCTET, stored_ts if stored_ts == IMPLICIT_VR_LE else EXPLICIT_VR_LE, False
+                label = stored_ts if stored_ts == IMPLICIT_VR_LE else EXPLICIT_VR_LE
+                return OCTET, label, AS_STORED
             if ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):  # the same pixel bytes
-                return OCTET, ts, False
+                return OCTET, ts, AS_STORED
             if ts == stored_ts:
-                return OCTET, EXPLICIT_VR_LE, False
+                return OCTET, EXPLICIT_VR_LE, AS_STORED
+        elif stored_ts not in NATIVE:
+            image_type = IMAGE_TYPES.get(stored_ts)
+            if media == "*" and ts in (ANY, stored_ts):
+                return image_type or OCTET, stored_ts, AS_STORED
+            if media == OCTET and ts in (ANY, stored_ts):
+                return OCTET, stored_ts, AS_STORED
+            if media == image_type and ts in (ANY, stored_ts):
+                return image_type, stored_ts, AS_STORED
+            if media in ("*", OCTET) and ts == EXPLICIT_VR_LE:
+                return OCTET, EXPLICIT_VR_LE, DECODE
+        # another encapsulated syntax: decode and encode each frame
+        target = DEFAULT_SYNTAX.get(media) if ts == ANY else ts
+        if target is None or target == stored_ts or target not in IMAGE_TYPES:
             continue
-        image_type = IMAGE_TYPES.get(stored_ts)
-        if media == "*" and ts in (ANY, stored_ts):
-            return image_type or OCTET, stored_ts, False
-        if media == OCTET and ts in (ANY, stored_ts):
-            return OCTET, stored_ts, False
-        if media == image_type and ts in (ANY, stored_ts):
-            return image_type, stored_ts, False
-        if media in ("*", OCTET) and ts == EXPLICIT_VR_LE:
-            return OCTET, EXPLICIT_VR_LE, True
+        if media not in ("*", IMAGE_TYPES[target]):
+            continue
+        if can_produce(target, allow_lossy=allow_lossy and ts == target):
+            return IMAGE_TYPES[target], target, ENCODE
     raise HTTPProblem(406, f"cannot serve frames stored as {stored_ts} in the media type asked "
-                           "for: ask for transfer-syntax=* (as stored) or "
-                           f"{EXPLICIT_VR_LE} (decoded)", accept=accept)
+                           "for: ask for transfer-syntax=* (as stored), "
+                           f"{EXPLICIT_VR_LE} (decoded), or image/jls, image/jp2, "
+                           "image/dicom-rle (lossless, encoded)", accept=accept)
 
 
 # -- reading frames -------------------------------------------------------------------------
@@ -202,7 +222,8 @@ def _offsets(ds: Dataset):
     return (eot, lengths) if eot and lengths else None
 
 
-def read_frames(path, numbers: list[int], accept: str | None) -> tuple[str, str, list[bytes]]:
+def read_frames(path, numbers: list[int], accept: str | None,
+                allow_lossy: bool = False) -> tuple[str, str, list[bytes]]:
     """(part media type, transfer syntax label, frames) for 1-based ``numbers``."""
     try:
         ds = pydicom.dcmread(path)
@@ -217,7 +238,15 @@ def read_frames(path, numbers: list[int], accept: str | None) -> tuple[str, str,
     bad = [k for k in numbers if not 1 <= k <= n]
     if bad:
         raise HTTPProblem(404, f"frame(s) {', '.join(map(str, bad))} out of range 1..{n}")
-    media, label, decode_it = frame_plan(stored_ts, accept)
+    media, label, action = frame_plan(stored_ts, accept, allow_lossy)
+    if action == ENCODE:
+        try:
+            return media, label, encode_frames(ds, numbers, label, allow_lossy=allow_lossy)
+        except TranscodeError as exc:  # the representation asked for cannot be produced
+            log.warning("frames.transcode_failed", target=label, error=str(exc))
+            raise HTTPProblem(406, f"cannot produce frames in {label}: {exc}; ask for "
+                                   f"transfer-syntax=* (as stored) or {EXPLICIT_VR_LE} "
+                                   "(decoded)") from None
     data = ds.PixelData
     out = []
     for k in numbers:
@@ -226,7 +255,7 @@ def read_frames(path, numbers: list[int], accept: str | None) -> tuple[str, str,
                 out.append(_little_endian_frame(ds, k - 1))
             else:
                 out.append(_native_frame(ds, data, k - 1))
-        elif decode_it:
+        elif action == DECODE:
             out.append(_little_endian_frame(ds, k - 1))
         else:
             try:
@@ -302,14 +331,17 @@ async def frames(request: web.Request) -> web.Response:
     tag = etag(entry, f"frames/{request.match_info['frames']}/{accept}")
     if (cached := not_modified(request, tag)) is not None:
         return cached
-    path = await _archive(request).source(entry)
+    archive = _archive(request)
+    allow_lossy = archive.config.pixels.allow_lossy_transcode
+    src = await archive.source(entry)
     if entry.transfer_syntax_uid in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
-        media, label, _ = frame_plan(entry.transfer_syntax_uid, accept)
-        payloads = await in_executor(read_native_frames, path, numbers)
-        if payloads is not None:
-            return multipart([(f"{media}; transfer-syntax={label}", p) for p in payloads],
-                             media, cache_headers(tag), f"; transfer-syntax={label}")
-    media, label, payloads = await in_executor(read_frames, path, numbers, accept)
+        media, label, mode = frame_plan(entry.transfer_syntax_uid, accept, allow_lossy)
+        if mode == AS_STORED:
+            payloads = await in_executor(read_native_frames, src, numbers)
+            if payloads is not None:
+                return multipart([(f"{media}; transfer-syntax={label}", p) for p in payloads],
+                                 media, cache_headers(tag), f"; transfer-syntax={label}")
+    media, label, payloads = await in_executor(read_frames, src, numbers, accept, allow_lossy)
     part_type = f"{media}; transfer-syntax={label}"
     return multipart([(part_type, p) for p in payloads], media, cache_headers(tag),
                      f"; transfer-syntax={label}")

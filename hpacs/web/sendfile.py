@@ -90,7 +90,7 @@ async def send_file(request: web.Request, response: web.StreamResponse, f: Binar
     if fd is None:  # already in memory: one write
         await response.write(f.read(size))
         return
-    if can_sendfile(request):
+    if response.content_length is not None and can_sendfile(request):  # not chunked
         await _flushed(request)
         sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
         await loop.run_in_executor(None, _blocking_sendfile, sock.fileno(), fd, 0, size)

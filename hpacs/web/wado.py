@@ -1,14 +1,19 @@
-"""WADO-RS (PS3.18 10.4): study/series/instance retrieval as stored, and ``/metadata``.
+"""WADO-RS (PS3.18 10.4): study/series/instance retrieval, and ``/metadata``.
 
 Retrieval streams ``multipart/related; type="application/dicom"`` part by part: each part's
 boundary and headers, then the stored Part 10 file by ``sendfile(2)`` (web/sendfile.py; 1 MiB
-reads off the loop where sendfile cannot be used); the Content-Length is known from the index,
-nothing is held in memory. Each part says its ``transfer-syntax=``.
+reads off the loop where sendfile cannot be used) with a Content-Length known from the index
+when every instance goes as stored; a transcoded instance is one instance in memory and the
+response is chunked. Each part's Content-Type says the ``transfer-syntax=`` actually sent.
 
 Accept: ``*/*``, ``multipart/*`` or ``multipart/related; type="application/dicom"`` with
-``transfer-syntax=*`` serve as stored; a named ``transfer-syntax`` is served when the instances are
-stored in it; no ``transfer-syntax`` means Explicit VR Little Endian (PS3.18 default), served
-when stored that way. Anything else is 406: transcoding comes with the pixels work.
+``transfer-syntax=*`` serve as stored; no ``transfer-syntax`` means Explicit VR Little Endian
+(PS3.18 8.7.3.5.2 default, what dicomweb-client sends by default); a named ``transfer-syntax``
+(several media ranges: in order of q) is served as stored when the instance is stored in it,
+else the instance is transcoded (``hpacs.pixels.transcode``, off the loop) to the syntax
+``choose_syntax`` picks among those asked for. Lossy output only when the config allows it
+(``pixels.allow_lossy_transcode``) and the Accept names the lossy syntax. 406 Not Acceptable,
+with a body naming the stored and asked syntaxes, when an instance cannot be produced.
 
 ``/metadata`` (study, series, instance) joins the per-instance PS3.18 F.2 JSON computed at
 ingest (store/metadata.py); instances not warmed yet are computed on the spot and cached.
@@ -29,8 +34,10 @@ from aiohttp import web
 from hpacs.dicom.dicomjson import DicomJSONError
 from hpacs.dicom.part10 import Part10Error
 from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE
+from hpacs.pixels.transcode import TranscodeError, choose_syntax
+from hpacs.pixels.workers import run_transcode, transcoded_part10
 from hpacs.store.metadata import absolute_uris, compute_source
-from hpacs.store.tiers import open_source
+from hpacs.store.tiers import as_path_or_bytes, open_source
 from hpacs.web.dicomweb import (
     ARCHIVE_KEY,
     DICOM_JSON,
@@ -120,19 +127,50 @@ def media_ranges(accept: str) -> Iterator[tuple[str, dict[str, str]]]:
         yield media.lower(), opts
 
 
-def acceptable_syntaxes(accept: str | None) -> set[str]:
-    """Transfer syntaxes an Accept header allows for application/dicom parts (ANY: as stored)."""
+def _q(opts: dict[str, str]) -> float:
+    try:
+        return float(opts.get("q", "1"))
+    except ValueError:
+        return 0.0
+
+
+def ranked_syntaxes(accept: str | None) -> list[tuple[float, str]]:
+    """(q, transfer syntax) an Accept header allows for application/dicom parts, highest q
+    first (header order within one q); ANY means as stored."""
     if not accept:
-        return {ANY}
-    allowed: set[str] = set()
+        return [(1.0, ANY)]
+    ranked: list[tuple[float, str]] = []
     for media, opts in media_ranges(accept):
         if media in ("*/*", "multipart/*"):
-            allowed.add(ANY)
+            ranked.append((_q(opts), ANY))
         elif media == "multipart/related":
             if opts.get("type", "application/dicom").lower() != "application/dicom":
                 continue
-            allowed.add(opts.get("transfer-syntax", EXPLICIT_VR_LE))
-    return allowed
+            ranked.append((_q(opts), opts.get("transfer-syntax", EXPLICIT_VR_LE)))
+    ranked.sort(key=lambda item: -item[0])  # stable
+    return ranked
+
+
+def acceptable_syntaxes(accept: str | None) -> list[str]:
+    """Transfer syntaxes an Accept header allows, most preferred first (ANY: as stored)."""
+    return list(dict.fromkeys(ts for _, ts in ranked_syntaxes(accept)))
+
+
+def target_syntaxes(stored: str, ranked: list[tuple[float, str]],
+                    allow_lossy: bool) -> list[str]:
+    """The syntaxes an instance stored as ``stored`` may be sent in, best first: by q, and
+    as stored (``*`` or the stored syntax) before the others of the same q; a syntax other
+    than the stored one only if we can produce it. Empty: 406. Later ones are fallbacks when
+    transcoding to an earlier one fails."""
+    out: list[str] = []
+    for _, ts in sorted(ranked, key=lambda item: (-item[0], item[1] not in (ANY, stored))):
+        if ts in (ANY, stored):
+            ts = stored
+        elif choose_syntax(stored, [ts], allow_lossy=allow_lossy) != ts:
+            continue
+        if ts not in out:
+            out.append(ts)
+    return out
 
 
 # -- retrieval ------------------------------------------------------------------------------
@@ -140,49 +178,105 @@ def acceptable_syntaxes(accept: str | None) -> set[str]:
 
 async def retrieve(request: web.Request) -> web.StreamResponse:
     entries = _instances(request)
-    allowed = acceptable_syntaxes(request.headers.get("Accept"))
-    if ANY not in allowed:
-        refused = sorted({e.transfer_syntax_uid for e in entries} - allowed)
-        if refused:
-            raise HTTPProblem(
-                406, "cannot serve the instances in the transfer syntax asked for (stored as "
-                     f"{', '.join(refused)}; transcoding is not available yet): ask for "
-                     "transfer-syntax=* to get them as stored",
-                accept=request.headers.get("Accept"))
+    accept = request.headers.get("Accept")
+    ranked = ranked_syntaxes(accept)
+    allowed = acceptable_syntaxes(accept)
     archive = request.app[ARCHIVE_KEY]
+    allow_lossy = archive.config.pixels.allow_lossy_transcode
+    plans = [target_syntaxes(e.transfer_syntax_uid, ranked, allow_lossy) for e in entries]
+    refused = sorted({e.transfer_syntax_uid for e, p in zip(entries, plans, strict=True)
+                      if not p})
+    if refused:
+        raise HTTPProblem(
+            406, f"cannot serve instances stored as {', '.join(refused)} in the transfer "
+                 f"syntax asked for ({', '.join(allowed) or 'none'}): we produce Explicit/"
+                 "Implicit VR Little Endian, deflate and lossless RLE/JPEG-LS/JPEG 2000"
+                 f"{'' if allow_lossy else ' (lossy output is disabled)'}; ask for "
+                 "transfer-syntax=* to get them as stored", accept=accept)
     boundary = uuid.uuid4().hex
-    delimiter = f"--{boundary}".encode()
-    heads = [b"".join((b"\r\n" if i else b"", delimiter,
-                       b"\r\nContent-Type: application/dicom; transfer-syntax=",
-                       entry.transfer_syntax_uid.encode(), b"\r\n\r\n"))
-             for i, entry in enumerate(entries)]
-    tail = b"\r\n" + delimiter + b"--\r\n"
     resp = web.StreamResponse(headers={
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
-    # the length is known from the index: no chunk framing, so files can go by sendfile
-    resp.content_length = sum(map(len, heads)) + sum(e.size for e in entries) + len(tail)
-    await resp.prepare(request)
+    delimiter = f"--{boundary}".encode()
+    tail = b"\r\n" + delimiter + b"--\r\n"
+    if all(plan[0] == e.transfer_syntax_uid for e, plan in zip(entries, plans, strict=True)):
+        # all as stored: the length is known from the index, so no chunk framing and the
+        # files can go by sendfile
+        heads = [_part_head(i, delimiter, e.transfer_syntax_uid) for i, e in enumerate(entries)]
+        resp.content_length = sum(map(len, heads)) + sum(e.size for e in entries) + len(tail)
+        await resp.prepare(request)
+        for head, entry in zip(heads, entries, strict=True):
+            await resp.write(head)
+            await _send_stored(request, resp, archive, entry)
+    else:
+        workers = archive.config.pixels.transcode_workers
+        for i, (entry, plan) in enumerate(zip(entries, plans, strict=True)):
+            target, body = await _part(archive, entry, plan, allow_lossy, workers,
+                                       resp.prepared)
+            if not resp.prepared:
+                await resp.prepare(request)
+            await resp.write(_part_head(i, delimiter, target))
+            if body is not None:
+                await resp.write(body)
+            else:
+                await _send_stored(request, resp, archive, entry)
+    await resp.write(tail)
+    await resp.write_eof()
+    log.debug("wado.retrieved", path=request.path, instances=len(entries))
+    return resp
+
+
+def _part_head(i: int, delimiter: bytes, syntax: str) -> bytes:
+    return b"".join((b"\r\n" if i else b"", delimiter,
+                     b"\r\nContent-Type: application/dicom; transfer-syntax=",
+                     syntax.encode(), b"\r\n\r\n"))
+
+
+async def _send_stored(request: web.Request, resp: web.StreamResponse, archive, entry) -> None:
+    """One stored instance as it is, from whichever tier holds it."""
     loop = asyncio.get_running_loop()
-    for head, entry in zip(heads, entries, strict=True):
-        await resp.write(head)
+    try:
+        f = await loop.run_in_executor(None, open_source, await archive.source(entry))
+    except OSError as exc:
+        log.error("wado.unreadable", sop=entry.sop_instance_uid, path=entry.path,
+                  error=str(exc))
+        raise  # headers are out: abort the connection so the client sees a broken body
+    try:
+        if source_size(f) != entry.size:
+            log.error("wado.size_changed", sop=entry.sop_instance_uid, path=entry.path)
+            raise PeerGone("stored file changed size during the response")
+        await send_file(request, resp, f, entry.size)
+    finally:
+        f.close()
+
+
+async def _part(archive, entry, plan: list[str], allow_lossy: bool, workers: int,
+                prepared: bool) -> tuple[str, bytes | None]:
+    """(syntax, Part 10 bytes) of one part, transcoded off the loop; bytes None: stream the
+    stored file. A syntax that fails to transcode falls back to the next one in ``plan``; when
+    none is left the response is a 406 if it has not started (``transfer-syntax=*`` still
+    works), else the connection is aborted (the body is cut)."""
+    error = ""
+    for target in plan:
+        if target == entry.transfer_syntax_uid:
+            return target, None
         try:
-            f = await loop.run_in_executor(None, open_source, await archive.source(entry))
+            source = as_path_or_bytes(await archive.source(entry))
+            return target, await run_transcode(transcoded_part10, source, target,
+                                               allow_lossy=allow_lossy, workers=workers)
+        except TranscodeError as exc:
+            log.warning("wado.transcode_failed", sop=entry.sop_instance_uid,
+                        stored=entry.transfer_syntax_uid, target=target, error=str(exc))
+            error = str(exc)
         except OSError as exc:
             log.error("wado.unreadable", sop=entry.sop_instance_uid, path=entry.path,
                       error=str(exc))
-            raise  # headers are out: abort the connection so the client sees a broken body
-        try:
-            if source_size(f) != entry.size:
-                log.error("wado.size_changed", sop=entry.sop_instance_uid, path=entry.path)
-                raise PeerGone("stored file changed size during the response")
-            await send_file(request, resp, f, entry.size)
-        finally:
-            f.close()
-    await resp.write(tail)
-    await resp.write_eof()
-    log.debug("wado.retrieved", path=request.path, instances=len(entries),
-              bytes=resp.content_length)
-    return resp
+            if prepared:
+                raise
+            raise HTTPProblem(500, "a stored instance cannot be read") from None
+    if prepared:
+        raise ConnectionResetError(f"cannot transcode {entry.sop_instance_uid}: {error}")
+    raise HTTPProblem(406, f"instance {entry.sop_instance_uid}: {error}; ask for "
+                           "transfer-syntax=* to get it as stored")
 
 
 # -- metadata -------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 ``contentType`` (a comma list; first one we serve wins; default ``image/jpeg``):
 
-* ``application/dicom``: the stored Part 10 file, as stored. ``transferSyntax`` absent, ``*``
-  or the stored syntax is served; any other is 406 (no transcoding yet). PS3.18 makes Explicit
-  VR Little Endian the default when the parameter is absent; we serve as stored instead (what
-  viewers expect and what stays byte-exact) -- a documented deviation.
+* ``application/dicom``: the stored Part 10 file. ``transferSyntax`` absent, ``*`` or the
+  stored syntax is served as stored; another syntax we can produce (Explicit/Implicit VR LE,
+  deflate, RLE, JPEG-LS / JPEG 2000 lossless; lossy ones only with
+  ``pixels.allow_lossy_transcode``) is transcoded off the loop (``hpacs.pixels.transcode``);
+  any other is 406. PS3.18 makes Explicit VR Little Endian the default when the parameter is
+  absent; we serve as stored instead (what viewers expect and what stays byte-exact) -- a
+  documented deviation.
 * ``image/jpeg`` / ``image/png``: one frame rendered through hpacs.pixels: ``frameNumber``
   (1-based, default 1), ``windowCenter`` + ``windowWidth`` (both or neither), ``rows`` /
   ``columns`` (fit inside, aspect kept), ``imageQuality`` 1..100.
@@ -21,7 +24,10 @@ import asyncio
 from aiohttp import web
 
 from hpacs.pixels import RenderOptions
-from hpacs.web.dicomweb import ARCHIVE_KEY, HTTPProblem, check_uid, error_response
+from hpacs.pixels.transcode import TranscodeError, can_produce
+from hpacs.pixels.workers import run_transcode, transcoded_part10
+from hpacs.store.tiers import as_path_or_bytes
+from hpacs.web.dicomweb import ARCHIVE_KEY, HTTPProblem, check_uid, error_response, log
 from hpacs.web.frames import cache_headers, etag, in_executor, not_modified
 from hpacs.web.rendered import MEDIA, render_frame
 
@@ -87,18 +93,31 @@ async def _wado(request: web.Request) -> web.StreamResponse:
     archive = request.app[ARCHIVE_KEY]
     if media == DICOM:
         ts = q.get("transferSyntax")
-        if ts not in (None, "", "*", entry.transfer_syntax_uid):
-            check_uid(ts, "transferSyntax")
-            raise HTTPProblem(406, f"the object is stored as {entry.transfer_syntax_uid}; "
-                                   "transcoding is not available yet")
-        tag = etag(entry, "dicom")
+        if ts in (None, "", "*"):
+            ts = entry.transfer_syntax_uid
+        check_uid(ts, "transferSyntax")
+        allow_lossy = archive.config.pixels.allow_lossy_transcode
+        if ts != entry.transfer_syntax_uid and not can_produce(ts, allow_lossy=allow_lossy):
+            raise HTTPProblem(406, f"the object is stored as {entry.transfer_syntax_uid} and "
+                                   f"cannot be produced in {ts}"
+                                   f"{'' if allow_lossy else ' (lossy output is disabled)'}")
+        tag = etag(entry, f"dicom/{ts}")
         if (cached := not_modified(request, tag)) is not None:
             return cached
         loop = asyncio.get_running_loop()
         try:
-            body = await loop.run_in_executor(None, archive.tiers.read_bytes, entry)
+            if ts == entry.transfer_syntax_uid:
+                body = await loop.run_in_executor(None, archive.tiers.read_bytes, entry)
+            else:
+                source = as_path_or_bytes(await archive.source(entry))
+                body = await run_transcode(transcoded_part10, source, ts, allow_lossy=allow_lossy,
+                                           workers=archive.config.pixels.transcode_workers)
         except OSError:
             raise HTTPProblem(500, "the stored object cannot be read") from None
+        except TranscodeError as exc:
+            log.warning("wado_uri.transcode_failed", sop=entry.sop_instance_uid,
+                        stored=entry.transfer_syntax_uid, target=ts, error=str(exc))
+            raise HTTPProblem(406, f"{exc}; transferSyntax=* gives it as stored") from None
         return web.Response(body=body, content_type=DICOM, headers=cache_headers(tag))
     frame = _int(q, "frameNumber", 1, 1 << 31) or 1
     center, width = _float(q, "windowCenter"), _float(q, "windowWidth")

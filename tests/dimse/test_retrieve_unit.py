@@ -22,6 +22,9 @@ from hpacs.dimse.retrieve import (
 )
 
 JPEG = "1.2.840.10008.1.2.4.50"
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+RLE = "1.2.840.10008.1.2.5"
+J2K = "1.2.840.10008.1.2.4.91"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -55,13 +58,23 @@ def test_parse_retrieve_refusals(model, keys, code):
     assert info.value.status == code
 
 
-def test_choose_context_prefers_stored_syntax_then_reencodable_fallback():
+def test_choose_context_prefers_stored_syntax_then_native_then_encodable():
     accepted = {1: (CT, JPEG), 3: (CT, IMPLICIT_VR_LE), 5: ("other", EXPLICIT_VR_LE)}
     assert choose_context(accepted, CT, JPEG) == (1, JPEG)
     assert choose_context(accepted, CT, EXPLICIT_VR_LE) == (3, IMPLICIT_VR_LE)
-    assert choose_context(accepted, CT, EXPLICIT_VR_BE) is None  # no byte swapping yet
-    assert choose_context({3: (CT, IMPLICIT_VR_LE)}, CT, JPEG) is None  # no decompression yet
-    assert choose_context(accepted, CT, JPEG, allowed={3}) is None
+    assert choose_context(accepted, CT, EXPLICIT_VR_BE) == (3, IMPLICIT_VR_LE)  # byte-swapped
+    assert choose_context({3: (CT, IMPLICIT_VR_LE)}, CT, JPEG) == (3, IMPLICIT_VR_LE)  # decoded
+    assert choose_context(accepted, CT, JPEG, allowed={3}) == (3, IMPLICIT_VR_LE)
+    assert choose_context(accepted, CT, JPEG, allowed={5}) is None  # not the SOP class
+    # explicit before implicit whatever the context order; else the peer's order
+    both = {1: (CT, IMPLICIT_VR_LE), 3: (CT, EXPLICIT_VR_LE)}
+    assert choose_context(both, CT, JPEG) == (3, EXPLICIT_VR_LE)
+    compressed = {1: (CT, JPEG_LS), 3: (CT, RLE), 5: (CT, JPEG)}
+    assert choose_context(compressed, CT, EXPLICIT_VR_LE) == (1, JPEG_LS)
+    # lossy only when allowed (JPEG baseline: no encoder at all)
+    lossy = {1: (CT, JPEG), 3: (CT, J2K)}
+    assert choose_context(lossy, CT, EXPLICIT_VR_LE) is None
+    assert choose_context(lossy, CT, EXPLICIT_VR_LE, allow_lossy=True) == (3, J2K)
 
 
 @pytest.mark.parametrize("code,outcome", [(0, "completed"), (0xB000, "warning"),

@@ -189,7 +189,7 @@ def test_get_pydicom_test_files_in_their_stored_syntax(qr):
         assert data == qr.stored(sop), sop
 
 
-def test_get_reencodes_uncompressed_and_fails_compressed_without_context(qr):
+def test_get_reencodes_uncompressed_and_transcodes_compressed(qr):
     jpeg = next(p for p in qr.test_files
                 if pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID
                 == JPEGBaseline8Bit)
@@ -200,11 +200,16 @@ def test_get_reencodes_uncompressed_and_fails_compressed_without_context(qr):
                (str(jpeg_ds.SOPClassUID), [ExplicitVRLittleEndian])]
     received, _, final, _ = c_get(qr.srv, STUDY_GET, ident("IMAGE", SOPInstanceUID=sops),
                                   storage)
-    status, identifier = final
-    assert status.Status == 0xB000
-    assert status.NumberOfCompletedSuboperations == 1
-    assert status.NumberOfFailedSuboperations == 1
-    assert identifier.FailedSOPInstanceUIDList == str(jpeg_ds.SOPInstanceUID)
+    status, _ = final
+    assert status.Status == 0x0000
+    assert status.NumberOfCompletedSuboperations == 2
+    # the JPEG was decoded for a peer that accepts Explicit VR LE only (tests/interop/
+    # test_retrieve_transcode.py covers every compressed syntax)
+    got_jpeg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(received[str(jpeg_ds.SOPInstanceUID)]),
+                               force=True)
+    got_jpeg.file_meta = pydicom.dataset.FileMetaDataset()
+    got_jpeg.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    assert (got_jpeg.pixel_array == pydicom.dcmread(jpeg).pixel_array).all()
     # the Explicit VR LE CT was re-encoded to Implicit VR LE: same elements, same values
     got = pydicom.dcmread(pydicom.filebase.DicomBytesIO(received[ct]), force=True)
     got.file_meta = pydicom.dataset.FileMetaDataset()

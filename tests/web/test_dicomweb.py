@@ -347,12 +347,13 @@ def test_wado_errors(srv, stowed):
         assert requests.get(b + path, timeout=10).status_code == 400, path
     jpeg = Path(pydicom.data.get_testdata_file("JPEG2000.dcm"))
     url = b + "/studies/{}/series/{}/instances/{}".format(*uids(jpeg))
+    # pydicom cannot decode this J2K stream, so it cannot be transcoded: 406, as stored works
     for accept in ('multipart/related; type="application/dicom"',  # default: Explicit VR LE
                    'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2',
                    "application/json"):
         r = requests.get(url, headers={"Accept": accept}, timeout=10)
         assert r.status_code == 406, accept
-        assert "transcoding" in r.json()["error"]
+        assert "transfer-syntax=*" in r.json()["error"]
     ts = read_file_meta(jpeg).transfer_syntax_uid
     r = requests.get(url, timeout=10, headers={
         "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={ts}'})
