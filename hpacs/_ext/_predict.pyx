@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Lossless prediction filter, compiled: the twin of ``predict.py`` (the model is described
-there). Both directions run without the GIL over two int32 row buffers (previous, current), so
-neighbours are read from already converted values and the image is touched once.
+there). Both directions run without the GIL over int32 row buffers (two rows up, above,
+current), so neighbours are read from already converted values and the image is touched once.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
