@@ -306,9 +306,14 @@ class ColdStore:
 
     def _record(self, ref: ColdRef) -> tuple[RecordHeader, bytes]:
         """The header and payload of ``ref``, framing and payload hash checked."""
-        fd = self._reader(ref.pack)
-        raw = os.pread(fd, ref.length, ref.offset)
         where = f"cold record {ref.pack}:{ref.offset}"
+        if ref.offset < PACK_HEADER.size or ref.length < HEADER_SIZE:
+            raise ColdCorruptError(f"{where}: not a record position")
+        fd = self._reader(ref.pack)
+        try:
+            raw = os.pread(fd, ref.length, ref.offset)
+        except OSError as exc:  # e.g. the pack was dropped under a reader
+            raise ColdError(f"{where}: {exc}") from exc
         if len(raw) != ref.length:
             raise ColdCorruptError(f"{where}: cut short ({len(raw)} of {ref.length} bytes)")
         try:

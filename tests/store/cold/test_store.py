@@ -120,6 +120,9 @@ def test_wrong_ref_is_an_error_not_wrong_bytes(tmp_path, store):
         ColdRef(r1.pack, r1.offset + 1, r1.length, r1.size, r1.checksum),
         ColdRef(r1.pack, r2.offset, r2.length, r1.size, r1.checksum),
         ColdRef(r1.pack, r2.offset + r2.length, 100, 10, 10),
+        ColdRef(r1.pack, -5, r1.length, r1.size, r1.checksum),
+        ColdRef(r1.pack, 0, r1.length, r1.size, r1.checksum),
+        ColdRef(r1.pack, r1.offset, -1, r1.size, r1.checksum),
     ):
         with pytest.raises(ColdCorruptError):
             store.read(bad)
