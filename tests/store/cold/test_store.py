@@ -282,3 +282,18 @@ def test_bad_arguments(store):
     store.close()
     with pytest.raises(ColdError):
         store.append(b"x", key="1.2")
+
+
+def test_durable_mode_round_trip(tmp_path):
+    """fsync=True: fdatasync of the pack, fsync of the packs and dicts directories on creation."""
+    items = _ct_bytes(tmp_path, 24, size=16)
+    root = tmp_path / "cold"
+    with ColdStore(root, pack_size=8192) as s:
+        s.dicts.train_at = 12
+        refs = [s.append(d, key=u, modality="CT") for u, d in items]
+        s.sync()
+        assert any(s._record(r)[0].dict_id for r in refs)
+        assert len(s.packs()) > 1
+    with ColdStore(root) as s:
+        assert [s.read(r) for r in refs] == [d for _, d in items]
+        assert [k for k, _ in s.scan()] == [u for u, _ in items]
