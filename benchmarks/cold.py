@@ -9,8 +9,8 @@ signed pixels offset to unsigned, its best case). Images: pydicom's real CT
 (J2K_pixelrep_mismatch, decoded), real MR (examples_overlay), real US RGB
 (examples_rgb_color), and synthetic CT/MR/DX from benchmarks.corpus. Ratio = pixel bytes /
 coded bytes (ours: the whole record payload minus the header frame); MB/s of pixel bytes,
-median (min-max) of ``--runs`` runs; restore through ``ColdStore.read`` (pread + hash checks
-+ decode) as well for the real CT.
+median (min-max) of ``--runs`` rounds, every codec timed once per round in turn; restore
+through ``ColdStore.read`` (pread + hash checks + decode) as well for the real CT.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def images() -> list[tuple[str, bytes]]:
         ("MR 484x300 (real)", _native("examples_overlay.dcm")),
         ("US RGB 320x240 (real)", _native("examples_rgb_color.dcm")),
     ]
-    cfg = CorpusConfig(seed=3, studies=3, mix={"CT": 1, "MR": 1, "DX": 1}, ct_slices=1,
+    cfg = CorpusConfig(seed=3, studies=30, mix={"CT": 1, "MR": 1, "DX": 1}, ct_slices=1,
                        ct_series_per_study=1, mr_slices=1)
     seen = set()
     for _, modality, data in iter_files(cfg):
@@ -66,22 +66,33 @@ def images() -> list[tuple[str, bytes]]:
             seen.add(modality)
             lay = locate(data)
             out.append((f"{modality} {lay.width}x{lay.height} (synthetic)", data))
+        if len(seen) == 3:
+            break
     return out
 
 
-def timeit(fn: Callable[[], object], runs: int, min_time: float = 0.05) -> list[float]:
-    """Seconds per call, ``runs`` times; each run repeats ``fn`` for >= min_time (small images)."""
-    fn()
+def _reps(fn: Callable[[], object], min_time: float) -> int:
+    fn()  # warm up
     t = time.perf_counter()
     fn()
-    once = max(time.perf_counter() - t, 1e-6)
-    reps = max(1, int(min_time / once))
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        out.append((time.perf_counter() - t) / reps)
+    return max(1, int(min_time / max(time.perf_counter() - t, 1e-6)))
+
+
+def interleaved(fns: list[Callable[[], object]], runs: int, min_time: float = 0.03,
+                max_time: float = 2.0) -> list[list[float]]:
+    """Seconds per call of each fn, ``runs`` rounds; each round times every fn once in turn
+    (repeated for >= min_time on small images), so a load spike on this shared machine hits
+    every codec of the round alike. A fn slower than ``max_time`` per call runs 3 rounds."""
+    reps = [_reps(fn, min_time) for fn in fns]
+    out: list[list[float]] = [[] for _ in fns]
+    for r in range(runs):
+        for i, fn in enumerate(fns):
+            if r >= 3 and out[i] and out[i][-1] > max_time / 10:
+                continue
+            t = time.perf_counter()
+            for _ in range(reps[i]):
+                fn()
+            out[i].append((time.perf_counter() - t) / reps[i])
     return out
 
 
@@ -101,36 +112,43 @@ def _pixel_array(data: bytes) -> np.ndarray:
 
 
 def bench_image(name: str, data: bytes, runs: int) -> list[tuple]:
+    """(label, ratio, compress MB/s, restore MB/s) per codec, all timed interleaved."""
     lay = locate(data)
     pixels = data[lay.offset : lay.offset + lay.length]
     n = len(pixels)
-    rows = []
+    labels, ratios, encs, decs = [], [], [], []
     for label, level in (("hpacs cold (default)", None), ("hpacs cold (pixel zstd-3)", 3)):
         codec = Codec(pixel_level=level)
         kind, dict_id, payload = codec.encode(data)
         assert codec.decode(kind, dict_id, payload, len(data)) == data
-        coded = len(payload) - len(parse_split(payload)[4][0])
-        enc = mbs(n, timeit(lambda c=codec: c.encode(data), runs))
+        labels.append(label)
+        ratios.append(n / (len(payload) - len(parse_split(payload)[4][0])))
+        encs.append(lambda c=codec: c.encode(data))
         args = (kind, dict_id, payload, len(data))
-        dec = mbs(n, timeit(lambda c=codec, a=args: c.decode(*a), runs))
-        rows.append((label, n / coded, enc, dec))
+        decs.append(lambda c=codec, a=args: c.decode(*a))
     for level in (3, 19):
         cz = zstandard.ZstdCompressor(level=level)
         dz = zstandard.ZstdDecompressor()
         z = cz.compress(pixels)
         assert dz.decompress(z) == pixels
-        enc = mbs(n, timeit(lambda c=cz: c.compress(pixels), max(3, runs // 2) if level > 9
-                            else runs))
-        dec = mbs(n, timeit(lambda d=dz, z=z: d.decompress(z), runs))
-        rows.append((f"zstd-{level}", n / len(z), enc, dec))
+        labels.append(f"zstd-{level}")
+        ratios.append(n / len(z))
+        encs.append(lambda c=cz: c.compress(pixels))
+        decs.append(lambda d=dz, z=z: d.decompress(z))
     arr = _jls_input(_pixel_array(data))
     jls = bytes(jpeg_ls.encode_array(arr))
     back, _info = jpeg_ls.decode_buffer(jls)  # raw sample bytes, like our restore
     assert np.array_equal(np.frombuffer(back, arr.dtype).reshape(arr.shape), arr)
-    enc = mbs(n, timeit(lambda: jpeg_ls.encode_array(arr), runs))
-    dec = mbs(n, timeit(lambda: jpeg_ls.decode_buffer(jls), runs))
-    rows.append(("JPEG-LS (CharLS)", n / len(jls), enc, dec))
-    return rows
+    labels.append("JPEG-LS (CharLS)")
+    ratios.append(n / len(jls))
+    encs.append(lambda: jpeg_ls.encode_array(arr))
+    decs.append(lambda: jpeg_ls.decode_buffer(jls))
+    enc_t = interleaved(encs, runs)
+    dec_t = interleaved(decs, runs)
+    return [
+        (label, ratio, mbs(n, e), mbs(n, d))
+        for label, ratio, e, d in zip(labels, ratios, enc_t, dec_t, strict=True)
+    ]
 
 
 def bench_store_read(data: bytes, runs: int) -> Summary:
@@ -138,7 +156,7 @@ def bench_store_read(data: bytes, runs: int) -> Summary:
         ref = store.append(data, key="1.2.3")
         store.sync()
         assert store.read(ref) == data
-        return mbs(len(data), timeit(lambda: store.read(ref), runs))
+        return mbs(len(data), interleaved([lambda: store.read(ref)], runs)[0])
 
 
 def main() -> None:

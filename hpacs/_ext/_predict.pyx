@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Lossless prediction filter, compiled: the twin of ``predict.py`` (the model is described
-there). Both directions run without the GIL over two int32 row buffers (previous, current), so
-neighbours are read from already converted values and the image is touched once.
+there). Both directions run without the GIL over int32 row buffers (two rows up, above,
+current), so neighbours are read from already converted values and the image is touched once.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -153,15 +153,32 @@ def encode(data, Py_ssize_t width, Py_ssize_t height, Py_ssize_t samples, int bi
     return out, [counts[k] for k in range(K)]
 
 
+cdef inline void _ctx_row(const int32_t* prev2, const int32_t* prev, int32_t* cx,
+                          Py_ssize_t row_len, Py_ssize_t s) noexcept nogil:
+    """Contexts of a whole row at once (they depend on the rows above only): the same value as
+    ``_ctx``, as a sum of threshold tests so the compiler can vectorise the loop."""
+    cdef Py_ssize_t i
+    cdef int32_t act, b
+    cdef int t
+    for i in range(row_len):
+        b = prev[i]
+        act = abs(b - prev[i - s]) + abs(b - prev[i + s]) + abs(prev[i - s] - prev[i - 2 * s]) \
+            + abs(b - prev2[i])
+        t = (act >= 1) + (act >= 2) + (act >= 4) + (act >= 8) + (act >= 16) + (act >= 32) \
+            + (act >= 64) + (act >= 128) + (act >= 256) + (act >= 512) + (act >= 1024)
+        cx[i] = t
+
+
 cdef inline bint _decode_row(const uint8_t* p, Py_ssize_t n, const int32_t* prev2,
-                             const int32_t* prev, int32_t* cur, Py_ssize_t y, Py_ssize_t row_len,
-                             Py_ssize_t s, Py_ssize_t* cursor, const Py_ssize_t* ends, int nbytes,
-                             uint32_t bias, uint32_t mask) noexcept nogil:
+                             const int32_t* prev, int32_t* cur, int32_t* cx, Py_ssize_t y,
+                             Py_ssize_t row_len, Py_ssize_t s, Py_ssize_t* cursor,
+                             const Py_ssize_t* ends, int nbytes, uint32_t bias,
+                             uint32_t mask) noexcept nogil:
     """Decode one row into ``cur``; False when a stream runs out (corrupt input).
 
-    Speed notes: the cursors live in a local array and the row is written as int32 only (a byte
-    store may alias anything and would force reloads), and with one sample per pixel the left
-    neighbour stays in a register."""
+    Speed notes: contexts come from a vectorised pass over the row above; the cursors live in a
+    local array and the row is written as int32 only (a byte store may alias anything and would
+    force reloads); with one sample per pixel the left neighbour stays in a register."""
     cdef Py_ssize_t i, j
     cdef Py_ssize_t cs[K]
     cdef int32_t pred, r, v, a
@@ -169,13 +186,15 @@ cdef inline bint _decode_row(const uint8_t* p, Py_ssize_t n, const int32_t* prev
     cdef int ctx
     for ctx in range(K):
         cs[ctx] = cursor[ctx]
+    if y:
+        _ctx_row(prev2, prev, cx, row_len, s)
     a = cur[-s] if y else <int32_t>bias
     for i in range(row_len):
         if s != 1:
             a = cur[i - s]
         if y:
             pred = _med(a, prev[i], prev[i - s])
-            ctx = _ctx(prev[i], prev[i - s], prev[i + s], prev[i - 2 * s], prev2[i])
+            ctx = cx[i]
         else:
             pred = a if i >= s else <int32_t>bias
             ctx = 0
@@ -236,6 +255,10 @@ def decode(planes, counts, Py_ssize_t width, Py_ssize_t height, Py_ssize_t sampl
     cdef uint8_t* o = <uint8_t*>PyBytes_AS_STRING(out)
     cdef const uint8_t* p = &src[0]
     cdef int32_t* rows = _rows(row_len, s)
+    cdef int32_t* cx = <int32_t*>malloc(row_len * sizeof(int32_t))
+    if cx == NULL:
+        free(rows)
+        raise MemoryError()
     cdef int32_t* prev2 = NULL
     cdef int32_t* prev = NULL
     cdef int32_t* cur
@@ -250,21 +273,22 @@ def decode(planes, counts, Py_ssize_t width, Py_ssize_t height, Py_ssize_t sampl
                 _pad(prev, cur, row_len, s)
             # constant arguments: the compiler specialises each copy of the loop
             if nbytes == 2 and s == 1:
-                ok = _decode_row(p, n, prev2, prev, cur, y, row_len, 1, cursor, ends, 2, bias,
+                ok = _decode_row(p, n, prev2, prev, cur, cx, y, row_len, 1, cursor, ends, 2, bias,
                                  0xFFFF)
             elif nbytes == 2:
-                ok = _decode_row(p, n, prev2, prev, cur, y, row_len, s, cursor, ends, 2, bias,
+                ok = _decode_row(p, n, prev2, prev, cur, cx, y, row_len, s, cursor, ends, 2, bias,
                                  0xFFFF)
             elif s == 1:
-                ok = _decode_row(p, n, prev2, prev, cur, y, row_len, 1, cursor, ends, 1, bias,
+                ok = _decode_row(p, n, prev2, prev, cur, cx, y, row_len, 1, cursor, ends, 1, bias,
                                  0xFF)
             else:
-                ok = _decode_row(p, n, prev2, prev, cur, y, row_len, s, cursor, ends, 1, bias,
+                ok = _decode_row(p, n, prev2, prev, cur, cx, y, row_len, s, cursor, ends, 1, bias,
                                  0xFF)
             if not ok:
                 break
             _store_row(cur, o + y * row_len * nbytes, row_len, nbytes, bias)
     free(rows)
+    free(cx)
     if not ok:
         raise ValueError("residual streams do not match their counts")
     return out

@@ -88,6 +88,18 @@ PIXEL_PARAMS = zstandard.ZstdCompressionParameters(
 SMALL = 64 * 1024
 
 
+def _decompress(dctx: zstandard.ZstdDecompressor, frame, size: int) -> bytes:
+    """One zstd frame that must decode to exactly ``size`` bytes. A content size in the frame
+    header is checked first: zstandard would allocate whatever a damaged header declares."""
+    declared = zstandard.frame_content_size(frame)
+    if declared not in (-1, size):
+        raise ValueError(f"frame declares {declared} bytes, not {size}")
+    out = dctx.decompress(frame, max_output_size=size)
+    if len(out) != size:
+        raise ValueError(f"frame decodes to {len(out)} bytes, not {size}")
+    return out
+
+
 def parse_split(payload: bytes | memoryview):
     """(pixel offset, pixel length, mode, predict parameters or None, frames) of a split
     payload; frames[0] is the header frame. ValueError/struct.error when malformed."""
@@ -105,8 +117,11 @@ def parse_split(payload: bytes | memoryview):
         if width * height * samples * (bits // 8) != length or sum(counts) * (bits // 8) != length:
             raise ValueError("pixel parameters do not match the pixel section")
         pixel = (counts, width, height, samples, bits, bool(signed))
-    elif mode not in (MODE_RAW, MODE_ZSTD) or nstreams > 1:
-        raise ValueError(f"bad pixel mode {mode}")
+    elif not (
+        (mode == MODE_RAW and nstreams == (1 if length else 0))
+        or (mode == MODE_ZSTD and nstreams == 1 and length > 0)
+    ):
+        raise ValueError(f"bad pixel mode {mode} with {nstreams} streams")
     lengths = struct.unpack_from(f"<{1 + nstreams}I", view, pos)
     pos += 4 * (1 + nstreams)
     if pos + sum(lengths) != len(view):
@@ -173,12 +188,10 @@ class Codec:
         return z if len(z) < len(data) else bytes(data)
 
     def _unframe(self, dctx: zstandard.ZstdDecompressor, frame: bytes, size: int) -> bytes:
+        """A stream frame (raw when it is as long as its contents) decoded to ``size`` bytes."""
         if len(frame) == size:
             return frame
-        out = dctx.decompress(frame, max_output_size=size)
-        if len(out) != size:
-            raise ValueError(f"frame decodes to {len(out)} bytes, not {size}")
-        return out
+        return _decompress(dctx, frame, size)
 
     # -- encode -------------------------------------------------------------------------------
 
@@ -250,14 +263,14 @@ class Codec:
         if codec == CODEC_RAW:
             return bytes(payload)
         if codec == CODEC_ZSTD:
-            return self._dctx().decompress(payload, max_output_size=size)
+            return _decompress(self._dctx(), payload, size)
         if codec != CODEC_SPLIT:
             raise ValueError(f"unknown codec {codec}")
         offset, length, mode, pixel, frames = parse_split(payload)
         if length > size:
             raise ValueError("pixel section larger than the record")
-        header = self._dctx(dict_id).decompress(frames[0], max_output_size=size - length)
-        if len(header) != size - length or offset > len(header):
+        header = _decompress(self._dctx(dict_id), frames[0], size - length)
+        if offset > len(header):
             raise ValueError("header section does not match the record")
         if mode == MODE_PREDICT:
             pixels = self._unpredict(frames[1:], *pixel)

@@ -11,12 +11,16 @@ open, the last pack's records are validated (header CRC, payload hash) and a tor
 crash is truncated; damage *followed by* valid records is never truncated (that would lose
 data): the pack is left as it is and appends go to a new pack.
 
+One writer: ``root/LOCK`` is flock'ed by the store that appends; a second ColdStore on the same
+root (another process, e.g. a verify run) opens read only: it reads and scans, never recovers.
+
 Layout: ``root/packs/<id:08d>.pack``; ``root/dicts/`` holds the zstd dictionaries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import struct
 import threading
@@ -50,6 +54,7 @@ log = get_logger(__name__)
 
 PACKS_DIR = "packs"
 DICTS_DIR = "dicts"
+LOCK_FILE = "LOCK"
 SUFFIX = ".pack"
 _PEEK = HEADER_SIZE + 128  # one pread covers a header and a typical UID key
 _RESYNC_CHUNK = 1 << 20
@@ -101,10 +106,30 @@ class ColdStore:
         self._dirty = False  # written since the last sync
         self._dir_dirty = False  # a pack was created since the last sync
         self._closed = False
+        self._lock_fd = self._take_lock()
         ids = self._pack_ids()
         self._next_id = (ids[-1] + 1) if ids else 1
-        if ids:
+        if ids and self.writable:
             self._recover(ids[-1])
+
+    # -- the writer lock ----------------------------------------------------------------------
+
+    def _take_lock(self) -> int | None:
+        """flock ``root/LOCK``: one writer per store. Without it this store only reads: it must
+        neither append nor "recover" a tail another process is in the middle of writing."""
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            log.info("cold.read_only", root=str(self.root), reason="another writer holds LOCK")
+            return None
+        return fd
+
+    @property
+    def writable(self) -> bool:
+        """False when another ColdStore (this or another process) writes to ``root``."""
+        return self._lock_fd is not None
 
     # -- paths and fds ----------------------------------------------------------------------
 
@@ -229,7 +254,8 @@ class ColdStore:
                 hdr = self._header_at(fd, off, size)
             except ColdCorruptError as exc:
                 nxt = self._resync(fd, off, size)
-                if nxt is not None or pack != self._active:
+                if nxt is not None or (pack != self._active and self.writable):
+                    # (a reader may see the tail of a record the writer is appending)
                     log.error("cold.scan_damaged", pack=pack, offset=off, reason=str(exc))
                 if nxt is None:
                     return
@@ -280,6 +306,8 @@ class ColdStore:
         """Store one instance's bytes; durable once ``sync`` returns."""
         if self._closed:
             raise ColdError("cold store is closed")
+        if not self.writable:
+            raise ColdError(f"cold store {self.root} is written by another process: read only")
         csum = checksum(data)
         codec, dict_id, payload = self.codec.encode(data, modality=modality)
         head, payload = record_bytes(
@@ -306,9 +334,14 @@ class ColdStore:
 
     def _record(self, ref: ColdRef) -> tuple[RecordHeader, bytes]:
         """The header and payload of ``ref``, framing and payload hash checked."""
-        fd = self._reader(ref.pack)
-        raw = os.pread(fd, ref.length, ref.offset)
         where = f"cold record {ref.pack}:{ref.offset}"
+        if ref.offset < PACK_HEADER.size or ref.length < HEADER_SIZE:
+            raise ColdCorruptError(f"{where}: not a record position")
+        fd = self._reader(ref.pack)
+        try:
+            raw = os.pread(fd, ref.length, ref.offset)
+        except OSError as exc:  # e.g. the pack was dropped under a reader
+            raise ColdError(f"{where}: {exc}") from exc
         if len(raw) != ref.length:
             raise ColdCorruptError(f"{where}: cut short ({len(raw)} of {ref.length} bytes)")
         try:
@@ -359,6 +392,8 @@ class ColdStore:
     def compact(self, live: Iterable[ColdRef]) -> dict[ColdRef, ColdRef]:
         """Copy each live record (verified, not re-encoded) into new packs; returns old -> new,
         durable. The caller points its index at the new refs, then ``drop_packs`` the old."""
+        if not self.writable:
+            raise ColdError(f"cold store {self.root} is written by another process: read only")
         refs = sorted(set(live), key=lambda r: (r.pack, r.offset))
         moved: dict[ColdRef, ColdRef] = {}
         with self._lock:
@@ -380,6 +415,8 @@ class ColdStore:
 
     def drop_packs(self, packs: Iterable[int]) -> None:
         """Delete pack files (after the index stopped pointing into them)."""
+        if not self.writable:
+            raise ColdError(f"cold store {self.root} is written by another process: read only")
         dropped = []
         with self._lock:
             for pack in set(packs):
@@ -412,6 +449,9 @@ class ColdStore:
                 for fd in self._readers.values():
                     os.close(fd)
                 self._readers.clear()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def __enter__(self) -> ColdStore:
         return self

@@ -120,6 +120,9 @@ def test_wrong_ref_is_an_error_not_wrong_bytes(tmp_path, store):
         ColdRef(r1.pack, r1.offset + 1, r1.length, r1.size, r1.checksum),
         ColdRef(r1.pack, r2.offset, r2.length, r1.size, r1.checksum),
         ColdRef(r1.pack, r2.offset + r2.length, 100, 10, 10),
+        ColdRef(r1.pack, -5, r1.length, r1.size, r1.checksum),
+        ColdRef(r1.pack, 0, r1.length, r1.size, r1.checksum),
+        ColdRef(r1.pack, r1.offset, -1, r1.size, r1.checksum),
     ):
         with pytest.raises(ColdCorruptError):
             store.read(bad)
@@ -279,3 +282,43 @@ def test_bad_arguments(store):
     store.close()
     with pytest.raises(ColdError):
         store.append(b"x", key="1.2")
+
+
+def test_durable_mode_round_trip(tmp_path):
+    """fsync=True: fdatasync of the pack, fsync of the packs and dicts directories on creation."""
+    items = _ct_bytes(tmp_path, 24, size=16)
+    root = tmp_path / "cold"
+    with ColdStore(root, pack_size=8192) as s:
+        s.dicts.train_at = 12
+        refs = [s.append(d, key=u, modality="CT") for u, d in items]
+        s.sync()
+        assert any(s._record(r)[0].dict_id for r in refs)
+        assert len(s.packs()) > 1
+    with ColdStore(root) as s:
+        assert [s.read(r) for r in refs] == [d for _, d in items]
+        assert [k for k, _ in s.scan()] == [u for u, _ in items]
+
+
+def test_second_store_on_a_root_is_read_only_and_leaves_the_tail_alone(tmp_path):
+    items = _ct_bytes(tmp_path, 2, size=16)
+    root = tmp_path / "cold"
+    writer = ColdStore(root, fsync=False)
+    ref = writer.append(items[0][1], key=items[0][0])
+    path = root / "packs" / f"{ref.pack:08d}.pack"
+    with path.open("ab") as f:  # the writer is in the middle of its next record
+        f.write(b"HPCR\x01")
+    size = path.stat().st_size
+    with ColdStore(root, fsync=False) as reader:
+        assert not reader.writable and writer.writable
+        assert path.stat().st_size == size  # no "recovery" under the writer's feet
+        assert reader.read(ref) == items[0][1]
+        assert [k for k, _ in reader.scan()] == [items[0][0]]
+        for call in (lambda: reader.append(b"x", key="1"), lambda: reader.compact([ref]),
+                     lambda: reader.drop_packs([ref.pack])):
+            with pytest.raises(ColdError):
+                call()
+    writer.close()  # (its own next append would have overwritten those bytes)
+    with ColdStore(root, fsync=False) as again:
+        assert again.writable
+        assert path.stat().st_size == ref.offset + ref.length  # now the torn tail goes
+        assert again.read(ref) == items[0][1]
