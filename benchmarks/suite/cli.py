@@ -17,12 +17,13 @@ SCENARIOS = ("ingest", "query", "retrieve", "mixed")
 #: Tiny sizes of --quick (every scenario well under 2 minutes): a smoke run / format check.
 QUICK = {"files": 60, "ct_slices": 4, "mr_slices": 2, "us_frames": 2, "modalities": [1, 2],
          "runs": 1, "sizes": [1000, 3000], "queries": 20, "viewers": [1, 2], "sessions": 3,
-         "retrieve_files": 24, "rate": 4.0, "mixed_viewers": 2, "mixed_duration": 6.0,
-         "orthanc_max": 300}
+         "retrieve_files": 24, "rate": 4.0, "mixed_viewers": 2, "mixed_modalities": 2,
+         "mixed_duration": 6.0, "orthanc_max": 300}
 FULL = {"files": 1000, "ct_slices": 120, "mr_slices": 24, "us_frames": 30,
         "modalities": [1, 2, 4, 8, 16], "runs": 3, "sizes": [10_000, 100_000, 1_000_000],
         "queries": 200, "viewers": [1, 2, 4, 8, 16], "sessions": 10, "retrieve_files": 400,
-        "rate": 50.0, "mixed_viewers": 4, "mixed_duration": 60.0, "orthanc_max": 20_000}
+        "rate": 50.0, "mixed_viewers": 4, "mixed_modalities": 4, "mixed_duration": 60.0,
+        "orthanc_max": 20_000}
 
 
 def _ints(text: str) -> list[int]:
@@ -98,6 +99,8 @@ def build_parser(prog: str = "hpacs bench") -> argparse.ArgumentParser:
                    help="concurrent frame requests per viewer, like a browser (4)")
     g.add_argument("--rate", type=float, help="mixed: ingest rate, instances/s (50)")
     g.add_argument("--mixed-viewers", type=int, help="mixed: viewers during ingest (4)")
+    g.add_argument("--mixed-modalities", type=int,
+                   help="mixed: modalities sharing the ingest rate (4)")
     g.add_argument("--mixed-duration", type=float, help="mixed: seconds of load (60)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per load run")
     return ap

@@ -65,6 +65,11 @@ def fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
 
+def pp(d: dict) -> str:
+    """``"12 / 40"``: p50 / p95 of a latency summary, ``-`` when empty."""
+    return f"{d['p50']:.0f} / {d['p95']:.0f}" if d.get("n") else "-"
+
+
 # ---------------------------------------------------------------------------- machine
 def _disk_of(path: Path) -> dict:
     """The block device holding ``path``: name, model, rotational, filesystem, free space."""

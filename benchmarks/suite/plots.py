@@ -25,6 +25,9 @@ def lines(path: Path, title: str, xlabel: str, ylabel: str, series: Series, *,
         ax.axhline(hline[0], color="red", linewidth=1, linestyle=":", label=hline[1])
     if logx:
         ax.set_xscale("log")
+    xs_all = sorted({x for xs, _ in series.values() for x in xs})
+    if xs_all and len(xs_all) <= 12 and all(float(x).is_integer() for x in xs_all):
+        ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])  # the measured points, e.g. 1,2,4,8
     if logy:
         ax.set_yscale("log")
     ax.set_title(title)

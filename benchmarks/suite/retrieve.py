@@ -270,9 +270,10 @@ def markdown(report: dict) -> str:
                 continue
             u = v["utilisation"]
             lines.append(
-                f"| {name} | {v['viewers']} | {v['sessions']} | {_pp(v['series_open_ms'])} "
-                f"| {_pp(v['metadata_ms'])} | {_pp(v['first_frame_ms'])} "
-                f"| {_pp(v['series_load_ms'])} | {v['frames_per_s']:.0f} | {v['mb_per_s']:.1f} "
+                f"| {name} | {v['viewers']} | {v['sessions']} "
+                f"| {common.pp(v['series_open_ms'])} | {common.pp(v['metadata_ms'])} "
+                f"| {common.pp(v['first_frame_ms'])} | {common.pp(v['series_load_ms'])} "
+                f"| {v['frames_per_s']:.0f} | {v['mb_per_s']:.1f} "
                 f"| {u['server_cores']:.2f} | {u['client_cores']:.2f} "
                 f"| {u['other_cores']:.2f} |")
     errs = [(n, e) for n in names for e in srv[n]["errors"]]
@@ -295,8 +296,4 @@ def markdown(report: dict) -> str:
                   f"saturate: **{s['first_to_saturate']}** ({shares}); other load "
                   f"{s['other_cores']:.2f} cores."]
     return "\n".join(lines) + "\n"
-
-
-def _pp(d: dict) -> str:
-    return f"{d['p50']:.0f} / {d['p95']:.0f}" if d.get("n") else "-"
 
