@@ -16,14 +16,15 @@ SCENARIOS = ("ingest", "query", "retrieve", "mixed")
 
 #: Tiny sizes of --quick (every scenario well under 2 minutes): a smoke run / format check.
 QUICK = {"files": 60, "ct_slices": 4, "mr_slices": 2, "us_frames": 2, "modalities": [1, 2],
-         "runs": 1, "sizes": [1000, 3000], "queries": 20, "viewers": [1, 2], "sessions": 3,
+         "runs": 1, "sizes": [500, 1500], "queries": 20, "viewers": [1, 2], "sessions": 3,
          "retrieve_files": 24, "rate": 4.0, "mixed_viewers": 2, "mixed_modalities": 2,
-         "mixed_duration": 6.0, "orthanc_max": 300}
+         "mixed_duration": 6.0, "orthanc_max": 1500, "quiet_wait": 0.0,
+         "requests": 5}
 FULL = {"files": 1000, "ct_slices": 120, "mr_slices": 24, "us_frames": 30,
         "modalities": [1, 2, 4, 8, 16], "runs": 3, "sizes": [10_000, 100_000, 1_000_000],
         "queries": 200, "viewers": [1, 2, 4, 8, 16], "sessions": 10, "retrieve_files": 400,
         "rate": 50.0, "mixed_viewers": 4, "mixed_modalities": 4, "mixed_duration": 60.0,
-        "orthanc_max": 20_000}
+        "orthanc_max": 1_000_000, "quiet_wait": 60.0, "requests": 30}
 
 
 def _ints(text: str) -> list[int]:
@@ -90,11 +91,14 @@ def build_parser(prog: str = "hpacs bench") -> argparse.ArgumentParser:
     g.add_argument("--sizes", type=_ints, help="index sizes, filled in turn (10000,100000,1000000)")
     g.add_argument("--queries", type=int, help="queries per shape and size (200)")
     g.add_argument("--orthanc-max", type=int,
-                   help="largest index size Orthanc is filled to through REST (20000)")
+                   help="largest index size Orthanc is filled to through its REST API "
+                        "(1000000: ~1 h at ~400 instances/s; lower it for a shorter run)")
     g = ap.add_argument_group("retrieve and mixed")
     g.add_argument("--retrieve-files", type=int, help="instances loaded for retrieval (400)")
     g.add_argument("--viewers", type=_ints, help="viewer counts to sweep (1,2,4,8,16)")
     g.add_argument("--sessions", type=int, help="series opened per viewer (10)")
+    g.add_argument("--requests", type=int,
+                   help="sequential requests per DICOMweb latency (benchmarks.dicomweb; 30)")
     g.add_argument("--parallel", type=int, default=4,
                    help="concurrent frame requests per viewer, like a browser (4)")
     g.add_argument("--rate", type=float, help="mixed: ingest rate, instances/s (50)")
@@ -103,6 +107,9 @@ def build_parser(prog: str = "hpacs bench") -> argparse.ArgumentParser:
                    help="mixed: modalities sharing the ingest rate (4)")
     g.add_argument("--mixed-duration", type=float, help="mixed: seconds of load (60)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per load run")
+    ap.add_argument("--quiet-wait", type=float,
+                    help="before each measured phase, wait up to this many seconds for other "
+                         "load on the machine to drop (60; --quick: 0)")
     return ap
 
 

@@ -160,6 +160,33 @@ class Window:
         }
 
 
+def quiet(opts) -> float:
+    """Before a measured phase: wait up to ``--quiet-wait`` s for other load to drop
+    (``benchmarks.ingest.wait_quiet``); the cores other work used just before."""
+    if not getattr(opts, "quiet_wait", 0):
+        return ingest_mod.background_load(0.2)
+    return ingest_mod.wait_quiet(opts.quiet_wait)
+
+
+def distortion(other_cores: float | None) -> list[str]:
+    """A warning line when other work took a noticeable share of the machine."""
+    if other_cores is None or other_cores < 0.25:
+        return []
+    return [f"- **Distorted**: other processes used {other_cores:.2f} of "
+            f"{os.cpu_count()} cores meanwhile; these figures understate this machine. "
+            "Run again on a quiet machine."]
+
+
+def saturation_text(shares: dict[str, float]) -> str:
+    """Which resource is closest to its limit, said honestly when none is close."""
+    first = max(shares, key=shares.get)
+    listed = ", ".join(f"{k} {v * 100:.0f} %" for k, v in shares.items())
+    if shares[first] < 0.5:
+        return (f"nothing near saturation yet (closest: {first}; {listed} of capacity): "
+                "the load did not reach this machine's limits, sweep higher")
+    return f"**{first}** ({listed} of capacity)"
+
+
 def utilisation(window: dict, client_cpu_s: float) -> dict:
     """Shares (0..1) of what could saturate: server CPU (of all cores), client CPU, disk.
 

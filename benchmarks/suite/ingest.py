@@ -63,7 +63,11 @@ def store_stats(lr: LoadRun, window: dict) -> dict:
     """Throughput, latency and CPU figures of a store load over its measurement window."""
     recs = lr.records("store")
     ok = [r for r in recs if _outcome(r[3]) != "failed"]
-    wall = window["wall_s"] or 1e-9
+    # the senders' own span (start signal to last response): other workers (viewers) of the
+    # same load may run on after them
+    last = max((r[0] for r in recs), default=lr.t_start)
+    wall = min(window["wall_s"], last - lr.t_start) if recs else window["wall_s"]
+    wall = wall or 1e-9
     nbytes = sum(r[2] for r in ok)
     util = common.utilisation(window, lr.client_cpu_s)
     return {
@@ -102,6 +106,7 @@ def run_cell(server: str, n: int, run: int, studies: list[list[Path]], opts, wor
                 last[0] = now
 
             load = store_load(peer, groups, duration=opts.duration, timeout=opts.timeout)
+            cell["load_before"] = common.quiet(opts)
             lr = load.run(poll=poll, on_start=window.start)
             win = window.stop()
             bar.close()
@@ -304,12 +309,11 @@ def sizing_md(report: dict) -> list[str]:
         return ["## Sizing", "", "No successful hpacs run: nothing to size."]
     t = common.TARGETS["c_store_p95_ms"]
     n_mod = s["modalities_within_target"]
-    shares = ", ".join(f"{k} {v * 100:.0f} %" for k, v in s["resource_shares"].items())
     scal = s["scaling_last_step"]
     lines = [
         "## Sizing (ingest)", "",
         f"- Peak: {s['instances_per_s']:.1f} instances/s, {s['mb_per_s']:.1f} MB/s with "
-        f"{s['best_modalities']} modalities: {s['instances_per_s_per_core']:.1f} instances/s "
+        f"{s['best_modalities']} modality(ies): {s['instances_per_s_per_core']:.1f} instances/s "
         f"per core of this machine ({report['machine']['cores']} cores); "
         + (f"{s['instances_per_server_cpu_s']:.1f} instances per server CPU-second."
            if s["instances_per_server_cpu_s"] else "server CPU not measured."),
@@ -322,10 +326,11 @@ def sizing_md(report: dict) -> list[str]:
         f"{'>= ' if s['modalities_target_open_ended'] else ''}{n_mod} "
         f"(largest tested: {s['largest_tested']}; modalities here send back to back, a real "
         f"one sends far slower, so this is the concurrent-association bound).",
-        f"- First resource to saturate at peak: **{s['first_to_saturate']}** ({shares} of "
-        f"capacity; last step of the modality sweep scaled throughput "
-        f"{common.fmt_ratio(scal)}). Other load on the machine meanwhile: "
-        f"{common.fmt(s['other_cores'], 2)} cores.",
+        f"- First resource to saturate at peak: {common.saturation_text(s['resource_shares'])}"
+        f"; the last step of the modality sweep scaled throughput "
+        f"{common.fmt_ratio(scal)}. (hpacs runs one event loop: its server CPU cannot use "
+        "much more than one core.)",
+        *common.distortion(s["other_cores"]),
     ]
     o = report.get("sizing_orthanc")
     if o:

@@ -35,7 +35,7 @@ def run_server(name: str, opts, priors: list[list[Path]], cat: list[dict],
     rundir = work / f"mixed-{name}"
     shutil.rmtree(rundir, ignore_errors=True)
     n_priors = sum(len(s) for s in priors)
-    baseline_s = max(3.0, opts.mixed_duration / 3)
+    baseline_s = max(2.0, opts.mixed_duration / 3)
     bar = common.progress(math.ceil(baseline_s + opts.mixed_duration), f"mixed {name}",
                           opts.no_progress, unit="s")
     try:
@@ -48,6 +48,7 @@ def run_server(name: str, opts, priors: list[list[Path]], cat: list[dict],
             load = Load(timeout=opts.timeout)
             _viewers(load, peer, cat, opts, baseline_s)
             win = common.Window(peer, disk)
+            res["load_before_baseline"] = common.quiet(opts)
             lr = load.run(on_start=win.start, poll=lambda: bar.update(1))
             res["baseline"] = viewer_stats(lr, win.stop(), opts.mixed_viewers)
             # under load: the same viewers while the modalities send at the fixed rate
@@ -56,6 +57,7 @@ def run_server(name: str, opts, priors: list[list[Path]], cat: list[dict],
                               timeout=opts.timeout)
             _viewers(load, peer, cat, opts, opts.mixed_duration)
             win = common.Window(peer, disk)
+            res["load_before_under_load"] = common.quiet(opts)
             lr = load.run(on_start=win.start, poll=lambda: bar.update(1))
             w = win.stop()
             res["under_load"] = viewer_stats(lr, w, opts.mixed_viewers)
@@ -116,7 +118,8 @@ def sizing(res: dict) -> dict:
             "c_store_p95_ms": ing["latency_ms"].get("p95"),
             "c_store_within_target": (ing["latency_ms"].get("p95") or 0)
             <= common.TARGETS["c_store_p95_ms"],
-            "gb_per_day_at_rate": ing["mb_per_s"] * 86400 / 1000}
+            "gb_per_day_at_rate": ing["mb_per_s"] * 86400 / 1000,
+            "other_cores": u["utilisation"]["other_cores"]}
 
 
 def make_plots(report: dict, out: Path) -> dict[str, str]:
@@ -187,5 +190,6 @@ def markdown(report: dict) -> str:
                   f"({'within' if s['c_store_within_target'] else 'OVER'} "
                   f"{t['c_store_p95_ms']:.0f} ms).",
                   "- Raise `--rate` and `--mixed-viewers` until either target breaks: that "
-                  "pair is what this machine carries at once."]
+                  "pair is what this machine carries at once.",
+                  *common.distortion(s["other_cores"])]
     return "\n".join(lines) + "\n"

@@ -82,8 +82,9 @@ def viewer_cell(peer, cat: list[dict], n: int, opts, disk) -> dict:
         load.add("viewer", {"index": i, "base": servers.dicomweb_base(peer), "studies": cat,
                             "sessions": opts.sessions, "parallel": opts.parallel})
     window = common.Window(peer, disk)
+    before = common.quiet(opts)
     lr = load.run(on_start=window.start)
-    return viewer_stats(lr, window.stop(), n)
+    return {**viewer_stats(lr, window.stop(), n), "load_before": before}
 
 
 def viewer_stats(lr, win: dict, n: int) -> dict:
@@ -125,8 +126,8 @@ def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work
             series_uid, sops = max(big["series"].items(), key=lambda kv: len(kv[1]))
             uids = {"study": big["study"], "series": series_uid, "patient": big["patient"]}
             res["dicomweb"] = asyncio.run(dw.measure(
-                servers.dicomweb_base(peer), uids, sops, requests=10, clients=opts.parallel,
-                first=True))
+                servers.dicomweb_base(peer), uids, sops, requests=opts.requests,
+                clients=opts.parallel, first=True))
             res["dicomweb"]["series_instances"] = len(sops)
             bar.update(1)
             res["viewers"] = []
@@ -286,14 +287,13 @@ def markdown(report: dict) -> str:
     s = report["sizing"]
     if s:
         t = common.TARGETS["series_open_p95_ms"]
-        shares = ", ".join(f"{k} {v * 100:.0f} %" for k, v in s["resource_shares"].items())
         lines += ["## Sizing (retrieve)", "",
                   f"- Concurrent viewers (back to back, no think time) with series-open p95 < "
                   f"{t:.0f} ms: {'>= ' if s['open_ended'] else ''}{s['viewers_within_target']}"
                   f" (largest tested {s['largest_tested']}).",
                   f"- At {s['largest_tested']} viewers: {s['frames_per_s_at_largest']:.0f} "
                   f"frames/s ({s['frames_per_s_per_core']:.0f} per core); first resource to "
-                  f"saturate: **{s['first_to_saturate']}** ({shares}); other load "
-                  f"{s['other_cores']:.2f} cores."]
+                  f"saturate: {common.saturation_text(s['resource_shares'])}.",
+                  *common.distortion(s["other_cores"])]
     return "\n".join(lines) + "\n"
 

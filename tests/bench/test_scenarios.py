@@ -72,14 +72,14 @@ def load_report(out: Path, scenario: str) -> tuple[dict, str]:
 
 
 def test_ingest_quick_against_orthanc(tmp_path, workdir):
-    proc, out = bench(tmp_path, workdir, "ingest", "--files", "12", "--modalities", "1,2",
+    proc, out = bench(tmp_path, workdir, "ingest", "--files", "12", "--modalities", "2",
                       "--against", "orthanc")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data, md = load_report(out, "ingest")
     count = data["corpus"]["count"]
     assert count == 12
     cells = {(c["server"], c["modalities"]): c for c in data["cells"]}
-    assert set(cells) == {("hpacs", 1), ("hpacs", 2), ("orthanc", 1), ("orthanc", 2)}
+    assert set(cells) == {("hpacs", 2), ("orthanc", 2)}
     for c in cells.values():
         assert c["ok"], c.get("error")
         # the bench's count, the server's own count and the corpus agree
@@ -105,21 +105,21 @@ def test_query_quick(tmp_path, workdir):
         assert h["index_count"] == h["instances"]  # the served index holds the fill
         for shape in h["shapes"].values():
             assert shape["c_find_ms"]["n"] == shape["qido_ms"]["n"] == 5
-            assert shape["matches_c_find"] == shape["matches_qido"]
+            assert shape["matches_c_find"] == shape["matches_qido"]  # same engine behind both
     assert data["hpacs"][0]["instances"] < data["hpacs"][1]["instances"]
     assert "## Sizing (query)" in md
 
 
 def test_retrieve_quick(tmp_path, workdir):
     proc, out = bench(tmp_path, workdir, "retrieve", "--retrieve-files", "8", "--viewers",
-                      "1,2", "--sessions", "2")
+                      "1,2", "--sessions", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data, md = load_report(out, "retrieve")
     res = data["servers"]["hpacs"]
     assert res["ok"], res["errors"]
     assert res["stored"] == data["corpus"]["count"] == 8
     assert res["c_get"]["files"] == res["c_move"]["files"] == 8  # every instance came back
-    assert [v["sessions"] for v in res["viewers"]] == [2, 4]
+    assert [v["sessions"] for v in res["viewers"]] == [1, 2]
     assert all(v["frames_per_s"] > 0 for v in res["viewers"])
     assert res["dicomweb"]["retrieve_bytes"] > 0
     assert "## Sizing (retrieve)" in md
