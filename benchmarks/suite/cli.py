@@ -143,9 +143,15 @@ def main(argv: list[str] | None = None, prog: str = "hpacs bench") -> int:
     os.environ.setdefault("TCP_NODELAY", "1")
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     failed = False
+    reports = {}
     for name in names:
         report, written = run_scenario(name, args)
+        reports[name] = report
         for path in written:
             print(f"wrote {path}")
         failed |= not report["ok"]
+    if len(reports) > 1:
+        from benchmarks.suite import sizing
+
+        print(f"wrote {sizing.write(Path(args.out), reports)}")
     return 1 if failed else 0

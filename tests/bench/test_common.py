@@ -82,3 +82,29 @@ def test_hpacs_cli_lists_and_delegates_bench():
     bad = subprocess.run([sys.executable, "-m", "hpacs", "bench", "nosuch"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_sizing_page_collects_every_scenario(tmp_path):
+    from benchmarks.suite import sizing
+
+    base = common.new_report("ingest", cli.resolve(
+        cli.build_parser().parse_args(["all", "--quick"]), ["all", "--quick"], "hpacs bench"),
+        tmp_path)
+    reports = {
+        "ingest": {**base, "sizing": {
+            "instances_per_s": 300.0, "mb_per_s": 150.0, "instances_per_s_per_core": 150.0,
+            "instances_per_day": 25.92e6, "gb_per_day": 12960.0, "hot_store_days_per_tb": 0.08,
+            "modalities_within_target": 8, "modalities_target_open_ended": False,
+            "first_to_saturate": "server CPU"}},
+        "retrieve": {**base, "sizing": {"viewers_within_target": 4, "open_ended": True,
+                                        "first_to_saturate": "disk"}},
+        "mixed": {**base, "sizing": {"viewers": 4, "rate_achieved": 49.5,
+                                     "series_open_p95_ms": 1200.0, "within_target": False}},
+        "query": {**base, "sizing": {"largest_size_within_target": 100000,
+                                     "largest_size": 1000000}},
+    }
+    text = sizing.write(tmp_path, reports).read_text()
+    assert "| modalities sending at once within target | 8 | ingest |" in text
+    assert "| concurrent viewers within target | >= 4 | retrieve |" in text
+    assert "OVER target" in text and "25.92 M" in text and "100000 instances" in text
+    assert "[ingest](ingest.md)" in text and "Quick mode" in text
