@@ -36,15 +36,17 @@ def dir_bytes(root: Path) -> int:
     return total
 
 
-def timeline(lr: LoadRun, records: list, bin_s: float = 1.0) -> list[float]:
-    """Instances completed per second, in ``bin_s`` bins from the start signal."""
+def timeline(lr: LoadRun, records: list, bins: int = 30) -> dict:
+    """Instances completed per second over time from the start signal, in about ``bins``
+    equal bins (at least 0.05 s, at most 1 s): {"bin_s": width, "rates": [...]}."""
     if not records:
-        return []
-    nbins = int(max(r[0] for r in records) - lr.t_start) // int(bin_s) + 1
-    bins = [0] * max(1, nbins)
+        return {"bin_s": 1.0, "rates": []}
+    span = max(r[0] for r in records) - lr.t_start
+    bin_s = min(1.0, max(0.05, span / bins))
+    counts = [0] * (int(span / bin_s) + 1)
     for end, *_ in records:
-        bins[min(len(bins) - 1, max(0, int((end - lr.t_start) / bin_s)))] += 1
-    return [b / bin_s for b in bins]
+        counts[min(len(counts) - 1, max(0, int((end - lr.t_start) / bin_s)))] += 1
+    return {"bin_s": bin_s, "rates": [c / bin_s for c in counts]}
 
 
 def store_load(peer, groups: list[list[Path]], *, rate: float = 0.0, duration: float = 0.0,
@@ -237,8 +239,9 @@ def make_plots(report: dict, out: Path) -> dict[str, str]:
     series = {}
     for c in report["cells"]:
         if c["ok"] and c["run"] == 1:
+            tl = c["timeline"]
             series[f"{c['server']} x{c['modalities']}"] = (
-                list(range(len(c["timeline"]))), c["timeline"])
+                [(i + 0.5) * tl["bin_s"] for i in range(len(tl["rates"]))], tl["rates"])
     made["timeline"] = plots.lines(out / "ingest-throughput.png",
                                    "Ingest throughput over time (run 1)", "seconds",
                                    "instances/s", series, markers=False).name

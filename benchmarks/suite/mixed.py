@@ -36,8 +36,7 @@ def run_server(name: str, opts, priors: list[list[Path]], cat: list[dict],
     shutil.rmtree(rundir, ignore_errors=True)
     n_priors = sum(len(s) for s in priors)
     baseline_s = max(2.0, opts.mixed_duration / 3)
-    bar = common.progress(math.ceil(baseline_s + opts.mixed_duration), f"mixed {name}",
-                          opts.no_progress, unit="s")
+    bar = common.progress(None, f"mixed {name} (seconds of load)", opts.no_progress, unit="s")
     try:
         with servers.start(name, rundir) as peer:
             lr = store_load(peer, common.deal(priors, 2), timeout=opts.timeout).run()

@@ -205,7 +205,8 @@ def make_plots(report: dict, out: Path) -> dict[str, str]:
                               "concurrent viewers", "frames/s", thr).name,
     }
     names = list(report["servers"])
-    groups = ["C-GET inst/s", "C-MOVE inst/s", "WADO-RS MB/s", "frames/s (1 client set)"]
+    groups = ["C-GET inst/s", "C-MOVE inst/s", "WADO-RS MB/s",
+              f"frames/s ({report['params']['parallel']} concurrent)"]
     vals = {}
     for name in names:
         r = report["servers"][name]

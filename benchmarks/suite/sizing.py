@@ -30,13 +30,12 @@ def lines(reports: dict[str, dict]) -> list[str]:
             f"| modalities sending at once within target | "
             f"{'>= ' if ing['modalities_target_open_ended'] else ''}"
             f"{ing['modalities_within_target']} | ingest |",
-            f"| first resource to saturate (ingest) | {ing['first_to_saturate']} | ingest |"]
+            f"| first resource to saturate (ingest) | {_sat(ing)} | ingest |"]
     ret = reports.get("retrieve", {}).get("sizing") or {}
     if ret:
         out += [f"| concurrent viewers within target | {'>= ' if ret['open_ended'] else ''}"
                 f"{ret['viewers_within_target']} | retrieve |",
-                f"| first resource to saturate (viewers) | {ret['first_to_saturate']} "
-                "| retrieve |"]
+                f"| first resource to saturate (viewers) | {_sat(ret)} | retrieve |"]
     mix = reports.get("mixed", {}).get("sizing") or {}
     if mix:
         out += [f"| {mix['viewers']} viewers while {mix['rate_achieved']:.1f} instances/s "
@@ -46,10 +45,19 @@ def lines(reports: dict[str, dict]) -> list[str]:
     if q:
         out += [f"| largest index within query targets | {q['largest_size_within_target']} "
                 f"instances (largest measured {q['largest_size']}) | query |"]
-    others = [r.get("quick") for r in reports.values()]
-    if any(others):
+    other = max((r.get("sizing", {}).get("other_cores") or 0.0 for r in reports.values()),
+                default=0.0)
+    out += ["", *common.distortion(other)]
+    if any(r.get("quick") for r in reports.values()):
         out += ["", "Quick mode: tiny sizes; these answers only show the format."]
     return out
+
+
+def _sat(s: dict) -> str:
+    shares = s.get("resource_shares") or {}
+    if shares and max(shares.values()) < 0.5:
+        return f"none near saturation yet (closest: {s['first_to_saturate']})"
+    return s["first_to_saturate"]
 
 
 def write(out: Path, reports: dict[str, dict]) -> Path:
