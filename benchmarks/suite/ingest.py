@@ -290,6 +290,12 @@ def markdown(report: dict) -> str:
             f"| {_s(r['client_cpu_ms_per_instance'], 2)} | {common.fmt(r['server_cores'], 2)} "
             f"| {common.fmt(r['client_cores'], 2)} | {common.fmt(r['other_cores'], 2)} "
             f"| {_pct(r['disk_busy'])} | {r['ok_runs']}/{r['runs']} |")
+    dur = report["params"]["duration"]
+    short = [c for c in report["cells"] if dur and c.get("ok") and not c.get("unsent")
+             and c["wall_s"] < 0.95 * dur]
+    if short:
+        lines += ["", f"Note: {len(short)} run(s) sent the whole corpus before --duration "
+                  f"{dur:g} s ended: give a larger --files for a steady-state measurement."]
     errors = [(r["server"], r["modalities"], e) for r in report["summary"] for e in r["errors"]]
     if errors:
         lines += ["", "Errors:"] + [f"- {s} x{n}: {e[:300]}" for s, n, e in errors]
