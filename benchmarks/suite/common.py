@@ -160,6 +160,12 @@ class Window:
         }
 
 
+def server_core_limit(server: str) -> float:
+    """Cores a server's work can use: hpacs runs its protocol work on one event loop (the
+    executor threads mostly wait for the disk), Orthanc is multi-threaded."""
+    return 1.0 if server == "hpacs" else float(os.cpu_count() or 1)
+
+
 def quiet(opts) -> float:
     """Before a measured phase: wait up to ``--quiet-wait`` s for other load to drop
     (``benchmarks.ingest.wait_quiet``); the cores other work used just before."""

@@ -177,7 +177,7 @@ def sizing(rows: list[dict], server: str = "hpacs") -> dict:
     largest = max(r["modalities"] for r in mine)
     gb_day = mbs * 86400 / 1000
     stored_ratio = best.get("stored_over_sent") or 1.0
-    shares = {"server CPU": (best["server_cores"] or 0) / cores,
+    shares = {"server CPU": (best["server_cores"] or 0) / common.server_core_limit(server),
               "load generator CPU": (best["client_cores"] or 0) / cores,
               "disk": best["disk_busy"] or 0.0}
     first = max(shares, key=shares.get)
@@ -337,15 +337,15 @@ def sizing_md(report: dict) -> list[str]:
         f"one sends far slower, so this is the concurrent-association bound).",
         f"- First resource to saturate at peak: {common.saturation_text(s['resource_shares'])}"
         f"; the last step of the modality sweep scaled throughput "
-        f"{common.fmt_ratio(scal)}. (hpacs runs one event loop: its server CPU cannot use "
-        "much more than one core.)",
+        f"{common.fmt_ratio(scal)}. (Server CPU is counted against what the server can use: "
+        "one core for hpacs's event loop, every core for Orthanc.)",
         *common.distortion(s["other_cores"]),
     ]
     o = report.get("sizing_orthanc")
     if o:
         lines.append(f"- Orthanc for comparison: peak {o['instances_per_s']:.1f} instances/s, "
                      f"{o['modalities_within_target']} modalities within the target, "
-                     f"first to saturate: {o['first_to_saturate']}.")
+                     f"first to saturate: {common.saturation_text(o['resource_shares'])}.")
     return lines
 
 

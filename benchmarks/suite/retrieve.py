@@ -177,7 +177,8 @@ def sizing(res: dict) -> dict:
     top = views[-1]
     cores = os.cpu_count() or 1
     u = top["utilisation"]
-    shares = {"server CPU": u["server_share"], "viewer (client) CPU": u["client_share"],
+    limit = common.server_core_limit(res["server"])
+    shares = {"server CPU": u["server_cores"] / limit, "viewer (client) CPU": u["client_share"],
               "disk": u["disk_busy"] or 0.0}
     return {"viewers_within_target": max(within) if within else 0,
             "open_ended": bool(within) and max(within) == top["viewers"],
