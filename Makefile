@@ -14,7 +14,7 @@ install: $(DEPS_STAMP) $(EXT_STAMP)
 $(DEPS_STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel Cython numpy
-	$(PIP) install --no-build-isolation -e '.[test]'
+	$(PIP) install --no-build-isolation -e '.[test,bench]'
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) $(PYX) setup.py

@@ -295,10 +295,14 @@ def part10(rec) -> bytes:
     return buf.getvalue()
 
 
-def orthanc_fill(peer: peers_mod.Peer, instances: int, threads: int = 2) -> dict:
-    """POST the first studies of the fill to Orthanc until it holds ``instances``."""
+def orthanc_fill(peer: peers_mod.Peer, instances: int, threads: int = 2,
+                 first_study: int = 0) -> dict:
+    """POST the first studies of the fill to Orthanc until it holds ``instances``
+    (``first_study``: the studies before it are there already: fill more)."""
     blobs: list[bytes] = []
-    study = 0
+    study = first_study
+    if first_study:
+        instances -= int(peers_mod.orthanc_rest(peer, "/statistics")["CountInstances"])
     while len(blobs) < instances:
         blobs.extend(part10(r) for r in fill_mod.study_records(study))
         study += 1

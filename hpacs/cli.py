@@ -1,4 +1,4 @@
-"""`hpacs` command line: serve, import, reindex, send, migrate, prefetch, verify."""
+"""`hpacs` command line: serve, import, reindex, send, migrate, prefetch, verify, bench."""
 
 from __future__ import annotations
 
@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--no-progress", action="store_true", help="no progress bar")
     send.add_argument("paths", nargs="*", type=Path, metavar="FILES_OR_FOLDERS",
                       help="Part 10 files or folders (recursive)")
+
+    # listed here for `hpacs --help`; main() hands its arguments to benchmarks.suite
+    sub.add_parser("bench", add_help=False,
+                   help="sizing suite: ingest, query, retrieve, mixed (hpacs bench --help)")
     return parser
 
 
@@ -140,7 +144,25 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
+def _bench(argv: list[str]) -> int:
+    """`hpacs bench`: the suite lives in the source checkout's benchmarks/ (not installed:
+    it is tooling that drives the server from outside; see benchmarks/suite/__init__.py)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "suite" / "cli.py").exists():
+        print("hpacs bench: benchmarks/suite not found next to the hpacs package; run it "
+              "from a source checkout after `make install`", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.suite.cli import main as bench_main
+
+    return bench_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return _bench(list(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)

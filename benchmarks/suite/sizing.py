@@ -1,0 +1,66 @@
+"""``hpacs bench all``: one page that answers the sizing question from every scenario's
+measured sizing section (``DIR/sizing.md`` beside the scenario reports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.suite import common
+
+
+def lines(reports: dict[str, dict]) -> list[str]:
+    first = next(iter(reports.values()))
+    out = common.header_md(first, "hpacs sizing summary")
+    t = common.TARGETS
+    out += [f"Targets: C-STORE p95 < {t['c_store_p95_ms']:.0f} ms, viewer series-open p95 < "
+            f"{t['series_open_p95_ms']:.0f} ms, C-FIND and QIDO p95 < "
+            f"{t['c_find_p95_ms']:.0f} ms. Details and plots: "
+            + ", ".join(f"[{n}]({n}.md)" for n in reports) + ".", "",
+            "| question | answer (hpacs) | from |", "|---|---|---|"]
+    ing = reports.get("ingest", {}).get("sizing") or {}
+    if ing:
+        out += [
+            f"| ingest capacity | {ing['instances_per_s']:.1f} instances/s, "
+            f"{ing['mb_per_s']:.1f} MB/s ({ing['instances_per_s_per_core']:.1f} per core) "
+            "| ingest |",
+            f"| instances per day | {ing['instances_per_day'] / 1e6:.2f} M "
+            f"({ing['gb_per_day']:.0f} GB/day) at peak around the clock | ingest |",
+            f"| days of peak ingest per TB of hot store | "
+            f"{common.fmt(ing['hot_store_days_per_tb'], 1)} | ingest |",
+            f"| modalities sending at once within target | "
+            f"{'>= ' if ing['modalities_target_open_ended'] else ''}"
+            f"{ing['modalities_within_target']} | ingest |",
+            f"| first resource to saturate (ingest) | {_sat(ing)} | ingest |"]
+    ret = reports.get("retrieve", {}).get("sizing") or {}
+    if ret:
+        out += [f"| concurrent viewers within target | {'>= ' if ret['open_ended'] else ''}"
+                f"{ret['viewers_within_target']} | retrieve |",
+                f"| first resource to saturate (viewers) | {_sat(ret)} | retrieve |"]
+    mix = reports.get("mixed", {}).get("sizing") or {}
+    if mix:
+        out += [f"| {mix['viewers']} viewers while {mix['rate_achieved']:.1f} instances/s "
+                f"arrive | series open p95 {mix['series_open_p95_ms']:.0f} ms "
+                f"({'within' if mix['within_target'] else 'OVER'} target) | mixed |"]
+    q = reports.get("query", {}).get("sizing") or {}
+    if q:
+        out += [f"| largest index within query targets | {q['largest_size_within_target']} "
+                f"instances (largest measured {q['largest_size']}) | query |"]
+    other = max((r.get("sizing", {}).get("other_cores") or 0.0 for r in reports.values()),
+                default=0.0)
+    out += ["", *common.distortion(other)]
+    if any(r.get("quick") for r in reports.values()):
+        out += ["", "Quick mode: tiny sizes; these answers only show the format."]
+    return out
+
+
+def _sat(s: dict) -> str:
+    shares = s.get("resource_shares") or {}
+    if shares and max(shares.values()) < 0.5:
+        return f"none near saturation yet (closest: {s['first_to_saturate']})"
+    return s["first_to_saturate"]
+
+
+def write(out: Path, reports: dict[str, dict]) -> Path:
+    path = Path(out) / "sizing.md"
+    path.write_text("\n".join(lines(reports)) + "\n")
+    return path
