@@ -47,7 +47,8 @@ class Server:
         await self.archive.open()
         self.dimse = DimseServer(self.config, self.archive.ingestor, self.metrics)
         await self.dimse.start(cfg.host, cfg.dicom_port)
-        app = build_app(self.metrics, self.health, archive=self.archive)
+        app = build_app(self.metrics, self.health, archive=self.archive,
+                        viewer=self.config.viewer)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         await web.TCPSite(self._http, cfg.host, cfg.http_port).start()

@@ -8,11 +8,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hpacs import __version__
+from hpacs.config import ViewerConfig
 from hpacs.metrics import Metrics
 
 
-def build_app(metrics: Metrics, health: Callable[[], dict], archive=None) -> web.Application:
-    """``archive`` (an opened hpacs.store.archive.Archive) adds the DICOMweb routes."""
+def build_app(metrics: Metrics, health: Callable[[], dict], archive=None,
+              viewer: ViewerConfig | None = None) -> web.Application:
+    """``archive`` (an opened hpacs.store.archive.Archive) adds the DICOMweb routes;
+    ``viewer`` (enabled) serves OHIF at ``/`` with the links into it (web/viewer.py, web/ihe.py)."""
     app = web.Application()
 
     async def healthz(request: web.Request) -> web.Response:
@@ -33,4 +36,11 @@ def build_app(metrics: Metrics, health: Callable[[], dict], archive=None) -> web
         app.add_subapp(PREFIX, build_dicomweb(archive))
         app[ARCHIVE_KEY] = archive
         app.router.add_get("/wado", wado)  # WADO-URI (PS3.18 Chapter 9)
+    if viewer is not None and viewer.enabled:
+        from hpacs.web import ihe
+        from hpacs.web import viewer as ohif
+
+        if archive is not None:
+            ihe.add_routes(app, viewer.compare_priors)
+        ohif.add_routes(app, viewer)  # last: its SPA catch-all answers what is left
     return app
