@@ -142,12 +142,13 @@ _ABSENT_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>hpacs<
 class Viewer:
     """Serves one installed OHIF build (or, when absent, a page saying how to install it)."""
 
-    def __init__(self, config: ViewerConfig) -> None:
+    def __init__(self, config: ViewerConfig, ohif_config: dict | None = None) -> None:
+        """``ohif_config`` replaces the generated OHIF config (the benchmark's Orthanc front)."""
         self.root = dist_dir(config)
         self.installed = (self.root / "index.html").is_file()
         #: served file (relative POSIX path) -> has a precompressed sibling; scanned once
         self.files: dict[str, bool] = self._scan() if self.installed else {}
-        self.config_js = app_config_js().encode()
+        self.config_js = app_config_js(ohif_config).encode()
         self.config_etag = '"' + hashlib.sha256(self.config_js).hexdigest()[:20] + '"'
 
     def _scan(self) -> dict[str, bool]:
