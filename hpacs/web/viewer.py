@@ -41,10 +41,11 @@ _HASHED = re.compile(r"(?:^|[.\-_])[0-9a-f]{16,}(?:[.\-_]|$)")
 STATIC_SUFFIXES: Final = frozenset({
     ".js", ".mjs", ".css", ".wasm", ".json", ".html", ".png", ".jpg", ".svg", ".ico", ".gif",
     ".woff", ".woff2", ".ttf", ".xml", ".txt", ".map", ".gz", ".br", ".webmanifest"})
-_TYPES: Final = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
+_TYPES: Final = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
+                 ".css": "text/css; charset=utf-8", ".html": "text/html; charset=utf-8",
                  ".wasm": "application/wasm", ".json": "application/json",
-                 ".html": "text/html", ".svg": "image/svg+xml", ".woff2": "font/woff2",
-                 ".ico": "image/x-icon", ".png": "image/png"}
+                 ".svg": "image/svg+xml", ".woff2": "font/woff2", ".ico": "image/x-icon",
+                 ".png": "image/png"}
 
 #: Our own prefixes: a URL under them that no route took is a 404, never the SPA.
 _NOT_APP: Final = frozenset({"dicom-web", "wado", "healthz", "metrics", "compare"})
