@@ -28,6 +28,7 @@ $(OHIF_STAMP): $(DEPS_STAMP) hpacs/web/viewer_install.py
 	@command -v npm >/dev/null || { (apt-get update -qq || sudo apt-get update -qq) && \
 	    (apt-get install -y -qq npm || sudo apt-get install -y -qq npm); }
 	$(PY) -m hpacs.web.viewer_install
+	touch $@
 
 run: install
 	$(VENV)/bin/hpacs serve $(ARGS)
