@@ -220,35 +220,15 @@ def test_length_measurement_is_saved_as_sr_and_drawn_again_after_reload(archive,
     # the phantom has 1 mm pixels: the line spans ~30% of 256 mm horizontally
     assert 60 < drawn < 110, drawn
     shot(page, "measurement-drawn")
-    page.get_by_role("button", name="Create SR").click()
-    page.get_by_placeholder("Report name").fill(REPORT_NAME)
-    with page.expect_response(lambda r: r.request.method == "POST"
-                              and r.url.endswith("/dicom-web/studies")) as stow:
-        page.get_by_role("button", name="Save", exact=True).click()
-    assert stow.value.status == 200
+    save_report(page, REPORT_NAME)
 
     # in hpacs: QIDO finds the study by SR, the SR series, and the SR holds the length
     found = requests.get(f"{base}/dicom-web/studies", params={"ModalitiesInStudy": "SR"},
                          timeout=10).json()
-    assert [s["0020000D"]["Value"][0] for s in found] == [study]
-    series = sr_series(base, study)
-    assert len(series) == 1
-    series_uid = series[0]["0020000E"]["Value"][0]
-    inst = requests.get(f"{base}/dicom-web/studies/{study}/series/{series_uid}/instances",
-                        timeout=10).json()
-    sop = inst[0]["00080018"]["Value"][0]
-    r = requests.get(f"{base}/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}",
-                     headers={"Accept": 'multipart/related; type="application/dicom"'},
-                     timeout=10)
-    assert r.status_code == 200
-    body = r.content
-    start = body.index(b"\r\n\r\n") + 4
-    end = body.rindex(b"\r\n--")
-    sr = dcmread(io.BytesIO(body[start:end]))
+    assert study in [s["0020000D"]["Value"][0] for s in found]
+    sr = stored_report(base, study)
     assert sr.Modality == "SR" and sr.SeriesDescription == REPORT_NAME
-    values = [float(item.MeasuredValueSequence[0].NumericValue)
-              for item in iter_content(sr) if item.ValueType == "NUM"
-              and "MeasuredValueSequence" in item]
+    values = numbers(sr)
     assert any(abs(v - drawn) < 0.1 for v in values), (values, drawn)
 
     # a fresh browser: the SR is listed with the study, and loading it draws the length again
@@ -274,6 +254,129 @@ def test_length_measurement_is_saved_as_sr_and_drawn_again_after_reload(archive,
         shot(again, "measurement-after-reload")
     finally:
         context.close()
+
+
+ANNOTATION_REPORT = "HPACS ANNOTATIONS"
+
+
+def test_roi_angle_and_arrow_are_saved_as_sr_and_shown_again(archive, page, browser):
+    base, uids = archive
+    study = uids[PRIOR]
+    assert sr_series(base, study) == []
+    open_viewer(page, base, [study])
+    wait_for_image(page)
+    box = page.locator("canvas.cornerstone-canvas").first.bounding_box()
+
+    def at(fx: float, fy: float) -> tuple[float, float]:
+        return box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
+
+    def drag(a: tuple[float, float], b: tuple[float, float]) -> None:
+        page.mouse.move(*at(*a))
+        page.mouse.down()
+        page.mouse.move(*at(*b), steps=12)
+        page.mouse.up()
+
+    def tool(menu: str, name: str) -> None:
+        page.click(f"[data-cy={menu}-split-button-secondary]")
+        page.click(f"[data-cy={name}]")
+
+    tool("MeasurementTools", "RectangleROI")  # in the soft tissue (40 HU), right of the bone
+    drag((0.55, 0.60), (0.62, 0.70))
+    page.get_by_text("Track measurements for this series?").wait_for()
+    page.get_by_role("button", name="Yes", exact=True).click()
+    tool("MeasurementTools", "ArrowAnnotate")
+    drag((0.70, 0.30), (0.60, 0.40))
+    page.get_by_placeholder("Enter new text").fill("lesion")
+    page.get_by_role("button", name="Save", exact=True).click()
+    tool("MoreTools", "Angle")
+    for point in ((0.30, 0.75), (0.40, 0.85), (0.50, 0.75)):
+        page.mouse.click(*at(*point))
+        page.wait_for_timeout(300)
+    page.click("[data-cy=trackedMeasurements-btn]")
+    panel = page.locator("[data-cy=trackedMeasurements-panel]")
+    panel.get_by_text(re.compile(r"°$")).first.wait_for()
+    text = panel.inner_text()
+    area = float(re.search(r"([\d.]+) mm²", text).group(1))
+    angle = float(re.search(r"([\d.]+) °", text).group(1))
+    assert 200 < area < 1000 and 60 < angle < 150, text
+    assert "lesion" in text
+    mean = float(re.search(r"Mean: (-?[\d.]+) HU",
+                           page.locator("svg text", has_text="Mean").first.text_content())
+                 .group(1))
+    assert abs(mean - 40) < 5, mean  # the phantom's soft tissue, through frames as stored
+    shot(page, "annotations-drawn")
+    save_report(page, ANNOTATION_REPORT)
+
+    sr = stored_report(base, study)
+    assert sr.SeriesDescription == ANNOTATION_REPORT
+    values = numbers(sr)
+    assert any(abs(v - area) < 1 for v in values), (values, area)
+    assert any(abs(v - angle) < 1 for v in values), (values, angle)
+    assert any(abs(v - mean) < 0.5 for v in values), (values, mean)
+    texts = [getattr(i, "TextValue", "") for i in iter_content(sr)]
+    assert "lesion" in texts, texts
+
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    again = context.new_page()
+    again.set_default_timeout(LOAD_TIMEOUT * 1000)
+    try:
+        open_viewer(again, base, [study])
+        wait_for_image(again)
+        again.get_by_text(ANNOTATION_REPORT, exact=True).dblclick()
+        again.get_by_text("Do you want to continue tracking measurements").wait_for()
+        # the SR viewport draws what the SR holds (OHIF labels the angle "Cobb angle ... deg")
+        labels = {}
+        for key, pattern in (("lesion", r"lesion"), ("angle", r"angle: ([\d.]+) deg"),
+                             ("area", r"Area: ([\d.]+) mm2")):
+            found = again.locator("svg text", has_text=re.compile(pattern)).first
+            found.wait_for()
+            labels[key] = re.search(pattern, found.text_content())
+        assert abs(float(labels["angle"].group(1)) - angle) < 0.5, labels
+        assert abs(float(labels["area"].group(1)) - area) < 1, labels
+        shot(again, "annotations-sr-viewport")
+        again.get_by_role("button", name="Yes", exact=True).click()
+        again.click("[data-cy=trackedMeasurements-btn]")
+        panel = again.locator("[data-cy=trackedMeasurements-panel]")
+        panel.get_by_text(re.compile(r"°$")).first.wait_for()
+        shown = panel.inner_text()
+        assert "lesion" in shown and "mm²" in shown, shown
+        shot(again, "annotations-after-reload")
+    finally:
+        context.close()
+
+
+def save_report(page, name: str) -> None:
+    """The measurement panel's "Create SR": a new SR series named ``name``, sent by STOW-RS."""
+    page.get_by_role("button", name="Create SR").click()
+    page.get_by_placeholder("Report name").fill(name)
+    with page.expect_response(lambda r: r.request.method == "POST"
+                              and r.url.endswith("/dicom-web/studies")) as stow:
+        page.get_by_role("button", name="Save", exact=True).click()
+    assert stow.value.status == 200
+
+
+def stored_report(base: str, study: str):
+    """The one SR instance of ``study``, retrieved by WADO-RS as stored."""
+    series = sr_series(base, study)
+    assert len(series) == 1, series
+    series_uid = series[0]["0020000E"]["Value"][0]
+    inst = requests.get(f"{base}/dicom-web/studies/{study}/series/{series_uid}/instances",
+                        timeout=10).json()
+    assert len(inst) == 1
+    sop = inst[0]["00080018"]["Value"][0]
+    r = requests.get(f"{base}/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}",
+                     headers={"Accept": 'multipart/related; type="application/dicom"'},
+                     timeout=10)
+    assert r.status_code == 200
+    body = r.content
+    start = body.index(b"\r\n\r\n") + 4
+    end = body.rindex(b"\r\n--")
+    return dcmread(io.BytesIO(body[start:end]))
+
+
+def numbers(sr) -> list[float]:
+    return [float(item.MeasuredValueSequence[0].NumericValue) for item in iter_content(sr)
+            if item.ValueType == "NUM" and "MeasuredValueSequence" in item]
 
 
 def iter_content(ds):
