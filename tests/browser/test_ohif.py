@@ -42,7 +42,11 @@ def archive(tmp_path_factory):
         pytest.fail(f"OHIF {OHIF_VERSION} not installed in {default_dist_dir()}: make install")
     tmp = tmp_path_factory.mktemp("browser")
     server = start_server(tmp / "data")
-    uids = load_viewer_studies(server, tmp / "files")
+    try:
+        uids = load_viewer_studies(server, tmp / "files")
+    except BaseException:
+        server.stop()
+        raise
     yield f"http://127.0.0.1:{server.http_port}", uids
     assert server.stop() == 0, server.log()
     assert "internal_error" not in server.log()

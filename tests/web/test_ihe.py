@@ -19,7 +19,11 @@ pytestmark = pytest.mark.interop
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ihe")
     server = start_server(tmp / "data")
-    uids = load_viewer_studies(server, tmp / "files", slices=2)
+    try:
+        uids = load_viewer_studies(server, tmp / "files", slices=2)
+    except BaseException:
+        server.stop()
+        raise
     yield f"http://127.0.0.1:{server.http_port}", uids, server
     assert server.stop() == 0, server.log()
 
