@@ -6,10 +6,13 @@ PIP := $(PY) -m pip -q --disable-pip-version-check
 DEPS_STAMP := $(VENV)/.deps-stamp
 EXT_STAMP := $(VENV)/.ext-stamp
 PYX := $(wildcard hpacs/_ext/*.pyx)
+# The OHIF viewer build (npm tarball of @ohif/app, pinned in hpacs/web/viewer.py).
+OHIF_VERSION := $(shell sed -n 's/^OHIF_VERSION: Final = "\(.*\)"/\1/p' hpacs/web/viewer.py)
+OHIF_STAMP := $(VENV)/share/ohif/$(OHIF_VERSION)/.hpacs-ohif-version
 
 .PHONY: install run test test-tools lint bench clean
 
-install: $(DEPS_STAMP) $(EXT_STAMP)
+install: $(DEPS_STAMP) $(EXT_STAMP) $(OHIF_STAMP)
 
 $(DEPS_STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,14 +24,22 @@ $(EXT_STAMP): $(DEPS_STAMP) $(PYX) setup.py
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
+$(OHIF_STAMP): $(DEPS_STAMP) hpacs/web/viewer_install.py
+	@command -v npm >/dev/null || { (apt-get update -qq || sudo apt-get update -qq) && \
+	    (apt-get install -y -qq npm || sudo apt-get install -y -qq npm); }
+	$(PY) -m hpacs.web.viewer_install
+	touch $@
+
 run: install
 	$(VENV)/bin/hpacs serve $(ARGS)
 
-# Peers the tests drive: dcmtk from Debian (a missing tool is a failure in CI, never a skip).
+# Peers the tests drive: dcmtk and the browser (Chromium, driven by Playwright with this
+# executable: no browser download) from Debian. A missing tool is a failure, never a skip.
 test-tools:
-	@command -v storescu >/dev/null && command -v echoscu >/dev/null || \
+	@command -v storescu >/dev/null && command -v echoscu >/dev/null && \
+	  test -x /usr/bin/chromium || \
 	  { (apt-get update -qq || sudo apt-get update -qq) && \
-	    (apt-get install -y -qq dcmtk || sudo apt-get install -y -qq dcmtk); }
+	    (apt-get install -y -qq dcmtk chromium || sudo apt-get install -y -qq dcmtk chromium); }
 
 test: install test-tools
 	$(VENV)/bin/ruff check hpacs tests benchmarks

@@ -58,7 +58,7 @@ class Server:
                                  tiers=self.archive.tiers)
         await self.dimse.start(cfg.host, cfg.dicom_port)
         app = build_app(self.metrics, self.health, archive=self.archive,
-                        prefetcher=self.prefetcher)
+                        prefetcher=self.prefetcher, viewer=self.config.viewer)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         await web.TCPSite(self._http, cfg.host, cfg.http_port).start()

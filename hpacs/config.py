@@ -137,6 +137,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ViewerConfig:
+    #: Serve the OHIF viewer at the root of the HTTP port (DICOMweb stays under /dicom-web).
+    enabled: bool = True
+    #: Where the OHIF build is installed; empty: the pinned version under the Python prefix
+    #: (``.venv/share/ohif/VERSION``, where ``make install`` puts it).
+    dist_dir: str = ""
+    #: How many priors ``/compare/{study}`` opens beside the study (OHIF's hpCompare shows one).
+    compare_priors: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteAE:
     """A peer we may send to: a C-MOVE destination (``[[remote]]`` in TOML)."""
 
@@ -156,6 +167,7 @@ class Config:
     prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
     pixels: PixelsConfig = field(default_factory=PixelsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
     #: C-MOVE destinations by AE title: ``[[remote]]`` tables in TOML, or the environment
     #: variable ``HPACS_REMOTE="AE1@host:port,AE2@host:port"`` (replaces the file's list).
     remote: tuple[RemoteAE, ...] = ()

@@ -8,13 +8,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hpacs import __version__
+from hpacs.config import ViewerConfig
 from hpacs.metrics import Metrics
 
 
 def build_app(metrics: Metrics, health: Callable[[], dict], archive=None,
-              prefetcher=None) -> web.Application:
+              prefetcher=None, viewer: ViewerConfig | None = None) -> web.Application:
     """``archive`` (an opened hpacs.store.archive.Archive) adds the DICOMweb routes,
-    ``prefetcher`` (hpacs.store.prefetch.Prefetcher) the ``/api`` operations."""
+    ``prefetcher`` (hpacs.store.prefetch.Prefetcher) the ``/api`` operations, ``viewer``
+    (enabled) OHIF at ``/`` with the links into it (web/viewer.py, web/ihe.py)."""
     from hpacs.web.middleware import compress_json, cors
 
     origins = archive.config.server.cors_origins if archive is not None else ()
@@ -42,4 +44,11 @@ def build_app(metrics: Metrics, health: Callable[[], dict], archive=None,
         from hpacs.web.api import build_api
 
         app.add_subapp("/api", build_api(prefetcher))
+    if viewer is not None and viewer.enabled:
+        from hpacs.web import ihe
+        from hpacs.web import viewer as ohif
+
+        if archive is not None:
+            ihe.add_routes(app, viewer.compare_priors)
+        ohif.add_routes(app, viewer)  # last: its SPA catch-all answers what is left
     return app
