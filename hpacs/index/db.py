@@ -33,7 +33,10 @@ Hierarchy policy for conflicting input (a re-sent or new instance whose parents 
 stored ones): the last write wins at each level. An instance whose series differs moves to the
 new series; a series whose study differs moves (with all its instances) to the new study; a
 study whose patient differs moves to the new patient. Parents left empty are deleted.
-Level attributes are last-write-wins as well.
+Level attributes are last-write-wins per attribute: an attribute the new instance carries
+replaces the stored value, one it lacks keeps the stored value (an SR or presentation state
+added to a study often lacks StudyDescription or the patient's birth date; it must not erase
+them from the study list).
 """
 
 from __future__ import annotations
@@ -458,6 +461,7 @@ class IndexDB:
     def _set_patient_attrs(
         self, w: WriteBatch, pkey: bytes, p: PatientEntry, attrs: dict[str, Value]
     ) -> None:
+        attrs = {**p.attrs, **attrs}
         if p.attrs == attrs:
             return
         old_names = name_keys(p.attrs.get("PatientName"))
@@ -472,6 +476,7 @@ class IndexDB:
     def _set_study_attrs(
         self, w: WriteBatch, sk: bytes, st: StudyEntry, attrs: dict[str, Value]
     ) -> None:
+        attrs = {**st.attrs, **attrs}
         if st.attrs == attrs:
             return
         for name, db in (("StudyDate", b"ix_study_date"), ("AccessionNumber", b"ix_accession")):
@@ -487,6 +492,7 @@ class IndexDB:
     def _set_series_attrs(
         self, w: WriteBatch, sk: bytes, se: SeriesEntry, st: StudyEntry, attrs: dict[str, Value]
     ) -> None:
+        attrs = {**se.attrs, **attrs}
         if se.attrs == attrs:
             return
         old, new = _str_attr(se.attrs, "Modality"), _str_attr(attrs, "Modality")

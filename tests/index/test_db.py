@@ -284,3 +284,28 @@ def test_random_sequences_keep_counts_exact(tmp_path_factory, ops):
             check_consistent(db)
     finally:
         db.close()
+
+
+def test_an_instance_lacking_an_attribute_keeps_the_stored_value(db):
+    """An SR saved by a viewer often lacks StudyDescription: the study list must keep it."""
+    ct = make_record("1.9.1", study_date="20260101")
+    ct.study["StudyDescription"] = "CT CHEST"
+    ct.patient["PatientBirthDate"] = "19700101"
+    ct.series["BodyPartExamined"] = "CHEST"
+    sr = make_record("1.9.2", study_date="20260101")  # same series, no description, no birth date
+    later = make_record("1.9.3", study_date="20260102")
+    later.study["StudyDescription"] = "CT CHEST W/O"
+    with db.write() as w:
+        db.apply(w, ct)
+        db.apply(w, sr)
+    st = db.get_study("1.2.3")
+    assert st.attrs["StudyDescription"] == "CT CHEST"
+    assert db.get_patient("P1").attrs["PatientBirthDate"] == "19700101"
+    assert db.get_series("1.2.3.1").attrs["BodyPartExamined"] == "CHEST"
+    with db.write() as w:
+        db.apply(w, later)  # a value the new instance carries replaces the stored one
+    st = db.get_study("1.2.3")
+    assert st.attrs["StudyDescription"] == "CT CHEST W/O"
+    assert db.studies_by_date("20260102", "20260102") == ["1.2.3"]
+    assert db.studies_by_date("20260101", "20260101") == []
+    check_consistent(db)
