@@ -2,9 +2,11 @@
 
 uvloop does not implement ``loop.sendfile`` (uvloop #228), so aiohttp falls back to reading the
 file into Python buffers and writing them (~1 GB/s here against ~3 GB/s for the kernel's copy).
-This sends a file's bytes with ``os.sendfile`` on the connection's socket from an executor
-thread, after the transport has flushed everything written before (so bytes stay in order), and
-only on a plain TCP socket with a known ``Content-Length`` (no chunk framing to interleave).
+This sends a file's bytes with ``os.sendfile`` on the connection's socket, after the transport
+has flushed everything written before (so bytes stay in order), and only on a plain TCP socket
+with a known ``Content-Length`` (no chunk framing to interleave). The kernel copy runs on the
+loop while the socket takes it (a thread hop per file cost more than the copy: 0.95 -> 2.3
+GB/s for a 100-slice series); when the socket is full the rest waits for the client in a thread.
 Anything else — TLS, no socket, a failed sendfile before any byte left — falls back to reads and
 writes through the transport.
 """
@@ -93,7 +95,17 @@ async def send_file(request: web.Request, response: web.StreamResponse, f: Binar
     if response.content_length is not None and can_sendfile(request):  # not chunked
         await _flushed(request)
         sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
-        await loop.run_in_executor(None, _blocking_sendfile, sock.fileno(), fd, 0, size)
+        out_fd = sock.fileno()
+        offset = 0
+        try:  # on the loop while the socket takes it (no thread hop): page cache to socket
+            while offset < size:
+                sent = os.sendfile(out_fd, fd, offset, size - offset)
+                if sent == 0:
+                    raise PeerGone("file ended early or the socket closed")
+                offset += sent
+        except BlockingIOError:  # the socket is full: wait for the client in a thread
+            await loop.run_in_executor(None, _blocking_sendfile, out_fd, fd, offset,
+                                       size - offset)
         return
     left = size
     while left > 0:

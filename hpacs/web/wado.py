@@ -233,9 +233,8 @@ def _part_head(i: int, delimiter: bytes, syntax: str) -> bytes:
 
 async def _send_stored(request: web.Request, resp: web.StreamResponse, archive, entry) -> None:
     """One stored instance as it is, from whichever tier holds it."""
-    loop = asyncio.get_running_loop()
     try:
-        f = await loop.run_in_executor(None, open_source, await archive.source(entry))
+        f = open_source(await archive.source(entry))  # an open(2): no thread hop
     except OSError as exc:
         log.error("wado.unreadable", sop=entry.sop_instance_uid, path=entry.path,
                   error=str(exc))
