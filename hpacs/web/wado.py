@@ -204,6 +204,9 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         heads = [_part_head(i, delimiter, e.transfer_syntax_uid) for i, e in enumerate(entries)]
         resp.content_length = sum(map(len, heads)) + sum(e.size for e in entries) + len(tail)
         await resp.prepare(request)
+        if request.method == "HEAD":  # headers only (the files would go around aiohttp)
+            await resp.write_eof()
+            return resp
         for head, entry in zip(heads, entries, strict=True):
             await resp.write(head)
             await _send_stored(request, resp, archive, entry)

@@ -137,3 +137,24 @@ def test_metadata_of_an_instance_not_yet_warmed_is_computed(tmp_path):
         assert server.stop() == 0
 
 
+
+
+def test_head_answers_headers_without_a_body(loaded):
+    server, datasets = loaded
+    ds = datasets[0]
+    series = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    got = requests.get(_url(server, series), headers={"Accept": accept}, timeout=30)
+    head = requests.head(_url(server, series), headers={"Accept": accept}, timeout=30)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == got.headers["Content-Length"] == str(len(got.content))
+    assert head.headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+    for path in (f"{series}/metadata", f"/dicom-web/studies?PatientID={ds.PatientID}"):
+        head = requests.head(_url(server, path), timeout=30)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["Content-Type"] == "application/dicom+json"
+    # the connection stays usable after a HEAD (no stray body bytes on it)
+    with requests.Session() as s:
+        assert s.head(_url(server, series), headers={"Accept": accept}, timeout=30).ok
+        again = s.get(_url(server, f"{series}/metadata"), timeout=30)
+        assert again.status_code == 200 and len(again.json()) == N
