@@ -10,7 +10,7 @@ PYX := $(wildcard hpacs/_ext/*.pyx)
 OHIF_VERSION := $(shell sed -n 's/^OHIF_VERSION: Final = "\(.*\)"/\1/p' hpacs/web/viewer.py)
 OHIF_STAMP := $(VENV)/share/ohif/$(OHIF_VERSION)/.hpacs-ohif-version
 
-.PHONY: install run test test-tools lint bench clean
+.PHONY: install run test test-tools bench-tools lint bench clean
 
 install: $(DEPS_STAMP) $(EXT_STAMP) $(OHIF_STAMP)
 
@@ -45,8 +45,16 @@ test: install test-tools
 	$(VENV)/bin/ruff check hpacs tests benchmarks
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-bench: install test-tools
-	$(PY) -m benchmarks.ingest $(ARGS)
+# Reference peers of the benchmarks: Orthanc and its DICOMweb plugin (Debian), started by hand
+# by the benchmarks on their own ports (the package's own service is not used).
+bench-tools:
+	@test -x /usr/sbin/Orthanc && test -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so || \
+	  { (apt-get update -qq || sudo apt-get update -qq) && \
+	    (apt-get install -y -qq orthanc orthanc-dicomweb || \
+	     sudo apt-get install -y -qq orthanc orthanc-dicomweb); }
+
+bench: install test-tools bench-tools
+	$(VENV)/bin/hpacs bench $(or $(ARGS),all --against orthanc)
 
 clean:
 	rm -rf build $(VENV) hpacs/_ext/*.c hpacs/_ext/*.so
