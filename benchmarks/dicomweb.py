@@ -48,7 +48,8 @@ FRAMES = 'multipart/related; type="application/octet-stream"'
 SEED = 7
 
 
-async def _get(session: aiohttp.ClientSession, url: str, accept: str) -> int:
+async def fetch(session: aiohttp.ClientSession, url: str, accept: str) -> int:
+    """GET ``url`` and read the whole body in 1 MiB chunks; its length (errors raise)."""
     async with session.get(url, headers={"Accept": accept}) as r:
         if r.status != 200:
             raise RuntimeError(f"{url}: HTTP {r.status}: {(await r.text())[:200]}")
@@ -62,7 +63,7 @@ async def _latencies(session, url: str, accept: str, n: int) -> list[float]:
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        await _get(session, url, accept)
+        await fetch(session, url, accept)
         out.append((time.perf_counter() - t0) * 1000)
     return out
 
@@ -72,7 +73,7 @@ async def _frames_per_second(session, urls: list[str], clients: int) -> float:
 
     async def worker() -> None:
         while queue:
-            await _get(session, queue.pop(), FRAMES)
+            await fetch(session, queue.pop(), FRAMES)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -97,7 +98,7 @@ async def measure(base: str, uids: dict, sops: list[str], *, requests: int, clie
         out["metadata_ms"] = statistics.median(await _latencies(
             s, meta_url, "application/dicom+json", requests))
         t0 = time.perf_counter()
-        nbytes = await _get(s, f"{base}/studies/{study}/series/{series}", DICOM_ANY)
+        nbytes = await fetch(s, f"{base}/studies/{study}/series/{series}", DICOM_ANY)
         out["retrieve_mb_s"] = nbytes / 1e6 / (time.perf_counter() - t0)
         out["retrieve_bytes"] = nbytes
         urls = [f"{base}/studies/{study}/series/{series}/instances/{sop}/frames/1"

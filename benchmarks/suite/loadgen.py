@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.dicomweb import FRAMES, fetch
+
 
 def _cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -111,18 +113,7 @@ def _store_main(spec: dict, ready, start, results) -> None:
 
 
 # ------------------------------------------------------------------------------ viewers
-FRAMES = 'multipart/related; type="application/octet-stream"'
 DICOM_JSON = "application/dicom+json"
-
-
-async def _get(session, url: str, accept: str) -> int:
-    async with session.get(url, headers={"Accept": accept}) as r:
-        if r.status != 200:
-            raise RuntimeError(f"{url}: HTTP {r.status}")
-        n = 0
-        async for chunk in r.content.iter_chunked(1 << 20):
-            n += len(chunk)
-        return n
 
 
 async def open_series(session, base: str, study: dict, parallel: int) -> dict:
@@ -133,23 +124,23 @@ async def open_series(session, base: str, study: dict, parallel: int) -> dict:
     radiologist waits for), then every frame of that series with ``parallel`` requests."""
     t = {}
     t0 = time.perf_counter()
-    await _get(session, f"{base}/studies?PatientID={study['patient']}", DICOM_JSON)
+    await fetch(session, f"{base}/studies?PatientID={study['patient']}", DICOM_JSON)
     t1 = time.perf_counter()
-    await _get(session, f"{base}/studies/{study['study']}/series", DICOM_JSON)
+    await fetch(session, f"{base}/studies/{study['study']}/series", DICOM_JSON)
     series_uid, sops = next(iter(study["series"].items()))
     t2 = time.perf_counter()
-    await _get(session, f"{base}/studies/{study['study']}/series/{series_uid}/metadata",
+    await fetch(session, f"{base}/studies/{study['study']}/series/{series_uid}/metadata",
                DICOM_JSON)
     t3 = time.perf_counter()
     url = f"{base}/studies/{study['study']}/series/{series_uid}/instances/{{}}/frames/1"
-    nbytes = await _get(session, url.format(sops[0]), FRAMES)
+    nbytes = await fetch(session, url.format(sops[0]), FRAMES)
     t4 = time.perf_counter()
     rest = list(sops[1:])
 
     async def worker() -> int:
         n = 0
         while rest:
-            n += await _get(session, url.format(rest.pop()), FRAMES)
+            n += await fetch(session, url.format(rest.pop()), FRAMES)
         return n
 
     nbytes += sum(await asyncio.gather(*(worker() for _ in range(max(1, parallel)))))

@@ -774,39 +774,30 @@ class IndexDB:
                     out.append(e)
         return out
 
-    def iter_studies(self) -> Iterator[StudyEntry]:
-        """Every study row, in UID order, a page per read transaction (never held long)."""
+    def _iter_rows(self, dbname: bytes, page_size: int) -> Iterator[Any]:
+        """Every row of a level in key order, a page per read transaction (never held long)."""
         after = b""
         while True:
-            page: list[StudyEntry] = []
-            with self.env.begin() as txn, txn.cursor(db=self.dbs[b"studies"]) as cur:
+            page: list[Any] = []
+            with self.env.begin() as txn, txn.cursor(db=self.dbs[dbname]) as cur:
                 ok = cur.set_range(after) if after else cur.first()
                 if ok and after and cur.key() == after:
                     ok = cur.next()
-                while ok and len(page) < 512:
-                    page.append(_DEC[b"studies"].decode(cur.value()))
+                while ok and len(page) < page_size:
+                    page.append(_DEC[dbname].decode(cur.value()))
                     after = cur.key()
                     ok = cur.next()
             yield from page
-            if len(page) < 512:
+            if len(page) < page_size:
                 return
 
+    def iter_studies(self) -> Iterator[StudyEntry]:
+        """Every study row, in UID order."""
+        return self._iter_rows(b"studies", 512)
+
     def iter_instances(self) -> Iterator[InstanceEntry]:
-        """Every instance row in SOP UID order, paged like :meth:`iter_studies`."""
-        after = b""
-        while True:
-            page: list[InstanceEntry] = []
-            with self.env.begin() as txn, txn.cursor(db=self.dbs[b"instances"]) as cur:
-                ok = cur.set_range(after) if after else cur.first()
-                if ok and after and cur.key() == after:
-                    ok = cur.next()
-                while ok and len(page) < 1024:
-                    page.append(_DEC[b"instances"].decode(cur.value()))
-                    after = cur.key()
-                    ok = cur.next()
-            yield from page
-            if len(page) < 1024:
-                return
+        """Every instance row, in SOP UID order."""
+        return self._iter_rows(b"instances", 1024)
 
     def count(self, level: str) -> int:
         """Number of patients / studies / series / instances."""
