@@ -768,10 +768,22 @@ class IndexDB:
         """Every instance row of a study (series by series, InstanceNumber order)."""
         out = []
         for series_uid in self.study_series(study_uid):
-            for sop in self.series_instances(series_uid):
-                e = self.get_instance(sop)
-                if e is not None:
-                    out.append(e)
+            out += self.series_entries(series_uid)
+        return out
+
+    def series_entries(self, series_uid: str) -> list[InstanceEntry]:
+        """Every instance row of a series in InstanceNumber order, in one read transaction
+        (a viewer opening a series asks for all of them: one transaction, not one per row)."""
+        out = []
+        dec = _DEC[b"instances"]
+        with self.env.begin() as txn, txn.cursor(db=self.dbs[b"series_instances"]) as cur:
+            instances = self.dbs[b"instances"]
+            ok = cur.set_key(series_uid.encode())
+            while ok:
+                raw = txn.get(cur.value()[4:], db=instances)
+                if raw is not None:
+                    out.append(dec.decode(raw))
+                ok = cur.next_dup()
         return out
 
     def _iter_rows(self, dbname: bytes, page_size: int) -> Iterator[Any]:

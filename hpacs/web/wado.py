@@ -85,10 +85,7 @@ def _instances(request: web.Request) -> list:
         return [entry]
     out = []
     for se_uid in series_list:
-        for uid in db.series_instances(se_uid):
-            entry = db.get_instance(uid)
-            if entry is not None:
-                out.append(entry)
+        out += db.series_entries(se_uid)
     if not out:
         raise HTTPProblem(404, "no instances")
     return out

@@ -309,3 +309,15 @@ def test_an_instance_lacking_an_attribute_keeps_the_stored_value(db):
     assert db.studies_by_date("20260102", "20260102") == ["1.2.3"]
     assert db.studies_by_date("20260101", "20260101") == []
     check_consistent(db)
+
+
+def test_series_entries_are_the_rows_in_instance_number_order(db):
+    with db.write() as w:
+        for sop, number in (("1.5.3", 3), ("1.5.1", 1), ("1.5.2", 2), ("1.5.9", None)):
+            db.apply(w, make_record(sop, number=number))
+    rows = db.series_entries("1.2.3.1")
+    assert [e.sop_instance_uid for e in rows] == db.series_instances("1.2.3.1") == [
+        "1.5.1", "1.5.2", "1.5.3", "1.5.9"]
+    assert rows == [db.get_instance(e.sop_instance_uid) for e in rows]
+    assert db.study_instances("1.2.3") == rows
+    assert db.series_entries("9.9") == []
