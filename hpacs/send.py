@@ -250,7 +250,7 @@ async def _store_all(scu: StorageSCU, items: list[StoredInstance], report: SendR
             report.failed.append((item.sop_instance_uid, f"unreadable: {exc}"))
             done()
             continue
-        if choice[1] == DEFLATED_EXPLICIT_VR_LE and opened.fh is not None and opened.remaining % 2:
+        if choice[1] == DEFLATED_EXPLICIT_VR_LE:
             opened = _pad_deflated(opened)
         try:
             code = await scu.store(item, choice[0], opened)
@@ -273,10 +273,15 @@ async def _store_all(scu: StorageSCU, items: list[StoredInstance], report: SendR
 def _pad_deflated(opened: OpenedInstance) -> OpenedInstance:
     """An odd-length deflated data set with its trailing NUL pad (PS3.5 A.5; peers such as
     dcmtk abort on an odd P-DATA fragment). Deflated files are small: read in memory."""
-    try:
-        data = opened.fh.read(opened.remaining)
-    finally:
-        opened.close()
+    if opened.data is None:
+        try:
+            data = opened.fh.read(opened.remaining)
+        finally:
+            opened.close()
+    else:
+        data = opened.data
+    if len(data) % 2 == 0:
+        return OpenedInstance(None, 0, data)
     return OpenedInstance(None, 0, data + b"\0")
 
 

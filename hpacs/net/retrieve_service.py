@@ -161,38 +161,59 @@ class RetrieveService:
 
     async def _get_suboperations(self, context_id: int, message_id: int,
                                  items: list[StoredInstance], subops: SubOperations) -> bool:
-        """C-STORE each instance back on this association; True if cancelled."""
+        """C-STORE each instance back on this association; True if cancelled.
+
+        Sub-operations are sequential (one C-STORE outstanding), so the next instance is read
+        while the current one's C-STORE-RSP is awaited: the disk and the network overlap."""
         accepted = self.conn.accepted_contexts
         accept = self.conn.accept_pdu
         scp_classes = {r.sop_class_uid for r in (accept.role_selections if accept else ())
                        if r.scp_role}
         allowed = {cid for cid, (abstract, _) in accepted.items() if abstract in scp_classes}
-        for i, item in enumerate(items):
-            reason = self._stop_reason(message_id)
-            if reason == "cancel":
-                return True
-            if reason is not None:
-                subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
-                return False
-            choice = choose_context(accepted, item.sop_class_uid, item.transfer_syntax_uid,
-                                    allowed, allow_lossy=self._allow_lossy)
-            if choice is None:
-                log.warning("get.no_context", ae=self.calling_ae, sop=item.sop_instance_uid,
-                            sop_class=item.sop_class_uid, ts=item.transfer_syntax_uid)
-                subops.record(item.sop_instance_uid, "failed")
-            else:
-                subops.record(item.sop_instance_uid, await self._get_store(item, *choice))
-            if subops.remaining and not self.conn.closed:
-                self._respond(context_id, subops.pending())
-                if not self._writable.is_set():
-                    await self._writable.wait()
-        return False
+        choices = [choose_context(accepted, item.sop_class_uid, item.transfer_syntax_uid,
+                                  allowed, allow_lossy=self._allow_lossy) for item in items]
+        upcoming = self._open_ahead(items, choices, 0)
+        try:
+            for i, item in enumerate(items):
+                reason = self._stop_reason(message_id)
+                if reason == "cancel":
+                    return True
+                if reason is not None:
+                    subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
+                    return False
+                opening, upcoming = upcoming, self._open_ahead(items, choices, i + 1)
+                choice = choices[i]
+                if choice is None or opening is None:
+                    log.warning("get.no_context", ae=self.calling_ae, sop=item.sop_instance_uid,
+                                sop_class=item.sop_class_uid, ts=item.transfer_syntax_uid)
+                    subops.record(item.sop_instance_uid, "failed")
+                else:
+                    subops.record(item.sop_instance_uid,
+                                  await self._get_store(item, choice[0], opening))
+                if subops.remaining and not self.conn.closed:
+                    self._respond(context_id, subops.pending())
+                    if not self._writable.is_set():
+                        await self._writable.wait()
+            return False
+        finally:
+            if upcoming is not None:
+                upcoming.add_done_callback(_close_opened)
+                upcoming.cancel()
 
-    async def _get_store(self, item: StoredInstance, context_id: int, ts: str) -> str:
+    def _open_ahead(self, items: list[StoredInstance], choices: list,
+                    i: int) -> asyncio.Task | None:
+        """Start opening (reading, or transcoding) item ``i`` if it can be sent."""
+        if i >= len(items) or choices[i] is None:
+            return None
+        return asyncio.ensure_future(open_instance(items[i], choices[i][1],
+                                                   allow_lossy=self._allow_lossy,
+                                                   workers=self._transcode_workers))
+
+    async def _get_store(self, item: StoredInstance, context_id: int,
+                         opening: asyncio.Task) -> str:
         """One C-GET sub-operation: our C-STORE-RQ on the peer's association, its response."""
         try:
-            opened = await open_instance(item, ts, allow_lossy=self._allow_lossy,
-                                         workers=self._transcode_workers)
+            opened = await opening
         except SendError as exc:
             log.warning("get.unreadable", sop=item.sop_instance_uid, error=str(exc))
             return "failed"
@@ -290,3 +311,9 @@ class RetrieveService:
         finally:
             await scu.release()
         return cancelled, comment
+
+
+def _close_opened(task: asyncio.Task) -> None:
+    """Release an instance opened ahead for a sub-operation that will not run."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()

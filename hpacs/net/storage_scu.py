@@ -100,6 +100,11 @@ class OpenedInstance:
             self.fh = None
 
 
+#: Data sets up to this size are read whole when opened (one thread hop, and the read can run
+#: ahead of the previous sub-operation); larger ones stream in CHUNK reads.
+READ_WHOLE_MAX = 16 << 20
+
+
 def _open_sync(item: StoredInstance) -> OpenedInstance:
     src = item.path if item.source is None else item.source()
     # closed by OpenedInstance.close
@@ -108,10 +113,17 @@ def _open_sync(item: StoredInstance) -> OpenedInstance:
         meta = read_file_meta(fh)
         size = fh.seek(0, os.SEEK_END)
         fh.seek(meta.dataset_offset)
+        remaining = size - meta.dataset_offset
+        if remaining <= READ_WHOLE_MAX:
+            data = fh.read(remaining)
+            fh.close()
+            if len(data) != remaining:
+                raise OSError("file shorter than its size")
+            return OpenedInstance(None, 0, data)
     except BaseException:
         fh.close()
         raise
-    return OpenedInstance(fh, size - meta.dataset_offset, None)
+    return OpenedInstance(fh, remaining, None)
 
 
 def _read_source(item: StoredInstance) -> bytes:
