@@ -1,4 +1,4 @@
-"""`hpacs` command line: serve, import, reindex, send, migrate, prefetch, verify, bench."""
+"""`hpacs` command line: serve, import, reindex, send, migrate, compact, prefetch, verify, bench."""
 
 from __future__ import annotations
 
@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--rate", type=float, default=0.0, metavar="MB_S",
                      help="rate limit in MB/s (default 0: unlimited)")
     mig.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    com = sub.add_parser(
+        "compact", help="reclaim the space of dead records in the cold packs",
+        description="Delete cold packs no instance points into and rewrite those at least "
+                    "--min-dead dead (records of promoted or replaced instances): live records "
+                    "are copied, verified, into new packs. Takes the data-dir lock (the server "
+                    "compacts after each rule run itself, [lifecycle] compact_dead_fraction).",
+        epilog="exit status: 0 done; 3 archive in use")
+    _add_common(com)
+    com.add_argument("--min-dead", type=float, default=0.5, metavar="FRACTION",
+                     help="rewrite packs at least this fraction dead (default 0.5)")
+    com.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
 
     pre = sub.add_parser(
         "prefetch", help="promote a study's priors (or a patient's recent studies) to hot",
@@ -184,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_send(config, args)
     if args.command == "migrate":
         return _run(_migrate(config, args))
+    if args.command == "compact":
+        return _run(_compact(config, args))
     if args.command == "prefetch":
         return _run(_prefetch(config, args))
     if args.command == "verify":
@@ -270,6 +284,17 @@ async def _migrate(config: Config, args: argparse.Namespace) -> int:
           f"{report.bytes / 1e6:.1f} MB in {report.seconds:.1f} s ({mb_s:.1f} MB/s); "
           f"{report.skipped} skipped")
     return 1 if report.skipped else 0
+
+
+async def _compact(config: Config, args: argparse.Namespace) -> int:
+    from hpacs.store.archive import Archive
+
+    async with Archive(config) as archive:
+        report = await archive.lifecycle.compact(args.min_dead, dry_run=args.dry_run)
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{verb} {report.bytes_freed / 1e6:.1f} MB: {report.packs_rewritten} packs rewritten "
+          f"({report.records_moved} records moved), {report.packs_dropped} packs deleted")
+    return 0
 
 
 async def _prefetch(config: Config, args: argparse.Namespace) -> int:

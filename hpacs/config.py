@@ -97,6 +97,9 @@ class LifecycleConfig:
     #: Cold pack size (MB) and zstd level.
     pack_size_mb: int = 1024
     level: int = 3
+    #: After each rule run, rewrite cold packs at least this fraction dead (records of promoted
+    #: or replaced instances); 0 = never (``hpacs compact`` still does it by hand).
+    compact_dead_fraction: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,10 @@ A kill at any point, and what the next start (:meth:`Lifecycle.reconcile`) does:
   finishing the promotion. Temp files are removed by the archive's tmp cleanup.
 - after the last step: the journal entry may linger; reconcile finds nothing to do and clears it.
 
+Compaction (:meth:`Lifecycle.compact`) copies the live records of mostly dead packs into new
+packs, switches the rows (synced), and deletes a pack only when no row points into it; a kill
+at any point leaves either the old or the new copy named by each row, and the other dead.
+
 "files" mode recovery (re-index hot files newer than the checkpoint) runs before reconcile and
 may re-point a row at a stale hot copy; that copy is byte-identical to the cold record (both
 are the exact original), so either location is right, and a still-hot study is migrated again.
@@ -188,6 +192,14 @@ class MigrationReport:
     seconds: float = 0.0
 
 
+@dataclass
+class CompactReport:
+    packs_rewritten: int = 0
+    packs_dropped: int = 0
+    records_moved: int = 0
+    bytes_freed: int = 0
+
+
 class RateLimiter:
     """Bytes per second, as a schedule: each chunk may start once the previous ones' share of
     time has passed (no burst beyond one chunk)."""
@@ -225,6 +237,10 @@ class Lifecycle:
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self.yield_to_ingest = True
+        #: Held by migrations (append, then switch rows) and compaction (which deletes packs no
+        #: row points into): a pack a migration has appended to but not yet switched to must
+        #: never look empty to a compaction.
+        self._cold_writes = asyncio.Lock()
 
     @property
     def db(self) -> IndexDB:
@@ -311,7 +327,7 @@ class Lifecycle:
     # -- migration ----------------------------------------------------------------------------
     async def migrate_study(self, study_uid: str) -> MoveResult:
         """Move a study's hot instances into the cold store (see the module docstring)."""
-        async with self._study_lock(study_uid):
+        async with self._study_lock(study_uid), self._cold_writes:
             return await self._migrate(study_uid)
 
     async def _migrate(self, study_uid: str) -> MoveResult:
@@ -495,9 +511,79 @@ class Lifecycle:
                 self.metrics.tier_pending_studies.set(len(report.candidates) - i - 1)
             if progress is not None:
                 progress(c, r)
+        if not dry_run and self.rules.compact_dead_fraction > 0 and not self._stopping.is_set():
+            await self.compact(self.rules.compact_dead_fraction)
         report.seconds = time.monotonic() - started
         log.info("lifecycle.pass_done", studies=report.studies, instances=report.instances,
                  bytes=report.bytes, skipped=report.skipped, seconds=round(report.seconds, 2))
+        return report
+
+    # -- compaction ---------------------------------------------------------------------------
+    def _cold_rows_by_pack(self) -> dict[int, list[InstanceEntry]]:
+        by_pack: dict[int, list[InstanceEntry]] = {}
+        for e in self.db.iter_instances():
+            ref = cold_ref(e)
+            if ref is not None:
+                by_pack.setdefault(ref.pack, []).append(e)
+        return by_pack
+
+    async def compact(self, min_dead_fraction: float = 0.5, *,
+                      dry_run: bool = False) -> CompactReport:
+        """Reclaim the space of dead cold records (promoted or replaced instances).
+
+        Packs no row points into are deleted; packs at least ``min_dead_fraction`` dead have
+        their live records copied (verified, not re-encoded) into new packs, the rows switched
+        under the instances' ingest locks and synced, then the old packs deleted only if no row
+        points into them any more. A kill -9 before the switch leaves the old packs the truth
+        and the copies dead space; after it, the old packs are unreferenced and the next
+        compaction deletes them: every instance stays readable exactly once."""
+        async with self._cold_writes:
+            return await self._compact(min_dead_fraction, dry_run)
+
+    async def _compact(self, min_dead_fraction: float, dry_run: bool) -> CompactReport:
+        report = CompactReport()
+        cold = self.archive.tiers.cold
+        by_pack = await self._in_thread(self._cold_rows_by_pack)
+        empty, rewrite = [], []
+        for pack in cold.packs():
+            size = cold.pack_bytes(pack)
+            rows = by_pack.get(pack, [])
+            live = sum(cold_ref(e).length for e in rows)  # type: ignore[union-attr]
+            if not rows:
+                empty.append(pack)
+                report.bytes_freed += size
+            elif size and (size - live) / size >= min_dead_fraction:
+                rewrite.append(pack)
+                report.bytes_freed += size - live
+        log.info("lifecycle.compact_planned", empty=len(empty), rewrite=len(rewrite),
+                 bytes=report.bytes_freed, dry_run=dry_run)
+        if dry_run:
+            return report
+        if empty:  # first, so the copies below never land in a pack about to go
+            await self._in_thread(cold.drop_packs, empty)
+            report.packs_dropped += len(empty)
+        if rewrite:
+            rows = [e for pack in rewrite for e in by_pack[pack]]
+            moved = await self._in_thread(cold.compact, [cold_ref(e) for e in rows])
+            async with self._instance_locks(e.sop_instance_uid for e in rows):
+                db = self.db
+
+                def switch(w: WriteBatch) -> list[bool]:
+                    return [db.set_location(w, e.sop_instance_uid, "",
+                                            ref_to_index(moved[cold_ref(e)]), expect=e)
+                            for e in rows]
+
+                switched = await self.archive.writer.run(switch)
+                await self.archive.writer.sync()
+            report.records_moved = sum(switched)
+            report.packs_rewritten = len(rewrite)
+            still = await self._in_thread(self._cold_rows_by_pack)
+            gone = [p for p in rewrite if p not in still]  # a row changed meanwhile keeps its
+            await self._in_thread(cold.drop_packs, gone)  # pack until the next compaction
+            report.packs_dropped += len(gone)
+        log.info("lifecycle.compacted", packs_rewritten=report.packs_rewritten,
+                 packs_dropped=report.packs_dropped, records=report.records_moved,
+                 bytes=report.bytes_freed)
         return report
 
     # -- access times and promotion queue ---------------------------------------------------------

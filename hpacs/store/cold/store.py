@@ -387,6 +387,13 @@ class ColdStore:
         """Ids of the pack files present."""
         return self._pack_ids()
 
+    def pack_bytes(self, pack: int) -> int:
+        """Size of a pack file (0 if it is gone): compaction weighs it against its live bytes."""
+        try:
+            return self._path(pack).stat().st_size
+        except FileNotFoundError:
+            return 0
+
     # -- compaction ---------------------------------------------------------------------------
 
     def compact(self, live: Iterable[ColdRef]) -> dict[ColdRef, ColdRef]:
