@@ -13,15 +13,19 @@ from typing import Any, Final
 
 import msgspec
 
-from hpacs.dicom.dicomjson import DicomJSONError, ElementWalker, dataset_framing
+from hpacs.dicom.dicomjson import (
+    BITS_ALLOCATED,
+    PIXEL_DATA,
+    DicomJSONError,
+    ElementWalker,
+    dataset_framing,
+)
 
 ROWS: Final = 0x00280010
 COLUMNS: Final = 0x00280011
 SAMPLES: Final = 0x00280002
-BITS_ALLOCATED: Final = 0x00280100
 NUMBER_OF_FRAMES: Final = 0x00280008
 PHOTOMETRIC: Final = 0x00280004
-PIXEL_DATA: Final = 0x7FE00010
 _WANTED: Final = frozenset({ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, NUMBER_OF_FRAMES, PHOTOMETRIC,
                             PIXEL_DATA})
 
