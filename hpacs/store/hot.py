@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from hpacs.store.fileio import finish_file
+
 HOT_DIR = "hot"
 TMP_DIR = "tmp"
 SUFFIX = ".dcm"
@@ -47,21 +49,18 @@ class HotStore:
         return fd, path
 
     def commit(self, fd: int, temp: Path, relative: str) -> None:
-        """fsync, close and atomically rename ``temp`` into place. Blocking: run in an executor."""
-        try:
-            if self.fsync:
-                # fdatasync: the data and the size (all a reader needs); the directory entry is
-                # made durable by the directory fsync after the rename
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        """fsync, close and atomically rename ``temp`` into place, then fsync the directory so
+        the rename survives a crash. Blocking: run in an executor. The directories are created
+        only when the rename says they are missing (once per series)."""
         final = self.data_dir / relative
         parent = final.parent
-        if not parent.is_dir():
+        try:
+            finish_file(fd, temp, final, parent, self.fsync)
+        except FileNotFoundError:
+            if not os.path.exists(temp):
+                raise
             self._make_dirs(parent)
-        os.replace(temp, final)
-        if self.fsync:
-            _fsync_dir(parent)
+            finish_file(-1, temp, final, parent, self.fsync)
 
     def _make_dirs(self, directory: Path) -> None:
         """Create missing directories, fsyncing each new entry's parent so it is durable."""
