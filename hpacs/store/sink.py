@@ -20,7 +20,6 @@ import errno
 import threading
 from collections import deque
 from concurrent.futures import Executor
-from pathlib import Path
 
 from hpacs.store.fileio import start_writeback, write_all
 from hpacs.store.hot import HotStore
@@ -55,7 +54,7 @@ class FileSink:
         self._lock = threading.Lock()
         self._running = False
         self._fd: int | None = None
-        self._temp: Path | None = None
+        self._temp: str | None = None
         self._written = 0
         self._flushed = 0
         self._closed = False
