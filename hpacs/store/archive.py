@@ -77,7 +77,8 @@ class Archive:
         self._open_index()
         self.metadata = MetadataCache(self.data_dir / METADATA_DIR)
         self.warmer = MetadataWarmer(self.data_dir / METADATA_DIR, self.hot.absolute,
-                                     self.config.store.metadata_workers)
+                                     self.config.store.metadata_workers,
+                                     quiet_for=self.ingestor.quiet_for)
         self.ingestor.listeners.append(self._warm_metadata)
         checkpoint = self.db.meta_get("checkpoint")
         await self.writer.start()

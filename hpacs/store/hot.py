@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from hpacs.store.fileio import finish_file
 
 HOT_DIR = "hot"
 TMP_DIR = "tmp"
@@ -28,6 +29,8 @@ class HotStore:
         self.fsync = fsync
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._data_prefix = f"{self.data_dir}/"
+        self._tmp_prefix = f"{self.tmp}/"
 
     # -- layout -------------------------------------------------------------------------------
     @staticmethod
@@ -40,28 +43,26 @@ class HotStore:
         return self.data_dir / relative
 
     # -- writing ------------------------------------------------------------------------------
-    def open_temp(self) -> tuple[int, Path]:
-        """A new temp file (O_EXCL) in the same file system as the store."""
-        path = self.tmp / f"{uuid.uuid4().hex}.part"
+    def open_temp(self) -> tuple[int, str]:
+        """A new temp file (O_EXCL) in the same file system as the store. (Plain strings, not
+        Path objects: this and ``commit`` run once per instance on the ingest path.)"""
+        path = f"{self._tmp_prefix}{os.urandom(16).hex()}.part"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         return fd, path
 
-    def commit(self, fd: int, temp: Path, relative: str) -> None:
-        """fsync, close and atomically rename ``temp`` into place. Blocking: run in an executor."""
+    def commit(self, fd: int, temp: str, relative: str) -> None:
+        """fsync, close and atomically rename ``temp`` into place, then fsync the directory so
+        the rename survives a crash. Blocking: run in an executor. The directories are created
+        only when the rename says they are missing (once per series)."""
+        final = self._data_prefix + relative
+        parent = final.rpartition("/")[0]
         try:
-            if self.fsync:
-                # fdatasync: the data and the size (all a reader needs); the directory entry is
-                # made durable by the directory fsync after the rename
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        final = self.data_dir / relative
-        parent = final.parent
-        if not parent.is_dir():
-            self._make_dirs(parent)
-        os.replace(temp, final)
-        if self.fsync:
-            _fsync_dir(parent)
+            finish_file(fd, temp, final, parent, self.fsync)
+        except FileNotFoundError:
+            if not os.path.exists(temp):
+                raise
+            self._make_dirs(Path(parent))
+            finish_file(-1, temp, final, parent, self.fsync)
 
     def _make_dirs(self, directory: Path) -> None:
         """Create missing directories, fsyncing each new entry's parent so it is durable."""
@@ -78,12 +79,12 @@ class HotStore:
                 _fsync_dir(d.parent)
 
     @staticmethod
-    def discard(fd: int | None, temp: Path) -> None:
+    def discard(fd: int | None, temp: str) -> None:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
         with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+            os.unlink(temp)
 
     def remove(self, relative: str) -> None:
         """Delete a stored file (e.g. the old copy of a replaced instance)."""

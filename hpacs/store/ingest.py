@@ -86,6 +86,7 @@ class Ingestor:
         #: stored_at of records whose file may be in place but whose index commit is pending.
         self._unindexed: dict[int, float] = {}
         self.in_flight = 0
+        self._last_active = time.monotonic()
         #: Called with every newly stored record, after its commit (metadata warming, prior
         #: prefetch): must be cheap and never raise (schedule work, do not do it).
         self.listeners: list[Callable[[InstanceRecord], None]] = []
@@ -94,6 +95,13 @@ class Ingestor:
 
     def close(self) -> None:
         self.io.shutdown(wait=True)
+
+    def quiet_for(self) -> float:
+        """Seconds since a data set was last arriving (0 while one is): background work such
+        as metadata warming waits for quiet instead of taking CPU from ingest."""
+        if self.in_flight:
+            return 0.0
+        return time.monotonic() - self._last_active
 
     def oldest_unindexed(self) -> float | None:
         """For the writer's checkpoint: no file stored before this time lacks its commit."""
@@ -256,6 +264,7 @@ class Receiver:
         if not self._finished:
             self._finished = True
             self.ingestor.in_flight -= 1
+            self.ingestor._last_active = time.monotonic()
 
     async def finish(self) -> StoreResult:
         """The last fragment arrived: validate, make durable, index. Returns the outcome."""

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ctypes
 import io
+import math
 import mmap
 import multiprocessing
 import os
@@ -43,6 +44,12 @@ METADATA_DIR: Final = "metadata"
 _STAMP: Final = struct.Struct("<d")
 _BULK_KEY: Final = b'"BulkDataURI":"/studies/'
 _BATCH: Final = 64
+#: Warming waits until no data set has been arriving for this long. It is a cache (the instances
+#: are durable and indexed already), and computing it while data streams in takes CPU from
+#: ingest: on 2 cores, 1000 CT slices over 1 association went 247 -> 317 files/s without it.
+QUIET_S: Final = 0.5
+#: Beyond this many waiting instances new ones are not queued (computed on demand instead).
+MAX_BACKLOG: Final = 100_000
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -157,10 +164,14 @@ def _warm_batch(items: list[WarmItem]) -> list[tuple[str, str]]:
 class MetadataWarmer:
     """Feeds newly stored instances to the worker process in batches, off the ack path."""
 
-    def __init__(self, directory: Path, resolve: Callable[[str], Path], workers: int = 1) -> None:
+    def __init__(self, directory: Path, resolve: Callable[[str], Path], workers: int = 1,
+                 quiet_for: Callable[[], float] = lambda: math.inf) -> None:
         self.directory = directory
         self.resolve = resolve  # relative path in the hot store -> absolute path
         self.workers = workers
+        #: Seconds since ingest was last busy (0 while a data set is arriving).
+        self.quiet_for = quiet_for
+        self.dropped = 0
         self._pool: ProcessPoolExecutor | None = None
         self._queue: asyncio.Queue[WarmItem] | None = None
         self._task: asyncio.Task | None = None
@@ -169,6 +180,9 @@ class MetadataWarmer:
 
     def enqueue(self, path: str, study: str, series: str, sop: str, stored_at: float) -> None:
         if self.workers <= 0:
+            return
+        if self._pending >= MAX_BACKLOG:
+            self.dropped += 1
             return
         if self._queue is None:
             self._queue = asyncio.Queue()
@@ -180,6 +194,8 @@ class MetadataWarmer:
         assert self._queue is not None
         while True:
             batch = [await self._queue.get()]
+            while (wait := QUIET_S - self.quiet_for()) > 0:
+                await asyncio.sleep(wait)
             while len(batch) < _BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             if self._pool is None:

@@ -451,14 +451,16 @@ def test_storescu_file_sent_twice_with_keep_policy(server, tmp_path):
 
 
 def test_reading_pauses_for_the_disk_and_resumes(tmp_path):
-    """With a 1-byte disk backlog every fragment pauses reading until the I/O thread caught
-    up: the instances must still arrive whole."""
+    """Fragments larger than INLINE_MAX are written by an I/O thread; with a 1-byte disk
+    backlog each one pauses reading until that thread caught up: the instances must still
+    arrive whole. (A 4 MiB maximum PDU lets the peer send 2 MB fragments.)"""
     import urllib.request
 
-    srv = start_server(tmp_path / "data", env={"HPACS_DICOM__DISK_BACKLOG_BYTES": "1"})
+    srv = start_server(tmp_path / "data", env={"HPACS_DICOM__DISK_BACKLOG_BYTES": "1",
+                                               "HPACS_DICOM__MAX_PDU_LENGTH": str(4 << 20)})
     try:
         assoc = associate(srv, [CT], max_pdu=16384)
-        big = [make_ct(number=n, size=512) for n in range(3)]
+        big = [make_ct(number=n, size=1024) for n in range(3)]
         assert [assoc.send_c_store(ds).Status for ds in big] == [0, 0, 0]
         assoc.release()
         with urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/metrics") as r:

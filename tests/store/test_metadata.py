@@ -7,6 +7,7 @@ import asyncio
 import json
 
 from hpacs.dicom.dicomjson import part10_json
+from hpacs.store import metadata as metadata_module
 from hpacs.store.metadata import (
     MetadataCache,
     MetadataWarmer,
@@ -67,4 +68,29 @@ async def test_no_workers_means_no_warming(tmp_path):
     warmer = MetadataWarmer(tmp_path / "meta", lambda rel: tmp_path / rel, workers=0)
     warmer.enqueue("x.dcm", "1", "2", "3", 1.0)
     assert warmer.pending == 0
+    await warmer.close()
+
+
+async def test_warming_waits_for_ingest_to_be_quiet(tmp_path):
+    ds = make_ct(number=1, size=32)
+    path = write(ds, tmp_path / "hot")
+    busy = True
+    warmer = MetadataWarmer(tmp_path / "meta", lambda rel: tmp_path / "hot" / rel, workers=1,
+                            quiet_for=lambda: 0.0 if busy else 60.0)
+    warmer.enqueue(path.name, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, 5.0)
+    await asyncio.sleep(1.5)  # three QUIET_S periods of a busy ingest
+    assert warmer.warmed == 0 and warmer.pending == 1
+    busy = False
+    await asyncio.wait_for(warmer.drain(), 120)
+    assert warmer.warmed == 1
+    await warmer.close()
+
+
+async def test_a_full_backlog_drops_new_instances(tmp_path, monkeypatch):
+    monkeypatch.setattr(metadata_module, "MAX_BACKLOG", 3)
+    warmer = MetadataWarmer(tmp_path / "meta", lambda rel: tmp_path / rel, workers=1,
+                            quiet_for=lambda: 0.0)  # never quiet: nothing leaves the queue
+    for n in range(5):
+        warmer.enqueue(f"{n}.dcm", "1", "2", f"3.{n}", 1.0)
+    assert warmer.pending == 3 and warmer.dropped == 2  # computed on demand when asked for
     await warmer.close()

@@ -1,16 +1,17 @@
-"""The per-file I/O sink: ordered writes off the loop, commit, discard, and failures that
-fail the instance instead of hanging it."""
+"""The per-file sink: fragments written in order (inline by the loop, or by a thread when large),
+commit, discard, and failures that fail the instance instead of hanging it."""
 
 from __future__ import annotations
 
 import errno
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from hpacs.store import sink as sink_module
 from hpacs.store.hot import HotStore
-from hpacs.store.sink import FileSink
+from hpacs.store.sink import INLINE_MAX, FileSink
 
 
 @pytest.fixture
@@ -25,29 +26,56 @@ async def test_fragments_land_in_order_and_commit_renames(tmp_path, io):
     parts = [bytes([i]) * (1000 + i * 37_000) for i in range(20)]
     for part in parts:
         sink.write(memoryview(part))
+    assert sink.queued_bytes == 0  # all small: written by the caller, nothing queued
     await sink.commit("hot/aa/bb/s/se/1.2.dcm")
     assert (tmp_path / "hot/aa/bb/s/se/1.2.dcm").read_bytes() == b"".join(parts)
     assert list(hot.tmp.iterdir()) == []
 
 
-async def test_discard_leaves_nothing(tmp_path, io):
+async def test_large_fragments_go_to_a_thread_and_order_holds(tmp_path, io):
     hot = HotStore(tmp_path)
     sink = FileSink(hot, io)
-    sink.write(b"x" * 200_000)
+    parts = [b"a" * 1000, b"b" * (INLINE_MAX + 1), b"c" * 5000, b"d" * 7, b"e" * (INLINE_MAX * 2)]
+    for part in parts:
+        sink.write(part)
+    await sink.commit("hot/aa/bb/s/se/2.dcm")
+    assert (tmp_path / "hot/aa/bb/s/se/2.dcm").read_bytes() == b"".join(parts)
+    assert sink.queued_bytes == 0
+
+
+async def test_commit_recreates_a_directory_removed_meanwhile(tmp_path, io):
+    hot = HotStore(tmp_path)
+    for n in range(2):
+        sink = FileSink(hot, io)
+        sink.write(b"z" * 10)
+        await sink.commit(f"hot/aa/bb/s/se/{n}.dcm")
+        if n == 0:  # e.g. emptied by a migration
+            os.remove(tmp_path / "hot/aa/bb/s/se/0.dcm")
+            os.rmdir(tmp_path / "hot/aa/bb/s/se")
+    assert (tmp_path / "hot/aa/bb/s/se/1.dcm").read_bytes() == b"z" * 10
+
+
+@pytest.mark.parametrize("size", [200_000, INLINE_MAX + 1])
+async def test_discard_leaves_nothing(tmp_path, io, size):
+    hot = HotStore(tmp_path)
+    sink = FileSink(hot, io)
+    sink.write(b"x" * size)
     sink.discard()
+    sink.write(b"y" * 10)  # ignored once discarded
     io.shutdown(wait=True)
     assert list(hot.tmp.iterdir()) == []
     assert not list((tmp_path / "hot").rglob("*.dcm"))
 
 
-async def test_a_write_error_fails_the_commit(tmp_path, io, monkeypatch):
+@pytest.mark.parametrize("size", [100_000, INLINE_MAX + 1])
+async def test_a_write_error_fails_the_commit(tmp_path, io, monkeypatch, size):
     def full(fd, views):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(sink_module.os, "writev", full)
+    monkeypatch.setattr(sink_module, "write_all", full)
     hot = HotStore(tmp_path)
     sink = FileSink(hot, io)
-    sink.write(b"x" * 100_000)
+    sink.write(b"x" * size)
     with pytest.raises(OSError) as info:
         await sink.commit("hot/aa/bb/s/se/1.dcm")
     assert info.value.errno == errno.ENOSPC
@@ -58,10 +86,10 @@ async def test_an_unexpected_worker_error_fails_instead_of_hanging(tmp_path, io,
     def broken(fd, views):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(sink_module.os, "writev", broken)
+    monkeypatch.setattr(sink_module, "write_all", broken)
     hot = HotStore(tmp_path)
     sink = FileSink(hot, io)
-    sink.write(b"x" * 100_000)
+    sink.write(b"x" * (INLINE_MAX + 1))  # large: written by the worker, which fails
     with pytest.raises(OSError, match="I/O worker failed"):
         await sink.commit("hot/aa/bb/s/se/1.dcm")
     assert list(hot.tmp.iterdir()) == []

@@ -1,0 +1,33 @@
+"""The file I/O primitives of the ingest path: compiled, unless ``HPACS_PURE=1`` asks for the twin.
+
+- ``write_all(fd, chunks)``: write buffers in order (writev, short writes resumed).
+- ``start_writeback(fd, offset, length)``: start writing a range to disk without waiting
+  (``sync_file_range(SYNC_FILE_RANGE_WRITE)``): a C-STORE is acknowledged only after fsync, and
+  if most of a data set is already on its way to disk when the last fragment lands, that fsync
+  has little left to wait for. A failure only loses the head start.
+- ``finish_file(fd, temp, final, directory, sync)``: fdatasync + close + rename + directory
+  fsync in one call that holds no GIL (``hpacs/_ext/_fileio.pyx`` says why that matters).
+
+Same scheme as ``hpacs.dicom.scan``: a missing build falls back to the twin, logs a warning and
+says so in ``COMPILED``; the test suite treats that as a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__all__ = ["COMPILED", "finish_file", "start_writeback", "write_all"]
+
+COMPILED = False
+
+if os.environ.get("HPACS_PURE") == "1":
+    from hpacs._ext.fileio import finish_file, start_writeback, write_all
+else:
+    try:
+        from hpacs._ext._fileio import finish_file, start_writeback, write_all
+    except ImportError:  # not built: correct, just slower
+        logging.getLogger(__name__).warning("compiled file I/O not built; using the twin")
+        from hpacs._ext.fileio import finish_file, start_writeback, write_all
+    else:
+        COMPILED = True
