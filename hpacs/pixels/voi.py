@@ -76,6 +76,26 @@ def _lut(ds: Dataset, item: Dataset) -> tuple[np.ndarray, int, int]:
     return table[:n], first, depth
 
 
+# Tags voi_params reads: integer tags and one ``ds.get`` each (a keyword lookup costs twice
+# as much, and the plan is made per rendered frame).
+_BITS_STORED = 0x00280101
+_PIXEL_REPRESENTATION = 0x00280103
+_PHOTOMETRIC = 0x00280004
+_MODALITY_LUT_SEQ = 0x00283000
+_RESCALE_INTERCEPT = 0x00281052
+_RESCALE_SLOPE = 0x00281053
+_VOI_LUT_SEQ = 0x00283010
+_WINDOW_CENTER = 0x00281050
+_WINDOW_WIDTH = 0x00281051
+_VOI_LUT_FUNCTION = 0x00281056
+_MISSING = object()
+
+
+def _value(ds: Dataset, tag: int, default=None):
+    elem = ds.get(tag)
+    return default if elem is None else elem.value
+
+
 def voi_params(
     ds: Dataset,
     *,
@@ -88,30 +108,29 @@ def voi_params(
     """The plan for ``ds``: its modality LUT/rescale, its VOI (window ``index`` or VOI LUT
     ``index``), MONOCHROME1 inversion. ``center``/``width``/``function`` override the window."""
     try:
-        bits = int(ds.BitsStored)
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+        bits_value = _value(ds, _BITS_STORED, _MISSING)
+        if bits_value is _MISSING:
+            raise AttributeError("no Bits Stored")
+        bits = int(bits_value)
+        signed = int(_value(ds, _PIXEL_REPRESENTATION, 0)) == 1
+        photometric = str(_value(ds, _PHOTOMETRIC, "MONOCHROME2")).strip()
     except (AttributeError, TypeError, ValueError) as exc:
         raise PixelDataError(f"missing or bad image pixel attributes: {exc}") from exc
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise PixelDataError(f"windowing needs a monochrome image, not {photometric}")
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    p = VoiParams(invert=photometric == "MONOCHROME1", lo=lo, hi=hi)
+    kw: dict = {"invert": photometric == "MONOCHROME1", "lo": lo, "hi": hi}
 
-    # modality
-    y_lo: float
-    y_hi: float
-    if ds.get("ModalityLUTSequence"):
-        table, first, depth = _lut(ds, ds.ModalityLUTSequence[0])
-        p = replace(p, mlut=table, mlut_first=first)
-        y_lo, y_hi = 0.0, float(2**depth - 1)
+    # modality (pydicom's output range y_lo/y_hi is not needed: the kernel maps onto [0, 255])
+    mlut_seq = _value(ds, _MODALITY_LUT_SEQ)
+    if mlut_seq:
+        table, first, _depth = _lut(ds, mlut_seq[0])
+        kw.update(mlut=table, mlut_first=first)
     else:
-        y_lo, y_hi = float(lo), float(hi)
-        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-            slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-            p = replace(p, slope=slope, intercept=intercept)
-            y_lo, y_hi = y_lo * slope + intercept, y_hi * slope + intercept
-    del y_lo, y_hi  # pydicom's output range; the kernel maps straight onto [0, 255]
+        slope = _value(ds, _RESCALE_SLOPE, _MISSING)
+        intercept = _value(ds, _RESCALE_INTERCEPT, _MISSING)
+        if slope is not _MISSING and intercept is not _MISSING:
+            kw.update(slope=float(slope), intercept=float(intercept))
 
     # VOI
     if center is not None or width is not None:
@@ -120,34 +139,38 @@ def voi_params(
         func = FUNCTIONS.get((function or "LINEAR").upper())
         if func is None:
             raise PixelDataError(f"unknown VOI LUT Function {function!r}")
-        return replace(p, func=func, center=float(center), width=float(width))
+        return VoiParams(func=func, center=float(center), width=float(width), **kw)
 
-    has_lut = bool(ds.get("VOILUTSequence")) and all(
-        ds.VOILUTSequence[0].get(k) is not None for k in ("LUTDescriptor", "LUTData")
+    voi_seq = _value(ds, _VOI_LUT_SEQ)
+    has_lut = bool(voi_seq) and all(
+        voi_seq[0].get(k) is not None for k in ("LUTDescriptor", "LUTData")
     )
-    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    wc = ds.get(_WINDOW_CENTER)
+    ww = ds.get(_WINDOW_WIDTH)
+    has_window = wc is not None and wc.value is not None and ww is not None and (
+        ww.value is not None)
     if has_lut and (prefer_lut or not has_window):
         try:
-            item = ds.VOILUTSequence[index]
+            item = voi_seq[index]
         except IndexError as exc:
             raise PixelDataError(f"no VOI LUT number {index}") from exc
         table, first, depth = _lut(ds, item)
         if depth != 8 and not 10 <= depth <= 16:
             raise PixelDataError(f"{depth} bits per VOI LUT entry is not supported")
-        return replace(p, func=TABLE, vlut=table, vlut_first=first,
-                       vlut_scale=255.0 / (2**depth - 1))
+        return VoiParams(func=TABLE, vlut=table, vlut_first=first,
+                         vlut_scale=255.0 / (2**depth - 1), **kw)
     if has_window:
         try:
-            c = _pick(ds["WindowCenter"], index)
-            w = _pick(ds["WindowWidth"], index)
+            c = _pick(wc, index)
+            w = _pick(ww, index)
         except IndexError as exc:
             raise PixelDataError(f"no window number {index}") from exc
-        name = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        name = str(_value(ds, _VOI_LUT_FUNCTION) or "LINEAR").strip().upper()
         func = FUNCTIONS.get(name)
         if func is None:
             raise PixelDataError(f"unsupported VOI LUT Function {name!r}")
-        return replace(p, func=func, center=c, width=w)
-    return p  # automatic window, resolved per image
+        return VoiParams(func=func, center=c, width=w, **kw)
+    return VoiParams(**kw)  # automatic window, resolved per image
 
 
 def _pick(elem, index: int) -> float:
