@@ -10,6 +10,7 @@ computed per pixel. Built with ``-ffp-contract=off`` (setup.py): no fused multip
 float32 and double sequences are the twin's.
 """
 
+from cython.parallel cimport prange
 from libc.math cimport exp, floor
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc
@@ -20,6 +21,7 @@ from hpacs._ext.voi import (
     LINEAR,
     LINEAR_EXACT,
     MAX_TABLE,
+    PARALLEL_MIN,
     SIGMOID,
     TABLE,
     _validate,
@@ -227,17 +229,30 @@ cdef const void* _cdata(a) except NULL:
     return <const void*>&raw[0]
 
 
+cdef void _linear_split(const small_t* s, uint8_t* o, Py_ssize_t n, int32_t x0, float a,
+                        float b, uint8_t flip, int parts) noexcept nogil:
+    """``_linear`` over ``parts`` contiguous slices, one OpenMP thread each."""
+    cdef Py_ssize_t k, start, end
+    if parts <= 1:
+        _linear(s, o, n, x0, a, b, flip)
+        return
+    for k in prange(parts, num_threads=parts, schedule="static"):
+        start = (n * k // parts) & ~(<Py_ssize_t>63)
+        end = n if k == parts - 1 else (n * (k + 1) // parts) & ~(<Py_ssize_t>63)
+        _linear(s + start, o + start, end - start, x0, a, b, flip)
+
+
 cdef void _dispatch_linear(int t, const void* s, uint8_t* o, Py_ssize_t n, int32_t x0, float a,
-                           float b, uint8_t flip) noexcept:
+                           float b, uint8_t flip, int parts) noexcept:
     with nogil:
         if t == T_U8:
-            _linear(<const uint8_t*>s, o, n, x0, a, b, flip)
+            _linear_split(<const uint8_t*>s, o, n, x0, a, b, flip, parts)
         elif t == T_I8:
-            _linear(<const int8_t*>s, o, n, x0, a, b, flip)
+            _linear_split(<const int8_t*>s, o, n, x0, a, b, flip, parts)
         elif t == T_U16:
-            _linear(<const uint16_t*>s, o, n, x0, a, b, flip)
+            _linear_split(<const uint16_t*>s, o, n, x0, a, b, flip, parts)
         else:
-            _linear(<const int16_t*>s, o, n, x0, a, b, flip)
+            _linear_split(<const int16_t*>s, o, n, x0, a, b, flip, parts)
 
 
 def _dispatch_minmax(src):
@@ -295,8 +310,10 @@ def window_u8(
     bint invert=False,
     long long lo=0,
     long long hi=-1,
+    int threads=1,
 ):
-    """Map ``src`` (stored values) into ``out`` (uint8, same shape, C-contiguous)."""
+    """Map ``src`` (stored values) into ``out`` (uint8, same shape, C-contiguous); ``threads``:
+    see the twin."""
     if _validate(src, out, mlut, func, width, vlut) is None:
         return
     cdef Params p
@@ -329,7 +346,8 @@ def window_u8(
     cdef int t = _TYPES[src.dtype.char]
     coeffs = linear_coeffs(src.dtype.char, slope, intercept, mlut, func, center, width)
     if coeffs is not None:
-        _dispatch_linear(t, s, o, n, coeffs[0], coeffs[1], coeffs[2], 255 if invert else 0)
+        _dispatch_linear(t, s, o, n, coeffs[0], coeffs[1], coeffs[2], 255 if invert else 0,
+                         max(1, threads) if n >= PARALLEL_MIN else 1)
         return
     cdef bint use_table = src.dtype.kind in "iu" and 0 < hi - lo + 1 <= MAX_TABLE
     cdef uint8_t* tab = NULL

@@ -45,8 +45,8 @@ import math
 
 import numpy as np
 
-__all__ = ["LINEAR", "LINEAR_EXACT", "MAX_TABLE", "SIGMOID", "TABLE", "linear_coeffs", "minmax",
-           "window_u8"]
+__all__ = ["LINEAR", "LINEAR_EXACT", "MAX_TABLE", "PARALLEL_MIN", "SIGMOID", "TABLE",
+           "linear_coeffs", "minmax", "window_u8"]
 
 LINEAR = 0
 LINEAR_EXACT = 1
@@ -99,6 +99,9 @@ def _values(
     return 255 - v if invert else v
 
 
+#: Smallest image (pixels) the compiled float32 path splits over threads: below it, waking a
+#: second thread costs more than it saves.
+PARALLEL_MIN = 1 << 17
 #: Integer types the float32 path takes: ``x - x0`` fits int32 and float32 exactly.
 ARITH_CHARS = "bBhH"
 _TYPE_RANGE = {"b": (-128, 127), "B": (0, 255), "h": (-32768, 32767), "H": (0, 65535)}
@@ -198,8 +201,12 @@ def window_u8(
     invert: bool = False,
     lo: int = 0,
     hi: int = -1,
+    threads: int = 1,
 ) -> None:
-    """Map ``src`` (stored values) into ``out`` (uint8, same shape, C-contiguous)."""
+    """Map ``src`` (stored values) into ``out`` (uint8, same shape, C-contiguous).
+
+    ``threads``: how many threads the compiled float32 path may split a large image over
+    (``PARALLEL_MIN`` pixels or more); the bytes do not depend on it, the twin ignores it."""
     args = _validate(src, out, mlut, func, width, vlut)
     if args is None:
         return

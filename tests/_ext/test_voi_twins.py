@@ -118,3 +118,29 @@ def test_float32_path_is_taken_for_plain_windows_only():
     assert coeffs("i", 1.0, 0.0, None, voi.LINEAR, 2000.0, 3000.0) is None
     assert coeffs("f", 1.0, 0.0, None, voi.LINEAR, 2000.0, 3000.0) is None
     assert coeffs("H", 1.0, 0.0, None, voi.LINEAR, 2000.0, 1.0) is None
+
+
+@settings(max_examples=25, deadline=5000)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from(SMALL),
+    center=st.floats(-2000, 5000, allow_nan=False),
+    width=st.floats(2, 6000, allow_nan=False),
+    invert=st.booleans(),
+    threads=st.integers(2, 4),
+    extra=st.integers(0, 200),
+)
+def test_threads_do_not_change_the_bytes(seed, dtype, center, width, invert, threads, extra):
+    """A large image split over threads: the same bytes as one thread and as the twin, for
+    any split (sizes that are not a multiple of the 64-pixel slice alignment included)."""
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    src = rng.integers(info.min, info.max, voi.PARALLEL_MIN + extra, endpoint=True).astype(dtype)
+    kw = dict(func=voi.LINEAR, center=center, width=width, invert=invert, slope=1.0,
+              intercept=0.0)
+    one, many, twin = (np.empty(src.shape, np.uint8) for _ in range(3))
+    _voi.window_u8(src, one, **kw)
+    _voi.window_u8(src, many, threads=threads, **kw)
+    voi.window_u8(src, twin, threads=threads, **kw)
+    assert np.array_equal(one, many)
+    assert np.array_equal(one, twin)
