@@ -21,7 +21,6 @@ rounding lands on the other side of a .5: within 1 grey level, and the tests mea
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from struct import unpack
 
@@ -35,10 +34,12 @@ from hpacs.pixels._kernels import PixelDataError, minmax, window_u8
 __all__ = ["FUNCTIONS", "THREADS", "VoiParams", "to_uint8", "voi_params"]
 
 FUNCTIONS = {"LINEAR": LINEAR, "LINEAR_EXACT": LINEAR_EXACT, "SIGMOID": SIGMOID}
-#: Threads ``to_uint8`` lets the kernel use on a large image (see ``hpacs._ext.voi``): two
-#: cut a 512x512 CT's kernel time by ~30 % on the (shared) 2-core dev machine; more cores than
-#: that are better spent on other requests.
-THREADS = min(2, os.cpu_count() or 1)
+#: Threads ``to_uint8`` lets the kernel use on a large image (see ``hpacs._ext.voi``). One by
+#: default: on the loaded 2-core dev machine two OpenMP threads cut a 512x512 CT's kernel time
+#: by ~30 % in a tight loop, but with libgomp's default spin-waiting a benchmark run slowed to
+#: ~27 ms per frame (a descheduled team thread holds the barrier), and with passive waiting two
+#: were slower than one. A server has other requests for its cores; opt in per call.
+THREADS = 1
 
 
 @dataclass(frozen=True)
