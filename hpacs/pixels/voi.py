@@ -11,7 +11,9 @@ Oracle and exactness: the result is pydicom's ``apply_modality_lut`` then ``appl
 * VOI LUT tables: ``g = v * 255 / (2**depth - 1)`` (depth = 3rd LUT Descriptor value), rounded
   the same way;
 * no VOI at all: an automatic LINEAR window over [min, max] of the modality values (center
-  ``(lo + hi) / 2 + 0.5``, width ``hi - lo + 1``: ``lo`` -> 0, ``hi`` -> 255);
+  ``(lo + hi) / 2 + 0.5``, width ``hi - lo + 1``: ``lo`` -> 0, ``hi`` -> 255), or with
+  ``auto="histogram"`` over the 0.5th-99.5th percentiles of the stored values (numpy's
+  ``inverted_cdf``: values the image has; a few hot or dead pixels no longer flatten it);
 * MONOCHROME1: ``255 - g``.
 
 Tables are exact. The windows are computed with the standard's formulas evaluated directly on
@@ -31,7 +33,8 @@ from pydicom.valuerep import VR
 from hpacs._ext.voi import LINEAR, LINEAR_EXACT, SIGMOID, TABLE
 from hpacs.pixels._kernels import PixelDataError, minmax, window_u8
 
-__all__ = ["FUNCTIONS", "THREADS", "VoiParams", "to_uint8", "voi_params"]
+__all__ = ["AUTO", "AUTO_PERCENTILES", "FUNCTIONS", "THREADS", "VoiParams",
+           "percentile_range", "to_uint8", "voi_params"]
 
 FUNCTIONS = {"LINEAR": LINEAR, "LINEAR_EXACT": LINEAR_EXACT, "SIGMOID": SIGMOID}
 #: Threads ``to_uint8`` lets the kernel use on a large image (see ``hpacs._ext.voi``). One by
@@ -40,6 +43,9 @@ FUNCTIONS = {"LINEAR": LINEAR, "LINEAR_EXACT": LINEAR_EXACT, "SIGMOID": SIGMOID}
 #: ~27 ms per frame (a descheduled team thread holds the barrier), and with passive waiting two
 #: were slower than one. A server has other requests for its cores; opt in per call.
 THREADS = 1
+#: Automatic windows: "minmax" spans the data, "histogram" the percentiles below.
+AUTO = ("minmax", "histogram")
+AUTO_PERCENTILES = (0.5, 99.5)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class VoiParams:
     invert: bool = False
     lo: int = 0  # stored-value range the kernel tabulates (from Bits Stored)
     hi: int = -1
+    auto: str = "minmax"  # automatic window: "minmax" or "histogram" (AUTO_PERCENTILES)
 
 
 def _lut(ds: Dataset, item: Dataset) -> tuple[np.ndarray, int, int]:
@@ -110,9 +117,13 @@ def voi_params(
     center: float | None = None,
     width: float | None = None,
     function: str | None = None,
+    auto: str = "minmax",
 ) -> VoiParams:
     """The plan for ``ds``: its modality LUT/rescale, its VOI (window ``index`` or VOI LUT
-    ``index``), MONOCHROME1 inversion. ``center``/``width``/``function`` override the window."""
+    ``index``), MONOCHROME1 inversion. ``center``/``width``/``function`` override the window;
+    ``auto`` picks the automatic window of an image without one ("minmax", "histogram")."""
+    if auto not in AUTO:
+        raise PixelDataError(f"automatic window {auto!r} is not one of {', '.join(AUTO)}")
     try:
         bits_value = _value(ds, _BITS_STORED, _MISSING)
         if bits_value is _MISSING:
@@ -125,7 +136,7 @@ def voi_params(
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise PixelDataError(f"windowing needs a monochrome image, not {photometric}")
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    kw: dict = {"invert": photometric == "MONOCHROME1", "lo": lo, "hi": hi}
+    kw: dict = {"invert": photometric == "MONOCHROME1", "lo": lo, "hi": hi, "auto": auto}
 
     # modality (pydicom's output range y_lo/y_hi is not needed: the kernel maps onto [0, 255])
     mlut_seq = _value(ds, _MODALITY_LUT_SEQ)
@@ -227,11 +238,35 @@ def to_uint8(
     return out
 
 
+def percentile_range(src: np.ndarray, q: tuple[float, float]) -> tuple[float, float]:
+    """``np.percentile(src, q, method="inverted_cdf")``: for integers from one histogram
+    (``bincount`` over [min, max], then the cumulative counts), without a sort."""
+    flat = src.reshape(-1)
+    lo_q, hi_q = q
+    if not 0 <= lo_q <= hi_q <= 100:
+        raise ValueError(f"bad percentiles {q}")
+    if flat.dtype.kind in "iu":
+        smin, smax = minmax(flat)
+        if smax - smin < 1 << 22:
+            counts = np.bincount(flat.astype(np.intp) - smin, minlength=smax - smin + 1)
+            cdf = np.cumsum(counts)
+            n = flat.size
+            idx = np.searchsorted(cdf, [lo_q / 100 * n, hi_q / 100 * n], side="left")
+            a, b = (min(int(i), len(cdf) - 1) for i in idx)
+            return smin + a, smin + b
+    lo, hi = np.percentile(flat, [lo_q, hi_q], method="inverted_cdf")
+    return (int(lo), int(hi)) if flat.dtype.kind in "iu" else (float(lo), float(hi))
+
+
 def _auto_window(src: np.ndarray, p: VoiParams) -> VoiParams:
-    """LINEAR window that maps the smallest modality value to 0 and the largest to 255."""
+    """LINEAR window that maps the smallest modality value to 0 and the largest to 255 (or
+    the AUTO_PERCENTILES of the stored values, for ``auto="histogram"``)."""
     if src.size == 0:
         return replace(p, func=LINEAR, center=0.5, width=1.0)
-    smin, smax = minmax(src)
+    if p.auto == "histogram":
+        smin, smax = percentile_range(src, AUTO_PERCENTILES)
+    else:
+        smin, smax = minmax(src)
     if p.mlut is not None:
         a = int(np.clip(int(smin) - p.mlut_first, 0, len(p.mlut) - 1))
         b = int(np.clip(int(smax) - p.mlut_first, 0, len(p.mlut) - 1))
