@@ -10,6 +10,12 @@ computed per pixel. Built with ``-ffp-contract=off`` (setup.py): no fused multip
 float32 and double sequences are the twin's.
 """
 
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS,
+    PyBUF_WRITABLE,
+    PyBuffer_Release,
+    PyObject_GetBuffer,
+)
 from cython.parallel cimport prange
 from libc.math cimport exp, floor
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t
@@ -45,12 +51,61 @@ ctypedef fused small_t:
     int16_t
 
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <stddef.h>
+    #if defined(__AVX512BW__)
+    #include <immintrin.h>
+    /* 64 pixels of 16-bit stored values at a time: the same float32 operations as the plain
+       loop, then int32 -> uint8 by saturating packs (which clamp to [0, 255] exactly as the
+       plain loop's min/max) and one dword permute restoring the order the in-lane packs
+       interleave. Returns how many pixels it did (a multiple of 64). */
+    static size_t hpacs_voi_linear16(const void* src, int is_signed, uint8_t* o, size_t n,
+                                     int32_t x0, float a, float b, uint8_t flip) {
+        const __m512i vx0 = _mm512_set1_epi32(x0);
+        const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+        const __m512i vflip = _mm512_set1_epi8((char)flip);
+        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13,
+                                                2, 6, 10, 14, 3, 7, 11, 15);
+        const int16_t* s = (const int16_t*)src;
+        size_t i = 0;
+        for (; i + 64 <= n; i += 64) {
+            __m512i v[4];
+            for (int k = 0; k < 4; k++) {
+                __m256i h = _mm256_loadu_si256((const __m256i*)(s + i + 16 * k));
+                __m512i x = is_signed ? _mm512_cvtepi16_epi32(h) : _mm512_cvtepu16_epi32(h);
+                __m512 u = _mm512_add_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(x, vx0)), va), vb);
+                v[k] = _mm512_cvttps_epi32(u);
+            }
+            __m512i bytes = _mm512_packus_epi16(_mm512_packs_epi32(v[0], v[1]),
+                                                _mm512_packs_epi32(v[2], v[3]));
+            bytes = _mm512_permutexvar_epi32(order, bytes);
+            _mm512_storeu_si512((void*)(o + i), _mm512_xor_si512(bytes, vflip));
+        }
+        return i;
+    }
+    #else
+    static size_t hpacs_voi_linear16(const void* src, int is_signed, uint8_t* o, size_t n,
+                                     int32_t x0, float a, float b, uint8_t flip) {
+        return 0;
+    }
+    #endif
+    """
+    size_t hpacs_voi_linear16(const void* src, int is_signed, uint8_t* o, size_t n,
+                              int32_t x0, float a, float b, uint8_t flip) noexcept nogil
+
+
 cdef void _linear(const small_t* s, uint8_t* o, Py_ssize_t n, int32_t x0, float a, float b,
                   uint8_t flip) noexcept nogil:
-    """The float32 path (see the twin's ``_linear_u8``): written for gcc's vectorizer."""
-    cdef Py_ssize_t i
+    """The float32 path (see the twin's ``_linear_u8``): written for gcc's vectorizer; 16-bit
+    input first goes through the AVX-512 block kernel above where the CPU has it."""
+    cdef Py_ssize_t i, start = 0
     cdef int32_t v
-    for i in range(n):
+    if small_t is int16_t or small_t is uint16_t:
+        start = <Py_ssize_t>hpacs_voi_linear16(s, small_t is int16_t, o, n, x0, a, b, flip)
+    for i in range(start, n):
         v = <int32_t>(<float>(<int32_t>s[i] - x0) * a + b)  # |.| < 2**30: linear_coeffs
         v = v if v > 0 else 0
         v = v if v < 255 else 255
@@ -220,13 +275,21 @@ if np.dtype(np.uint32).char != "I" or np.dtype(np.int32).char != "i":  # pragma:
 
 
 cdef void* _data(a) except NULL:
-    cdef uint8_t[::1] raw = a.reshape(-1).view(np.uint8)
-    return <void*>&raw[0]
+    """Start of a C-contiguous, non-empty array's memory (the caller keeps ``a`` alive): the
+    buffer protocol directly, ~10x cheaper than a memoryview of a reshaped view."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+    cdef void* p = view.buf
+    PyBuffer_Release(&view)
+    return p
 
 
 cdef const void* _cdata(a) except NULL:
-    cdef const uint8_t[::1] raw = a.reshape(-1).view(np.uint8)
-    return <const void*>&raw[0]
+    cdef Py_buffer view
+    PyObject_GetBuffer(a, &view, PyBUF_C_CONTIGUOUS)
+    cdef const void* p = view.buf
+    PyBuffer_Release(&view)
+    return p
 
 
 cdef void _linear_split(const small_t* s, uint8_t* o, Py_ssize_t n, int32_t x0, float a,
