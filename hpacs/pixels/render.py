@@ -35,10 +35,12 @@ class RenderOptions:
     window: tuple[float, float] | None = None
     #: Which of several windows in the data set to use.
     window_index: int = 0
+    #: Automatic window of an image without one: "minmax" or "histogram" (hpacs.pixels.voi).
+    auto_window: str = "minmax"
 
 
 def frame_to_uint8(ds: Dataset, frame: int = 0, window: tuple[float, float] | None = None,
-                   window_index: int = 0) -> np.ndarray:
+                   window_index: int = 0, auto_window: str = "minmax") -> np.ndarray:
     """The displayed 8-bit image of one frame: (rows, cols) grey or (rows, cols, 3) RGB."""
     arr = decode(ds, frame)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
@@ -51,7 +53,8 @@ def frame_to_uint8(ds: Dataset, frame: int = 0, window: tuple[float, float] | No
         return _rgb_to_uint8(rgb, 16 if rgb.dtype.itemsize > 1 else 8)
     if samples == 1:
         center, width = window if window is not None else (None, None)
-        return to_uint8(arr, ds, center=center, width=width, index=window_index)
+        return to_uint8(arr, ds, center=center, width=width, index=window_index,
+                        auto=auto_window)
     return _rgb_to_uint8(arr, int(ds.get("BitsStored", 8) or 8))
 
 
@@ -94,7 +97,8 @@ def render(source: Source, frame: int = 0, options: RenderOptions | None = None)
     options = options or RenderOptions()
     ds = load(source)
     return encode_image(
-        frame_to_uint8(ds, frame, options.window, options.window_index), options)
+        frame_to_uint8(ds, frame, options.window, options.window_index, options.auto_window),
+        options)
 
 
 def thumbnail(source: Source, size: int = 128, fmt: Format = "jpeg") -> bytes:

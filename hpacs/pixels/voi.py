@@ -11,7 +11,9 @@ Oracle and exactness: the result is pydicom's ``apply_modality_lut`` then ``appl
 * VOI LUT tables: ``g = v * 255 / (2**depth - 1)`` (depth = 3rd LUT Descriptor value), rounded
   the same way;
 * no VOI at all: an automatic LINEAR window over [min, max] of the modality values (center
-  ``(lo + hi) / 2 + 0.5``, width ``hi - lo + 1``: ``lo`` -> 0, ``hi`` -> 255);
+  ``(lo + hi) / 2 + 0.5``, width ``hi - lo + 1``: ``lo`` -> 0, ``hi`` -> 255), or with
+  ``auto="histogram"`` over the 0.5th-99.5th percentiles of the stored values (numpy's
+  ``inverted_cdf``: values the image has; a few hot or dead pixels no longer flatten it);
 * MONOCHROME1: ``255 - g``.
 
 Tables are exact. The windows are computed with the standard's formulas evaluated directly on
@@ -31,9 +33,19 @@ from pydicom.valuerep import VR
 from hpacs._ext.voi import LINEAR, LINEAR_EXACT, SIGMOID, TABLE
 from hpacs.pixels._kernels import PixelDataError, minmax, window_u8
 
-__all__ = ["FUNCTIONS", "VoiParams", "to_uint8", "voi_params"]
+__all__ = ["AUTO", "AUTO_PERCENTILES", "FUNCTIONS", "THREADS", "VoiParams",
+           "percentile_range", "to_uint8", "voi_params"]
 
 FUNCTIONS = {"LINEAR": LINEAR, "LINEAR_EXACT": LINEAR_EXACT, "SIGMOID": SIGMOID}
+#: Threads ``to_uint8`` lets the kernel use on a large image (see ``hpacs._ext.voi``). One by
+#: default: on the loaded 2-core dev machine two OpenMP threads cut a 512x512 CT's kernel time
+#: by ~30 % in a tight loop, but with libgomp's default spin-waiting a benchmark run slowed to
+#: ~27 ms per frame (a descheduled team thread holds the barrier), and with passive waiting two
+#: were slower than one. A server has other requests for its cores; opt in per call.
+THREADS = 1
+#: Automatic windows: "minmax" spans the data, "histogram" the percentiles below.
+AUTO = ("minmax", "histogram")
+AUTO_PERCENTILES = (0.5, 99.5)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class VoiParams:
     invert: bool = False
     lo: int = 0  # stored-value range the kernel tabulates (from Bits Stored)
     hi: int = -1
+    auto: str = "minmax"  # automatic window: "minmax" or "histogram" (AUTO_PERCENTILES)
 
 
 def _lut(ds: Dataset, item: Dataset) -> tuple[np.ndarray, int, int]:
@@ -76,6 +89,26 @@ def _lut(ds: Dataset, item: Dataset) -> tuple[np.ndarray, int, int]:
     return table[:n], first, depth
 
 
+# Tags voi_params reads: integer tags and one ``ds.get`` each (a keyword lookup costs twice
+# as much, and the plan is made per rendered frame).
+_BITS_STORED = 0x00280101
+_PIXEL_REPRESENTATION = 0x00280103
+_PHOTOMETRIC = 0x00280004
+_MODALITY_LUT_SEQ = 0x00283000
+_RESCALE_INTERCEPT = 0x00281052
+_RESCALE_SLOPE = 0x00281053
+_VOI_LUT_SEQ = 0x00283010
+_WINDOW_CENTER = 0x00281050
+_WINDOW_WIDTH = 0x00281051
+_VOI_LUT_FUNCTION = 0x00281056
+_MISSING = object()
+
+
+def _value(ds: Dataset, tag: int, default=None):
+    elem = ds.get(tag)
+    return default if elem is None else elem.value
+
+
 def voi_params(
     ds: Dataset,
     *,
@@ -84,34 +117,37 @@ def voi_params(
     center: float | None = None,
     width: float | None = None,
     function: str | None = None,
+    auto: str = "minmax",
 ) -> VoiParams:
     """The plan for ``ds``: its modality LUT/rescale, its VOI (window ``index`` or VOI LUT
-    ``index``), MONOCHROME1 inversion. ``center``/``width``/``function`` override the window."""
+    ``index``), MONOCHROME1 inversion. ``center``/``width``/``function`` override the window;
+    ``auto`` picks the automatic window of an image without one ("minmax", "histogram")."""
+    if auto not in AUTO:
+        raise PixelDataError(f"automatic window {auto!r} is not one of {', '.join(AUTO)}")
     try:
-        bits = int(ds.BitsStored)
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+        bits_value = _value(ds, _BITS_STORED, _MISSING)
+        if bits_value is _MISSING:
+            raise AttributeError("no Bits Stored")
+        bits = int(bits_value)
+        signed = int(_value(ds, _PIXEL_REPRESENTATION, 0)) == 1
+        photometric = str(_value(ds, _PHOTOMETRIC, "MONOCHROME2")).strip()
     except (AttributeError, TypeError, ValueError) as exc:
         raise PixelDataError(f"missing or bad image pixel attributes: {exc}") from exc
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise PixelDataError(f"windowing needs a monochrome image, not {photometric}")
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    p = VoiParams(invert=photometric == "MONOCHROME1", lo=lo, hi=hi)
+    kw: dict = {"invert": photometric == "MONOCHROME1", "lo": lo, "hi": hi, "auto": auto}
 
-    # modality
-    y_lo: float
-    y_hi: float
-    if ds.get("ModalityLUTSequence"):
-        table, first, depth = _lut(ds, ds.ModalityLUTSequence[0])
-        p = replace(p, mlut=table, mlut_first=first)
-        y_lo, y_hi = 0.0, float(2**depth - 1)
+    # modality (pydicom's output range y_lo/y_hi is not needed: the kernel maps onto [0, 255])
+    mlut_seq = _value(ds, _MODALITY_LUT_SEQ)
+    if mlut_seq:
+        table, first, _depth = _lut(ds, mlut_seq[0])
+        kw.update(mlut=table, mlut_first=first)
     else:
-        y_lo, y_hi = float(lo), float(hi)
-        if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-            slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-            p = replace(p, slope=slope, intercept=intercept)
-            y_lo, y_hi = y_lo * slope + intercept, y_hi * slope + intercept
-    del y_lo, y_hi  # pydicom's output range; the kernel maps straight onto [0, 255]
+        slope = _value(ds, _RESCALE_SLOPE, _MISSING)
+        intercept = _value(ds, _RESCALE_INTERCEPT, _MISSING)
+        if slope is not _MISSING and intercept is not _MISSING:
+            kw.update(slope=float(slope), intercept=float(intercept))
 
     # VOI
     if center is not None or width is not None:
@@ -120,34 +156,38 @@ def voi_params(
         func = FUNCTIONS.get((function or "LINEAR").upper())
         if func is None:
             raise PixelDataError(f"unknown VOI LUT Function {function!r}")
-        return replace(p, func=func, center=float(center), width=float(width))
+        return VoiParams(func=func, center=float(center), width=float(width), **kw)
 
-    has_lut = bool(ds.get("VOILUTSequence")) and all(
-        ds.VOILUTSequence[0].get(k) is not None for k in ("LUTDescriptor", "LUTData")
+    voi_seq = _value(ds, _VOI_LUT_SEQ)
+    has_lut = bool(voi_seq) and all(
+        voi_seq[0].get(k) is not None for k in ("LUTDescriptor", "LUTData")
     )
-    has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+    wc = ds.get(_WINDOW_CENTER)
+    ww = ds.get(_WINDOW_WIDTH)
+    has_window = wc is not None and wc.value is not None and ww is not None and (
+        ww.value is not None)
     if has_lut and (prefer_lut or not has_window):
         try:
-            item = ds.VOILUTSequence[index]
+            item = voi_seq[index]
         except IndexError as exc:
             raise PixelDataError(f"no VOI LUT number {index}") from exc
         table, first, depth = _lut(ds, item)
         if depth != 8 and not 10 <= depth <= 16:
             raise PixelDataError(f"{depth} bits per VOI LUT entry is not supported")
-        return replace(p, func=TABLE, vlut=table, vlut_first=first,
-                       vlut_scale=255.0 / (2**depth - 1))
+        return VoiParams(func=TABLE, vlut=table, vlut_first=first,
+                         vlut_scale=255.0 / (2**depth - 1), **kw)
     if has_window:
         try:
-            c = _pick(ds["WindowCenter"], index)
-            w = _pick(ds["WindowWidth"], index)
+            c = _pick(wc, index)
+            w = _pick(ww, index)
         except IndexError as exc:
             raise PixelDataError(f"no window number {index}") from exc
-        name = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+        name = str(_value(ds, _VOI_LUT_FUNCTION) or "LINEAR").strip().upper()
         func = FUNCTIONS.get(name)
         if func is None:
             raise PixelDataError(f"unsupported VOI LUT Function {name!r}")
-        return replace(p, func=func, center=c, width=w)
-    return p  # automatic window, resolved per image
+        return VoiParams(func=func, center=c, width=w, **kw)
+    return VoiParams(**kw)  # automatic window, resolved per image
 
 
 def _pick(elem, index: int) -> float:
@@ -160,12 +200,15 @@ def to_uint8(
     *,
     params: VoiParams | None = None,
     out: np.ndarray | None = None,
+    threads: int | None = None,
     **kwargs,
 ) -> np.ndarray:
     """Grey levels (uint8, same shape as ``arr``) for stored values ``arr`` of ``ds``.
 
     ``kwargs`` go to ``voi_params`` (``index``, ``prefer_lut``, ``center``, ``width``,
-    ``function``); or pass a ready ``params``.
+    ``function``); or pass a ready ``params`` (once per image or series: reading the data set
+    costs about as much as windowing a 512x512 frame). ``threads``: how many threads a large
+    image may be split over (default ``THREADS``).
     """
     if params is None:
         if ds is None:
@@ -188,18 +231,42 @@ def to_uint8(
             center=127.5 if p.center is None else p.center,
             width=256.0 if p.width is None else p.width,
             vlut=p.vlut, vlut_first=p.vlut_first, vlut_scale=p.vlut_scale,
-            invert=p.invert, lo=p.lo, hi=p.hi,
+            invert=p.invert, lo=p.lo, hi=p.hi, threads=THREADS if threads is None else threads,
         )
     except (ValueError, TypeError) as exc:
         raise PixelDataError(f"cannot window these pixels: {exc}") from exc
     return out
 
 
+def percentile_range(src: np.ndarray, q: tuple[float, float]) -> tuple[float, float]:
+    """``np.percentile(src, q, method="inverted_cdf")``: for integers from one histogram
+    (``bincount`` over [min, max], then the cumulative counts), without a sort."""
+    flat = src.reshape(-1)
+    lo_q, hi_q = q
+    if not 0 <= lo_q <= hi_q <= 100:
+        raise ValueError(f"bad percentiles {q}")
+    if flat.dtype.kind in "iu":
+        smin, smax = minmax(flat)
+        if smax - smin < 1 << 22:
+            counts = np.bincount(flat.astype(np.intp) - smin, minlength=smax - smin + 1)
+            cdf = np.cumsum(counts)
+            n = flat.size
+            idx = np.searchsorted(cdf, [lo_q / 100 * n, hi_q / 100 * n], side="left")
+            a, b = (min(int(i), len(cdf) - 1) for i in idx)
+            return smin + a, smin + b
+    lo, hi = np.percentile(flat, [lo_q, hi_q], method="inverted_cdf")
+    return (int(lo), int(hi)) if flat.dtype.kind in "iu" else (float(lo), float(hi))
+
+
 def _auto_window(src: np.ndarray, p: VoiParams) -> VoiParams:
-    """LINEAR window that maps the smallest modality value to 0 and the largest to 255."""
+    """LINEAR window that maps the smallest modality value to 0 and the largest to 255 (or
+    the AUTO_PERCENTILES of the stored values, for ``auto="histogram"``)."""
     if src.size == 0:
         return replace(p, func=LINEAR, center=0.5, width=1.0)
-    smin, smax = minmax(src)
+    if p.auto == "histogram":
+        smin, smax = percentile_range(src, AUTO_PERCENTILES)
+    else:
+        smin, smax = minmax(src)
     if p.mlut is not None:
         a = int(np.clip(int(smin) - p.mlut_first, 0, len(p.mlut) - 1))
         b = int(np.clip(int(smax) - p.mlut_first, 0, len(p.mlut) - 1))

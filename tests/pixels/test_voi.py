@@ -13,11 +13,14 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian
 
 from hpacs.pixels import PixelDataError, decode, to_uint8, voi_params
+from hpacs.pixels.voi import percentile_range
 from tests.pixels.files import IMAGES, UNDECODABLE
 
 
@@ -190,3 +193,57 @@ def test_override_and_errors():
     del nobits.BitsStored
     with pytest.raises(PixelDataError):
         voi_params(nobits)
+
+
+@settings(max_examples=100, deadline=2000)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    dtype=st.sampled_from([np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32]),
+    size=st.integers(1, 3000),
+    q=st.tuples(st.floats(0, 100), st.floats(0, 100)).map(sorted),
+)
+def test_percentile_range_is_numpys_inverted_cdf(seed, dtype, size, q):
+    rng = np.random.default_rng(seed)
+    lo, hi = (-30000, 30000) if np.dtype(dtype).kind != "u" else (0, 60000)
+    if np.dtype(dtype).itemsize == 1:
+        lo, hi = max(lo, np.iinfo(dtype).min), min(hi, np.iinfo(dtype).max)
+    arr = rng.integers(lo, hi, size).astype(dtype)
+    want = np.percentile(arr, q, method="inverted_cdf")
+    assert percentile_range(arr, tuple(q)) == (want[0], want[1])
+
+
+def test_histogram_auto_window_ignores_outliers():
+    rng = np.random.default_rng(5)
+    arr = rng.normal(1000, 100, (64, 64)).clip(0, 4095).astype(np.uint16)
+    arr[0, :5] = 4095  # hot pixels
+    arr[1, :5] = 0  # dead pixels
+    ds = _ds()
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
+    lo, hi = np.percentile(arr, [0.5, 99.5], method="inverted_cdf")
+    y_lo, y_hi = lo * 2 - 1024, hi * 2 - 1024
+    syn = copy.deepcopy(ds)
+    syn.WindowCenter, syn.WindowWidth = (y_lo + y_hi) / 2 + 0.5, y_hi - y_lo + 1
+    g = to_uint8(arr, ds, auto="histogram")
+    assert_close(g, oracle(arr, syn))
+    assert g[0, 0] == 255 and g[1, 0] == 0
+    # min/max would squeeze the body into the middle grey levels
+    assert np.percentile(g, 99) - np.percentile(g, 1) > 200
+    spread = to_uint8(arr, ds)
+    assert np.percentile(spread, 99) - np.percentile(spread, 1) < 100
+    with pytest.raises(PixelDataError):
+        to_uint8(arr, ds, auto="median")
+
+
+def test_renderer_passes_the_automatic_window_choice():
+    from hpacs.pixels.render import frame_to_uint8
+
+    rng = np.random.default_rng(6)
+    arr = rng.normal(1000, 100, (32, 32)).clip(0, 4095).astype(np.uint16)
+    arr[0, 0] = 4095
+    ds = _ds()
+    ds.Rows, ds.Columns = arr.shape
+    ds.PixelData = arr.tobytes()
+    ds["PixelData"].VR = "OW"
+    assert np.array_equal(frame_to_uint8(ds, 0, auto_window="histogram"),
+                          to_uint8(arr, ds, auto="histogram"))
+    assert not np.array_equal(frame_to_uint8(ds, 0), to_uint8(arr, ds, auto="histogram"))
