@@ -329,6 +329,7 @@ class Lifecycle:
             for d in dirs:
                 with contextlib.suppress(OSError):
                     _fsync_dir(d)
+        self.archive.hot.prune_dirs(relatives)  # (rmdir: safe while ingest writes there)
 
     # -- migration ----------------------------------------------------------------------------
     async def migrate_study(self, study_uid: str) -> MoveResult:

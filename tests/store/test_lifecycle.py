@@ -84,6 +84,7 @@ async def test_migrate_every_study_round_trips_byte_exact(tmp_path):
         assert report.instances == len(originals) and report.skipped == 0
         assert set(locations(archive).values()) == {"cold"}
         assert list(archive.hot.iter_files()) == []
+        assert list(archive.hot.root.iterdir()) == []  # no empty directories left behind
         all_read_back(archive, originals)
         assert archive.lifecycle.journal() == {}
         assert verify(archive.db, archive.tiers).ok
