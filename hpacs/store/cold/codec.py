@@ -132,12 +132,17 @@ def _stripe_pool() -> ThreadPoolExecutor:
 
 
 def _map(fn, items: list, threads: bool = True) -> list:
-    """[fn(x) for x in items], items 1.. on the stripe pool, item 0 on this thread."""
+    """[fn(x) for x in items], items 1.. on the stripe pool, item 0 on this thread (and any
+    item still queued when this thread is done)."""
     if len(items) == 1 or not threads:
         return [fn(x) for x in items]
     futures = [_stripe_pool().submit(fn, x) for x in items[1:]]
-    first = fn(items[0])
-    return [first, *(f.result() for f in futures)]
+    out = [fn(items[0])]
+    for f, x in zip(futures, items[1:], strict=True):
+        # a stripe no pool thread has started yet (a busy machine) is coded here rather
+        # than waited for
+        out.append(fn(x) if f.cancel() else f.result())
+    return out
 
 
 def _decompress(dctx: zstandard.ZstdDecompressor, frame, size: int) -> bytes:
