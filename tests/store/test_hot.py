@@ -39,15 +39,15 @@ def test_a_file_being_written_keeps_its_directory(tmp_path, monkeypatch):
     fails, it recreates the directory and lands its file."""
     hot = HotStore(tmp_path, fsync=False)
     rel = hot.relative_path("1.2.3", "1.2.3.1", "1.2.3.1.1")
-    real_replace = os.replace
-    raced = []
+    real_make_dirs = HotStore._make_dirs
+    raced: list[int] = []
 
-    def replace_after_prune(src, dst):
+    def make_dirs_then_prune(self, directory):
+        real_make_dirs(self, directory)
         if not raced:
-            raced.append(hot.prune_dirs([rel]))  # the directory is empty: it goes
-        return real_replace(src, dst)
+            raced.append(hot.prune_dirs([rel]))  # the new directories are empty: they go
 
-    monkeypatch.setattr(os, "replace", replace_after_prune)
+    monkeypatch.setattr(HotStore, "_make_dirs", make_dirs_then_prune)
     _write(hot, rel, b"data")
     assert raced[0] >= 2
     assert hot.absolute(rel).read_bytes() == b"data"
