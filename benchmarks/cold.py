@@ -1,6 +1,6 @@
 """Cold format benchmark, side by side in one run (a script, not a test):
 
-    .venv/bin/python -m benchmarks.cold [--runs 7]
+    .venv/bin/python -m benchmarks.cold [--runs 7] [--out REPORT.md]
 
 On the same pixels: hpacs's cold codec (the whole file through ``Codec``: dictionary-free
 header frame + predicted pixel streams, with the default tuned pixel settings and at zstd-3)
@@ -11,6 +11,8 @@ signed pixels offset to unsigned, its best case). Images: pydicom's real CT
 coded bytes (ours: the whole record payload minus the header frame); MB/s of pixel bytes,
 median (min-max) of ``--runs`` rounds, every codec timed once per round in turn; restore
 through ``ColdStore.read`` (pread + hash checks + decode) as well for the real CT.
+"(default, 1 thread)" is the default codec with the stripes of an image decoded one after the
+other on the caller's thread (the default decodes them in parallel).
 """
 
 from __future__ import annotations
@@ -117,8 +119,12 @@ def bench_image(name: str, data: bytes, runs: int) -> list[tuple]:
     pixels = data[lay.offset : lay.offset + lay.length]
     n = len(pixels)
     labels, ratios, encs, decs = [], [], [], []
-    for label, level in (("hpacs cold (default)", None), ("hpacs cold (pixel zstd-3)", 3)):
-        codec = Codec(pixel_level=level)
+    for label, level, threads in (
+        ("hpacs cold (default)", None, True),
+        ("hpacs cold (default, 1 thread)", None, False),
+        ("hpacs cold (pixel zstd-3)", 3, True),
+    ):
+        codec = Codec(pixel_level=level, threads=threads)
         kind, dict_id, payload = codec.encode(data)
         assert codec.decode(kind, dict_id, payload, len(data)) == data
         labels.append(label)
@@ -162,12 +168,20 @@ def bench_store_read(data: bytes, runs: int) -> Summary:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=7)
-    runs = ap.parse_args().runs
-    print(f"compiled filter: {FILTER_COMPILED}; {runs} runs each; MB/s of pixel bytes, "
-          "median (min-max)\n")
-    print("| image | codec | ratio | vs JPEG-LS | compress MB/s | restore MB/s | restore vs "
-          "JPEG-LS |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    ap.add_argument("--out", type=Path, help="also write the report (markdown) to this file")
+    args = ap.parse_args()
+    runs = args.runs
+    lines: list[str] = []
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    emit(f"compiled filter: {FILTER_COMPILED}; {runs} runs each; MB/s of pixel bytes, "
+         "median (min-max)\n")
+    emit("| image | codec | ratio | vs JPEG-LS | compress MB/s | restore MB/s | restore vs "
+         "JPEG-LS |")
+    emit("|---|---|---:|---:|---:|---:|---:|")
     ct = None
     for name, data in images():
         if ct is None:
@@ -175,12 +189,14 @@ def main() -> None:
         rows = bench_image(name, data, runs)
         jls_ratio, jls_dec = rows[-1][1], rows[-1][3].median
         for label, ratio, enc, dec in rows:
-            print(f"| {name} | {label} | {ratio:.2f} | {ratio / jls_ratio:.2f}x | "
-                  f"{fmt_summary(enc, 1)} | {fmt_summary(dec, 1)} | "
-                  f"{dec.median / jls_dec:.2f}x |", flush=True)
+            emit(f"| {name} | {label} | {ratio:.2f} | {ratio / jls_ratio:.2f}x | "
+                 f"{fmt_summary(enc, 1)} | {fmt_summary(dec, 1)} | "
+                 f"{dec.median / jls_dec:.2f}x |")
     read = bench_store_read(ct, runs)
-    print(f"\nColdStore.read of the real CT file ({len(ct)} bytes, pread + checks + decode): "
-          f"{fmt_summary(read, 1)} MB/s")
+    emit(f"\nColdStore.read of the real CT file ({len(ct)} bytes, pread + checks + decode): "
+         f"{fmt_summary(read, 1)} MB/s")
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

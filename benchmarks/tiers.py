@@ -1,6 +1,6 @@
 """Tiered storage benchmark (a script, not a test):
 
-    .venv/bin/python -m benchmarks.tiers [--runs 3] [--studies 4] [--slices 40]
+    .venv/bin/python -m benchmarks.tiers [--runs 3] [--studies 4] [--slices 40] [--out FILE]
 
 Per run, on a fresh archive (in-process, one uvloop loop, fsync on, like the server):
 
@@ -11,7 +11,11 @@ Per run, on a fresh archive (in-process, one uvloop loop, fsync on, like the ser
    ingest, unlimited rate): both rates, side by side;
 3. opening a study: every instance through the one read path + a full ``pydicom.dcmread``
    (what series metadata and frames cost), for the same study cold and after its promotion
-   (a prefetched prior). Files and packs were just written: both are read from the page cache.
+   (a prefetched prior). Files and packs were just written: both are read from the page cache;
+4. the rule pass (``Lifecycle.plan``, age 0) with every study cold (it reads the hot-study
+   index only) and with every study hot (it reads them all), and opening the cold store
+   (after the archive closed) with its CHECKPOINT (validates the tail) vs without (walks and
+   hashes every record of the last pack).
 
 Medians (min-max) of ``--runs``; the machine is shared, so compare columns of one run only.
 """
@@ -32,6 +36,7 @@ from benchmarks.corpus import CorpusConfig, iter_files
 from benchmarks.stats import fmt_summary, summarize
 from hpacs.config import Config, LifecycleConfig, ServerConfig
 from hpacs.store.archive import Archive
+from hpacs.store.cold import ColdStore
 
 
 def write_corpus(cfg: CorpusConfig, out: Path) -> list[Path]:
@@ -92,9 +97,15 @@ async def one_run(corpus_a: list[Path], corpus_b: list[Path], corpus_c: list[Pat
             await ingest(archive, corpus_a)
             studies = [st.study_uid for st in archive.db.iter_studies()]
             a_bytes = sum(e.size for e in archive.db.iter_instances())
+            t = time.perf_counter()
+            assert len(await lc.plan(older_than_days=0)) == len(studies)
+            out["rule pass, all hot, ms"] = (time.perf_counter() - t) * 1000
             report = await lc.run_rules(older_than_days=0)
             assert report.bytes == a_bytes and report.skipped == 0
             out["migrate MB/s"] = report.bytes / 1e6 / report.seconds
+            t = time.perf_counter()
+            assert await lc.plan(older_than_days=0) == []
+            out["rule pass, all cold, ms"] = (time.perf_counter() - t) * 1000
             probe = studies[0]
             out["open cold study ms"] = open_study(archive, probe) * 1000
             t = time.perf_counter()
@@ -109,6 +120,20 @@ async def one_run(corpus_a: list[Path], corpus_b: list[Path], corpus_c: list[Pat
             out["ingest during migration files/s"] = len(corpus_c) / seconds
             assert await migration == a_bytes
             out["migrate during ingest MB/s"] = a_bytes / 1e6 / (time.perf_counter() - t)
+            cold_root = archive.tiers.cold.root
+        out.update(cold_open(cold_root))
+    return out
+
+
+def cold_open(root: Path) -> dict[str, float]:
+    """ms to open the cold store with its checkpoint, and without (a full walk)."""
+    out = {}
+    for label, drop in (("with checkpoint", False), ("full walk", True)):
+        if drop:
+            (root / "CHECKPOINT").unlink()
+        t = time.perf_counter()
+        ColdStore(root).close()
+        out[f"open cold store, {label}, ms"] = (time.perf_counter() - t) * 1000
     return out
 
 
@@ -117,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--studies", type=int, default=4)
     ap.add_argument("--slices", type=int, default=40)
+    ap.add_argument("--out", type=Path, help="also write the report to this file")
     args = ap.parse_args(argv)
+    lines: list[str] = []
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="hpacs-tiers-corpus-") as tmp:
@@ -130,11 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             corpora.append(write_corpus(cfg, base / str(seed)))
         corpora.append(with_new_uids(corpora[1], base / "3"))  # B again, other instances
         a_size = sum(p.stat().st_size for p in corpora[0])
-        print(f"corpus A: {len(corpora[0])} files, {a_size / 1e6:.1f} MB; "
-              f"ingest corpora B, C: {len(corpora[1])}, {len(corpora[2])} files")
+        emit(f"corpus A: {len(corpora[0])} files, {a_size / 1e6:.1f} MB; "
+             f"ingest corpora B, C: {len(corpora[1])}, {len(corpora[2])} files")
         runs = [uvloop.run(one_run(*corpora)) for _ in range(args.runs)]
     for key in runs[0]:
-        print(f"{key:34s} {fmt_summary(summarize([r[key] for r in runs]), 1)}")
+        emit(f"{key:38s} {fmt_summary(summarize([r[key] for r in runs]), 1)}")
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -18,6 +18,11 @@ Layout (``max_dbs`` = 16; all keys are bytes; strings UTF-8; integers big-endian
     ix_accession      dupsort: AccessionNumber -> StudyInstanceUID
     ix_series_modality dupsort: Modality -> SeriesInstanceUID
     ix_study_modality dupsort: Modality -> StudyInstanceUID (ModalitiesInStudy)
+    ix_hot_activity   dupsort: be64 float of max(last_stored, last_access) -> StudyInstanceUID,
+                      for every study with a hot instance (oldest first: the lifecycle rules
+                      read what can match, not every instance). A superset: a study gone cold
+                      may linger until the rule pass prunes it (``unlist_hot``); built once
+                      from the rows when an older index lacks it (meta "hot_activity")
 
 PatientID and the three UIDs need no secondary index: they are (prefixes of) primary keys, so
 a PatientID lookup is a ``set_range`` over ``patients`` and UID lists are point lookups.
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -142,6 +148,7 @@ _PLAIN_DBS: Final = (b"meta", b"patients", b"studies", b"series", b"instances")
 _DUP_DBS: Final = (
     b"patient_studies", b"study_series", b"series_instances", b"ix_patient_name",
     b"ix_study_date", b"ix_accession", b"ix_series_modality", b"ix_study_modality",
+    b"ix_hot_activity",
 )  # fmt: skip
 
 LEVEL_DBS: Final = {"patient": b"patients", "study": b"studies", "series": b"series",
@@ -154,6 +161,11 @@ def key(s: str) -> bytes:
     if len(b) > _MAX_KEY:
         b = b[:440] + b"\xff" + hashlib.blake2b(b, digest_size=16).digest()
     return b
+
+
+def activity_key(st: StudyEntry) -> bytes:
+    """A study's ``ix_hot_activity`` key: its last activity, sorting as bytes (floats >= 0)."""
+    return struct.pack(">d", max(st.last_stored, st.last_access, 0.0))
 
 
 def patient_key(patient_id: str, issuer: str = "") -> bytes:
@@ -284,7 +296,11 @@ class IndexDB:
             for name in _PLAIN_DBS:
                 self.dbs[name] = self.env.open_db(name, create=False)
             for name in _DUP_DBS:
-                self.dbs[name] = self.env.open_db(name, dupsort=True, create=False)
+                try:
+                    self.dbs[name] = self.env.open_db(name, dupsort=True, create=False)
+                except lmdb.NotFoundError:  # an index from before it (only the rules read it)
+                    if name != b"ix_hot_activity":
+                        raise
         with self.env.begin(write=not readonly) as txn:
             for name in _PLAIN_DBS if not readonly else ():
                 self.dbs[name] = self.env.open_db(name, txn=txn)
@@ -295,6 +311,28 @@ class IndexDB:
                 txn.put(b"schema", _ENC.encode(SCHEMA_VERSION), db=self.dbs[b"meta"])
             elif raw is not None and _DEC_ANY.decode(raw) != SCHEMA_VERSION:
                 raise IndexSchemaError(f"index schema {_DEC_ANY.decode(raw)} != {SCHEMA_VERSION}")
+            if not readonly and txn.get(b"hot_activity", db=self.dbs[b"meta"]) is None:
+                self._build_hot_activity(txn)
+
+    def _build_hot_activity(self, txn: lmdb.Transaction) -> None:
+        """Fill ``ix_hot_activity`` from the rows (once, for an index that predates it)."""
+        hot_series: set[bytes] = set()
+        for _, raw in txn.cursor(db=self.dbs[b"instances"]):
+            e: InstanceEntry = _DEC[b"instances"].decode(raw)
+            if e.cold is None:
+                hot_series.add(e.series_uid.encode())
+        studies: set[bytes] = set()
+        for sk in hot_series:
+            raw = txn.get(sk, db=self.dbs[b"series"])
+            if raw is not None:
+                studies.add(_DEC[b"series"].decode(raw).study_uid.encode())
+        for study_k in studies:
+            raw = txn.get(study_k, db=self.dbs[b"studies"])
+            if raw is not None:
+                st = _DEC[b"studies"].decode(raw)
+                txn.put(activity_key(st), study_k, db=self.dbs[b"ix_hot_activity"],
+                        dupdata=True)
+        txn.put(b"hot_activity", _ENC.encode(True), db=self.dbs[b"meta"])
 
     # ------------------------------------------------------------------ lifecycle / meta
     def close(self) -> None:
@@ -365,8 +403,11 @@ class IndexDB:
             self._move_study(w, st, p, pkey)
         self._set_study_attrs(w, study_k, st, rec.study)
         if rec.stored_at > st.last_stored:
+            w.dup_delete(b"ix_hot_activity", activity_key(st), study_k)
             st.last_stored = rec.stored_at
             w.put(b"studies", study_k, st)
+        if rec.cold is None:
+            self._list_hot(w, st)
 
         # series
         se: SeriesEntry | None = w.get(b"series", series_k)
@@ -440,7 +481,84 @@ class IndexDB:
         if row is None or row != expect:
             return False
         w.put(b"instances", sop, msgspec.structs.replace(row, path=path, cold=cold))
+        if cold is None:  # hot again: the rules must see the study (going cold: unlist_hot)
+            se: SeriesEntry | None = w.get(b"series", row.series_uid.encode())
+            st: StudyEntry | None = w.get(b"studies", se.study_uid.encode()) if se else None
+            if st is not None:
+                self._list_hot(w, st)
         return True
+
+    def _list_hot(self, w: WriteBatch, st: StudyEntry) -> None:
+        """Add a study to ``ix_hot_activity`` (no write when it is there: re-applying an
+        identical record must not dirty the transaction)."""
+        k, v = activity_key(st), st.study_uid.encode()
+        with w.txn.cursor(db=self.dbs[b"ix_hot_activity"]) as cur:
+            if not cur.set_key_dup(k, v):
+                w.dup_put(b"ix_hot_activity", k, v)
+
+    def unlist_hot(self, w: WriteBatch, study_uid: str, activity: bytes | None = None) -> bool:
+        """Drop a study's ``ix_hot_activity`` entry (under ``activity``, default its current
+        one) unless, in this transaction, it is the current entry of a study that has a hot
+        instance (an ingest may have raced the caller's look). Returns whether it went."""
+        sk = study_uid.encode()
+        st: StudyEntry | None = w.get(b"studies", sk)
+        if st is not None:
+            current = activity_key(st)
+            if activity is None:
+                activity = current
+            if activity == current and self._has_hot(w, sk):
+                return False
+        if activity is None:
+            return False
+        return bool(w.txn.delete(activity, sk, db=self.dbs[b"ix_hot_activity"]))
+
+    def _has_hot(self, w: WriteBatch, study_k: bytes) -> bool:
+        with w.txn.cursor(db=self.dbs[b"study_series"]) as series:
+            ok = series.set_key(study_k)
+            while ok:
+                sk = series.value()
+                with w.txn.cursor(db=self.dbs[b"series_instances"]) as inst:
+                    found = inst.set_key(sk)
+                    while found:
+                        e: InstanceEntry | None = w.get(b"instances", inst.value()[4:])
+                        if e is not None and e.cold is None:
+                            return True
+                        found = inst.next_dup()
+                ok = series.next_dup()
+        return False
+
+    def hot_studies(self, until: float | None = None) -> Iterator[tuple[bytes, str]]:
+        """(activity key, study UID) of ``ix_hot_activity``, oldest first, up to ``until``
+        (epoch seconds; None: all); paged, no read transaction held between pages."""
+        dbi = self.dbs.get(b"ix_hot_activity")
+        if dbi is None:
+            return
+        limit = None if until is None else struct.pack(">d", max(until, 0.0))
+        after: tuple[bytes, bytes] | None = None
+        while True:
+            page: list[tuple[bytes, bytes]] = []
+            with self.env.begin() as txn, txn.cursor(db=dbi) as cur:
+                if after is None:
+                    ok = cur.first()
+                else:
+                    ok = cur.set_range_dup(*after)
+                    if ok and (cur.key(), cur.value()) == after:
+                        ok = cur.next()
+                    elif not ok:
+                        ok = cur.set_range(after[0])
+                        if ok and cur.key() == after[0]:
+                            ok = cur.next_nodup()
+                while ok and len(page) < 512:
+                    k = cur.key()
+                    if limit is not None and k > limit:
+                        break
+                    page.append((k, cur.value()))
+                    ok = cur.next()
+            for k, v in page:
+                yield k, v.decode()
+            if len(page) < 512:
+                return
+            after = page[-1]
 
     def set_last_access(self, w: WriteBatch, times: dict[str, float]) -> None:
         """Record studies' last read times (never moves a clock backwards)."""
@@ -448,8 +566,11 @@ class IndexDB:
             sk = study_uid.encode()
             st: StudyEntry | None = w.get(b"studies", sk)
             if st is not None and t > st.last_access:
+                listed = w.txn.delete(activity_key(st), sk, db=self.dbs[b"ix_hot_activity"])
                 st.last_access = t
                 w.put(b"studies", sk, st)
+                if listed:
+                    w.dup_put(b"ix_hot_activity", activity_key(st), sk)
 
     # ------------------------------------------------------------------ write helpers
     def _assemble(self, w: WriteBatch, e: InstanceEntry) -> InstanceRecord:
@@ -539,6 +660,8 @@ class IndexDB:
         old_pkey = patient_key(so.patient_id, so.issuer)
         po: PatientEntry = w.get(b"patients", old_pkey)
         self._detach_series(w, se, so, po, old_pkey)
+        # its instances may be hot: list the new study (a superset is fine, the rules prune)
+        self._list_hot(w, st)
         modality = _str_attr(se.attrs, "Modality")
         st.n_series += 1
         st.n_instances += se.n_instances
@@ -584,6 +707,7 @@ class IndexDB:
                 w.dup_delete(db, key(v), sk)
         for m in st.modalities:  # empty when counts are right; defensive
             w.dup_delete(b"ix_study_modality", key(m), sk)
+        w.dup_delete(b"ix_hot_activity", activity_key(st), sk)
         w.delete(b"studies", sk)
         p.n_studies -= 1
         w.dup_delete(b"patient_studies", pkey, sk)

@@ -4,6 +4,10 @@ Layout under ``<data>/hot``: ``<h[0:2]>/<h[2:4]>/<StudyUID>/<SeriesUID>/<SOPInst
 where ``h`` is the SHA-1 of the Study Instance UID, so that no directory grows huge and a study
 stays together (migration moves whole studies). Files are written to ``<data>/tmp`` first, then
 fsync'd and renamed into place; the parent directory is fsync'd so the rename survives a crash.
+
+Directories left empty (a study migrated to cold) are removed with ``rmdir``, which only ever
+removes an empty directory; a writer racing it (its directory vanishing between ``mkdir`` and
+``rename``) recreates the path and retries, so neither side needs a lock.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from hpacs.store.fileio import finish_file
 HOT_DIR = "hot"
 TMP_DIR = "tmp"
 SUFFIX = ".dcm"
+#: Directory levels above a file inside ``hot/``: series, study, h[2:4], h[0:2].
+_LEVELS = 4
+#: A writer whose directory a concurrent prune removes retries this often (each retry needs
+#: the prune to win a fresh race: more than a couple means something else is wrong).
+_RETRIES = 8
 
 
 class HotStore:
@@ -56,27 +65,59 @@ class HotStore:
         only when the rename says they are missing (once per series)."""
         final = self._data_prefix + relative
         parent = final.rpartition("/")[0]
-        try:
-            finish_file(fd, temp, final, parent, self.fsync)
-        except FileNotFoundError:
-            if not os.path.exists(temp):
-                raise
-            self._make_dirs(Path(parent))
-            finish_file(-1, temp, final, parent, self.fsync)
+        for attempt in range(_RETRIES):
+            try:
+                finish_file(fd, temp, final, parent, self.fsync)
+                return
+            except FileNotFoundError:  # a new series, or ``prune_dirs`` removed the directory
+                fd = -1  # finish_file synced and closed it before the rename failed
+                if attempt == _RETRIES - 1 or not os.path.exists(temp):
+                    raise
+                self._make_dirs(Path(parent))
 
     def _make_dirs(self, directory: Path) -> None:
-        """Create missing directories, fsyncing each new entry's parent so it is durable."""
-        missing = []
-        while not directory.is_dir():
-            missing.append(directory)
-            directory = directory.parent
-        for d in reversed(missing):
+        """Create missing directories, fsyncing each new entry's parent so it is durable.
+        A parent removed meanwhile by ``prune_dirs`` is created again."""
+        for attempt in range(_RETRIES):
+            missing = []
+            d = directory
+            while not d.is_dir():
+                missing.append(d)
+                d = d.parent
             try:
-                d.mkdir()
-            except FileExistsError:
-                continue
-            if self.fsync:
-                _fsync_dir(d.parent)
+                for d in reversed(missing):
+                    try:
+                        d.mkdir()
+                    except FileExistsError:
+                        continue
+                    if self.fsync:
+                        _fsync_dir(d.parent)
+                return
+            except FileNotFoundError:
+                if attempt == _RETRIES - 1:
+                    raise
+
+    def prune_dirs(self, relatives: list[str]) -> int:
+        """Remove the directories above these (removed) files that are now empty, up to
+        ``hot/``; returns how many went. ``rmdir`` refuses a directory a concurrent write has
+        put a file (or a subdirectory) into, and ``commit`` survives losing its directory, so
+        this is safe while ingest runs. Not fsync'd: an empty directory coming back after a
+        crash is harmless."""
+        removed = 0
+        level = {(self.data_dir / rel).parent for rel in relatives}
+        for _ in range(_LEVELS):  # deepest first: a study goes once all its series went
+            above: set[Path] = set()
+            for d in level:
+                if d == self.root or self.root not in d.parents:
+                    continue
+                try:
+                    os.rmdir(d)
+                except OSError:  # not empty (or already gone)
+                    continue
+                removed += 1
+                above.add(d.parent)
+            level = above
+        return removed
 
     @staticmethod
     def discard(fd: int | None, temp: str) -> None:

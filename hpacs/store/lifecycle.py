@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hpacs.config import LifecycleConfig
-from hpacs.index.db import IndexDB, InstanceEntry, WriteBatch
+from hpacs.index.db import IndexDB, InstanceEntry, WriteBatch, activity_key
 from hpacs.log import get_logger
 from hpacs.store.hot import _fsync_dir
 from hpacs.store.tiers import cold_ref, ref_to_index
@@ -107,26 +107,32 @@ class Candidate:
     hot_instances: int
 
 
-def study_usage(db: IndexDB) -> dict[str, StudyUsage]:
-    """Per-study hot/cold bytes and activity, from one pass over the index (blocking)."""
-    studies = {st.study_uid: StudyUsage(st.study_uid, st.patient_id,
-                                        max(st.last_stored, st.last_access))
-               for st in db.iter_studies()}
-    series_study: dict[str, str | None] = {}
-    for e in db.iter_instances():
-        study_uid = series_study.get(e.series_uid, "")
-        if study_uid == "":
-            se = db.get_series(e.series_uid)
-            study_uid = series_study[e.series_uid] = se.study_uid if se else None
-        usage = studies.get(study_uid) if study_uid else None
-        if usage is None:
+def hot_study_usage(
+    db: IndexDB, until: float | None = None
+) -> tuple[list[StudyUsage], list[tuple[str, bytes]]]:
+    """Usage of the studies that hold hot instances, least recently active first, up to
+    ``until`` (epoch seconds; None: all), from the ``ix_hot_activity`` index: what the rules
+    can pick, never the cold archive's rows (blocking). Also the stale index entries seen
+    (study gone cold, deleted, or listed under an old activity) for ``unlist_hot``."""
+    usage: list[StudyUsage] = []
+    stale: list[tuple[str, bytes]] = []
+    for activity, study_uid in db.hot_studies(until):
+        st = db.get_study(study_uid)
+        if st is None or activity_key(st) != activity:
+            stale.append((study_uid, activity))
             continue
-        if e.cold is None:
-            usage.hot_bytes += e.size
-            usage.hot_instances += 1
+        u = StudyUsage(study_uid, st.patient_id, max(st.last_stored, st.last_access))
+        for e in db.study_instances(study_uid):
+            if e.cold is None:
+                u.hot_bytes += e.size
+                u.hot_instances += 1
+            else:
+                u.cold_bytes += e.size
+        if u.hot_instances:
+            usage.append(u)
         else:
-            usage.cold_bytes += e.size
-    return studies
+            stale.append((study_uid, activity))
+    return usage, stale
 
 
 def select_for_migration(
@@ -323,6 +329,7 @@ class Lifecycle:
             for d in dirs:
                 with contextlib.suppress(OSError):
                     _fsync_dir(d)
+        self.archive.hot.prune_dirs(relatives)  # (rmdir: safe while ingest writes there)
 
     # -- migration ----------------------------------------------------------------------------
     async def migrate_study(self, study_uid: str) -> MoveResult:
@@ -352,8 +359,10 @@ class Lifecycle:
                 db = self.db
 
                 def switch(w: WriteBatch) -> list[bool]:
-                    return [db.set_location(w, e.sop_instance_uid, "", ref_to_index(ref),
+                    done = [db.set_location(w, e.sop_instance_uid, "", ref_to_index(ref),
                                             expect=e) for e, ref, _ in moved]
+                    db.unlist_hot(w, study_uid)  # (kept if anything hot is left)
+                    return done
 
                 switched = await self.archive.writer.run(switch)
                 await self.archive.writer.sync()
@@ -483,9 +492,24 @@ class Lifecycle:
         return du.used, du.total
 
     async def plan(self, older_than_days: float | None = None) -> list[Candidate]:
-        usage = await self._in_thread(study_usage, self.db)
+        """Proportional to the hot tier: the age rule reads the hot studies old enough only,
+        the watermarks (when on) every hot study; never the cold archive's rows."""
+        now = self.clock()
+        days = self.rules.older_than_days if older_than_days is None else older_than_days
+        watermarks = self.rules.high_watermark > 0
+        if not watermarks and days < 0:
+            return []
+        until = None if watermarks else now - days * DAY
+        hot, stale = await self._in_thread(hot_study_usage, self.db, until)
+        if stale:
+            def prune(w: WriteBatch, db: IndexDB = self.db) -> None:
+                for study_uid, activity in stale:
+                    db.unlist_hot(w, study_uid, activity)
+
+            await self.archive.writer.run(prune)
+        usage = {u.study_uid: u for u in hot}
         used, capacity = await self._in_thread(self.hot_usage, usage)
-        return select_for_migration(usage.values(), self.rules, self.clock(),
+        return select_for_migration(usage.values(), self.rules, now,
                                     older_than_days=older_than_days, hot_used=used,
                                     hot_capacity=capacity, keep=self.keep)
 

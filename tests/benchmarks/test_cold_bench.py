@@ -9,6 +9,7 @@ def test_bench_image_rows():
     labels = [r[0] for r in rows]
     assert labels == [
         "hpacs cold (default)",
+        "hpacs cold (default, 1 thread)",
         "hpacs cold (pixel zstd-3)",
         "zstd-3",
         "zstd-19",

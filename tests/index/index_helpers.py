@@ -125,3 +125,9 @@ def check_consistent(db: IndexDB) -> None:
     assert pairs(b"ix_patient_name") == sorted(
         (nk, pk) for pk, p in patients.items() for nk in dbm.name_keys(p.attrs.get("PatientName"))
     )
+    # the hot list may hold more (pruned by the rules) but never misses a hot study
+    hot_listed = set(pairs(b"ix_hot_activity"))
+    for e in instances.values():
+        if e.cold is None:
+            stk = series[e.series_uid.encode()].study_uid.encode()
+            assert (dbm.activity_key(studies[stk]), stk) in hot_listed

@@ -84,6 +84,7 @@ async def test_migrate_every_study_round_trips_byte_exact(tmp_path):
         assert report.instances == len(originals) and report.skipped == 0
         assert set(locations(archive).values()) == {"cold"}
         assert list(archive.hot.iter_files()) == []
+        assert list(archive.hot.root.iterdir()) == []  # no empty directories left behind
         all_read_back(archive, originals)
         assert archive.lifecycle.journal() == {}
         assert verify(archive.db, archive.tiers).ok
@@ -189,6 +190,54 @@ async def test_age_rule_uses_last_access_and_store_times(tmp_path):
         assert [c.study_uid for c in plan] == [uid("study", 1, 1)]
         now[0] = stored + 60 * DAY
         assert len(await archive.lifecycle.plan()) == 2
+
+
+async def test_rule_pass_reads_only_the_hot_studies_that_can_match(tmp_path, monkeypatch):
+    """The plan reads ix_hot_activity, not every instance: cold studies and hot studies too
+    young for the age rule cost nothing; a migrated study leaves the index; a promoted one,
+    a re-sent instance and an index built before the hot list (rebuilt at open) come back."""
+    now = [0.0]
+    data = tmp_path / "data"
+    async with Archive(config(data, older_than_days=30)) as archive:
+        archive.lifecycle.clock = lambda: now[0]
+        await import_all(archive, [write(make_ct(patient=p, number=n), tmp_path / "in")
+                                   for p in (1, 2, 3, 4) for n in (1, 2)])
+        db = archive.db
+        stored = max(st.last_stored for st in db.iter_studies())
+        now[0] = stored + 31 * DAY
+        await archive.lifecycle.run_rules()
+        assert set(locations(archive).values()) == {"cold"}
+        assert list(db.hot_studies()) == []  # migrated studies left the hot list
+        await import_all(archive, [write(make_ct(patient=5, number=1), tmp_path / "in2")])
+        now[0] = db.get_study(uid("study", 5, 1)).last_stored + DAY
+        read: list[str] = []
+        real = type(db).study_instances
+
+        def counting(self, study_uid):
+            read.append(study_uid)
+            return real(self, study_uid)
+
+        monkeypatch.setattr(type(db), "study_instances", counting)
+        monkeypatch.setattr(type(db), "iter_instances", None)  # a full scan would fail
+        assert await archive.lifecycle.plan() == []  # patient 5's study is young
+        assert read == []  # nothing read: no hot study old enough
+        now[0] += 40 * DAY
+        assert [c.study_uid for c in await archive.lifecycle.plan()] == [uid("study", 5, 1)]
+        assert read == [uid("study", 5, 1)]  # the four cold studies were never looked at
+        monkeypatch.undo()
+        await archive.lifecycle.promote_study(uid("study", 2, 1))
+        assert [s for _, s in db.hot_studies()] == [uid("study", 2, 1), uid("study", 5, 1)]
+    # an index from before ix_hot_activity: rebuilt from the rows at the next open
+    import lmdb
+
+    env = lmdb.open(str(data / "index"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"ix_hot_activity", txn=txn, dupsort=True), delete=False)
+        txn.delete(b"hot_activity", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    async with Archive(config(data, older_than_days=30)) as archive:
+        assert sorted(s for _, s in archive.db.hot_studies()) == sorted(
+            [uid("study", 2, 1), uid("study", 5, 1)])
 
 
 async def test_reconcile_finishes_interrupted_moves(tmp_path):

@@ -24,12 +24,15 @@ __all__ = [
     "MAX_KEY",
     "PACK_HEADER",
     "PACK_MAGIC",
+    "Checkpoint",
     "ColdCorruptError",
     "ColdError",
     "ColdRef",
     "RecordHeader",
+    "checkpoint_bytes",
     "checksum",
     "pack_header",
+    "parse_checkpoint",
     "parse_header",
     "parse_pack_header",
     "record_bytes",
@@ -148,3 +151,32 @@ def parse_header(raw: bytes | memoryview, *, key_bytes: bytes | memoryview | Non
     except UnicodeDecodeError:
         raise ColdCorruptError("record key is not ascii") from None
     return RecordHeader(codec, dict_id, key, plen, size, osum, psum, HEADER_SIZE + klen)
+
+
+#: The synced end of the active pack (``root/CHECKPOINT``): magic, pack id, end of the last
+#: synced record, offset of that record (0: none), CRC-32 of these fields.
+CHECKPOINT = struct.Struct("<4sIQQI")
+CHECKPOINT_MAGIC = b"HPCK"
+
+
+class Checkpoint(msgspec.Struct, frozen=True):
+    """Records of ``pack`` before ``end`` were synced; the last of them starts at ``last``."""
+
+    pack: int
+    end: int
+    last: int
+
+
+def checkpoint_bytes(cp: Checkpoint) -> bytes:
+    head = CHECKPOINT.pack(CHECKPOINT_MAGIC, cp.pack, cp.end, cp.last, 0)
+    return head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
+
+
+def parse_checkpoint(raw: bytes) -> Checkpoint | None:
+    """The checkpoint in ``raw``, or None when it is missing, torn or not one."""
+    if len(raw) != CHECKPOINT.size:
+        return None
+    magic, pack, end, last, crc = CHECKPOINT.unpack(raw)
+    if magic != CHECKPOINT_MAGIC or zlib.crc32(raw[:-4]) != crc:
+        return None
+    return Checkpoint(pack, end, last)

@@ -11,6 +11,12 @@ open, the last pack's records are validated (header CRC, payload hash) and a tor
 crash is truncated; damage *followed by* valid records is never truncated (that would lose
 data): the pack is left as it is and appends go to a new pack.
 
+Cheap start-up: after each sync ``root/CHECKPOINT`` names the active pack's synced end and its
+last record. Those bytes were durable before the checkpoint was written, so a crash cannot have
+torn them: open validates that last record and the tail after it only, not the whole pack (up to
+``pack_size``). A checkpoint that is missing, torn (CRC), names another pack, or whose record
+does not check out means a full walk, as before. Bit rot inside synced data is ``verify``'s job.
+
 One writer: ``root/LOCK`` is flock'ed by the store that appends; a second ColdStore on the same
 root (another process, e.g. a verify run) opens read only: it reads and scans, never recovers.
 
@@ -36,12 +42,15 @@ from hpacs.store.cold.record import (
     HEADER_SIZE,
     PACK_HEADER,
     RECORD_MAGIC,
+    Checkpoint,
     ColdCorruptError,
     ColdError,
     ColdRef,
     RecordHeader,
+    checkpoint_bytes,
     checksum,
     pack_header,
+    parse_checkpoint,
     parse_header,
     parse_pack_header,
     record_bytes,
@@ -55,6 +64,7 @@ log = get_logger(__name__)
 PACKS_DIR = "packs"
 DICTS_DIR = "dicts"
 LOCK_FILE = "LOCK"
+CHECKPOINT_FILE = "CHECKPOINT"
 SUFFIX = ".pack"
 _PEEK = HEADER_SIZE + 128  # one pread covers a header and a typical UID key
 _RESYNC_CHUNK = 1 << 20
@@ -103,6 +113,7 @@ class ColdStore:
         self._active: int | None = None  # pack appends go to
         self._wfd = -1
         self._end = 0  # where the next record goes in the active pack
+        self._last = 0  # offset of the active pack's last record (0: none yet)
         self._dirty = False  # written since the last sync
         self._dir_dirty = False  # a pack was created since the last sync
         self._closed = False
@@ -218,7 +229,10 @@ class ColdStore:
             self._adopt(pack, fd, PACK_HEADER.size)
             log.warning("cold.pack_torn", pack=pack, offset=0, dropped=size)
             return
-        off = PACK_HEADER.size
+        cp = self._checkpointed(pack, fd, size)
+        off, last = (cp.end, cp.last) if cp else (PACK_HEADER.size, 0)
+        if cp:
+            log.info("cold.checkpoint_used", pack=pack, offset=off, tail=size - off)
         while off < size:
             try:
                 hdr = self._valid_at(fd, off, size)
@@ -231,11 +245,49 @@ class ColdStore:
                 self._sync_fd(fd)
                 log.warning("cold.pack_torn", pack=pack, offset=off, dropped=size - off)
                 break
+            last = off
             off += hdr.length
-        self._adopt(pack, fd, off)
+        self._adopt(pack, fd, off, last)
+        if cp is None or off != cp.end:
+            # what was validated becomes the checkpoint (synced first: a kill -9 leaves
+            # unsynced records in the page cache, which a later power loss could still tear)
+            self._sync_fd(fd)
+            self._write_checkpoint()
 
-    def _adopt(self, pack: int, fd: int, end: int) -> None:
-        self._active, self._wfd, self._end = pack, fd, end
+    def _checkpointed(self, pack: int, fd: int, size: int) -> Checkpoint | None:
+        """The checkpoint of ``pack`` when it holds (its last record is intact and ends at its
+        end): validation starts there. None: validate from the first record."""
+        try:
+            cp = parse_checkpoint((self.root / CHECKPOINT_FILE).read_bytes())
+        except FileNotFoundError:
+            return None
+        if cp is None or cp.pack != pack or not PACK_HEADER.size <= cp.end <= size:
+            return None
+        try:
+            parse_pack_header(os.pread(fd, PACK_HEADER.size, 0))
+            if cp.last:
+                if self._valid_at(fd, cp.last, cp.end).length != cp.end - cp.last:
+                    return None
+            elif cp.end != PACK_HEADER.size:
+                return None
+        except ColdCorruptError:
+            return None
+        return cp
+
+    def _write_checkpoint(self) -> None:
+        """Record the active pack's end as synced (called once it is). Not fsynced itself: a
+        stale checkpoint only means validating more on the next open."""
+        if self._active is None:
+            return
+        raw = checkpoint_bytes(Checkpoint(self._active, self._end, self._last))
+        fd = os.open(self.root / CHECKPOINT_FILE, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _pwrite_all(fd, [raw], 0)
+        finally:
+            os.close(fd)
+
+    def _adopt(self, pack: int, fd: int, end: int, last: int = 0) -> None:
+        self._active, self._wfd, self._end, self._last = pack, fd, end, last
 
     def _sync_fd(self, fd: int) -> None:
         if self.fsync:
@@ -298,6 +350,7 @@ class ColdStore:
                 os.ftruncate(self._wfd, off)  # keep the framing clean for the next append
             raise ColdError(f"cold pack write failed: {exc}") from exc
         self._end = off + length
+        self._last = off
         self._dirty = True
         assert self._active is not None
         return ColdRef(self._active, off, length, size, csum)
@@ -324,10 +377,13 @@ class ColdStore:
     def sync(self) -> None:
         """Make every ref returned so far durable."""
         with self._lock:
-            if self._dirty and self._wfd >= 0:
+            synced = self._dirty and self._wfd >= 0
+            if synced:
                 self._sync_fd(self._wfd)
             if self._dir_dirty and self.fsync:
                 _fsync_dir(self.packs_dir)
+            if synced:
+                self._write_checkpoint()
             self._dirty = self._dir_dirty = False
 
     # -- reading ------------------------------------------------------------------------------
@@ -430,6 +486,7 @@ class ColdStore:
                 if pack == self._active:
                     os.close(self._wfd)
                     self._wfd, self._active, self._end, self._dirty = -1, None, 0, False
+                    self._last = 0
                 with self._fd_lock:
                     fd = self._readers.pop(pack, None)
                 if fd is not None:

@@ -24,9 +24,12 @@ from hpacs.store.cold.codec import (
     FILTER_COMPILED,
     MODE_PREDICT,
     MODE_RAW,
+    MODE_STRIPES,
     MODE_ZSTD,
     SPLIT_HEAD,
     Codec,
+    parse_split,
+    stripe_rows,
 )
 from hpacs.store.cold.dicts import Dictionaries
 from hpacs.store.cold.layout import locate
@@ -78,7 +81,7 @@ def test_native_pixels_are_filtered_and_beat_plain_zstd(corpus):
         kind, _, payload = codec.encode(data)
         assert kind == CODEC_SPLIT
         # the synthetic US speckle is the one image plain zstd codes better: the codec says so
-        wanted = {MODE_ZSTD} if modality == "US" else {MODE_PREDICT}
+        wanted = {MODE_ZSTD} if modality == "US" else {MODE_PREDICT, MODE_STRIPES}
         assert _payload_mode(payload) in wanted, modality
         plain = len(z3.compress(data))
         limit = 1.001 * plain if modality == "US" else 0.9 * plain  # US: framing overhead only
@@ -112,6 +115,33 @@ def test_real_ct_ratio_against_plain_zstd():
     ours = len(payload)  # the whole file, headers included
     assert len(pixels) / ours > 4.4  # JPEG-LS (CharLS) reaches 4.88 on these pixels
     assert plain / ours > 1.8
+
+
+def test_large_images_are_striped_and_round_trip():
+    """A CT slice is two stripes, decoded on two threads; the result is the same bytes as the
+    single-image layout (still written for smaller images, and read for older records)."""
+    import hpacs.store.cold.codec as codec_module
+
+    data = _native_ct()
+    layout = locate(data)
+    assert stripe_rows(layout.height, layout.length) == [256, 256]
+    codec = Codec(pixel_level=3)
+    kind, _, striped = codec.encode(data)
+    _, _, mode, pixel, _ = parse_split(striped)
+    assert mode == MODE_STRIPES and [rows for rows, _, _ in pixel[0]] == [256, 256]
+    saved = codec_module.MAX_STRIPES
+    codec_module.MAX_STRIPES = 1
+    try:
+        _, _, single = codec.encode(data)
+    finally:
+        codec_module.MAX_STRIPES = saved
+    assert _payload_mode(single) == MODE_PREDICT
+    for payload in (striped, single):
+        assert codec.decode(kind, 0, payload, len(data)) == data
+    # uneven stripes and every row count down to one row per stripe
+    for height in (1, 2, 3, 7):
+        assert sum(stripe_rows(height, 1 << 30)) == height
+        assert all(r > 0 for r in stripe_rows(height, 1 << 30))
 
 
 def test_compressed_pixels_are_kept_as_they_are(tmp_path):
@@ -181,12 +211,14 @@ def coded() -> list[tuple[bytes, tuple[int, int, bytes]]]:
     for name in names:
         data = Path(get_testdata_file(name)).read_bytes()
         out.append((data, codec.encode(data)))
-    assert {_payload_mode(p) for _, (_, _, p) in out} >= {MODE_PREDICT, MODE_RAW}
+    ct = _native_ct()
+    out.append((ct, codec.encode(ct)))
+    assert {_payload_mode(p) for _, (_, _, p) in out} >= {MODE_PREDICT, MODE_STRIPES, MODE_RAW}
     return out
 
 
 @settings(max_examples=300, deadline=None)  # no timing in unit tests: the machine is shared
-@given(which=st.integers(0, 4), flips=st.lists(
+@given(which=st.integers(0, 5), flips=st.lists(
     st.tuples(st.integers(0), st.integers(1, 255), st.booleans()), min_size=1, max_size=3))
 def test_mangled_payloads_fail_cleanly(coded, which, flips):
     """Past the record hashes (as if a bug or a hash collision let a bad payload through), decode

@@ -182,6 +182,7 @@ def test_damage_before_valid_records_is_not_truncated(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[refs[1].offset + HEADER_SIZE + 3] ^= 0xFF  # damage in the middle: bit rot, not a crash
     path.write_bytes(raw)
+    # synced records are not re-read at open (the checkpoint): the pack is left alone
     with ColdStore(root, fsync=False) as s:
         assert path.read_bytes() == raw  # untouched
         assert s.read(refs[0]) == items[0][1]
@@ -189,8 +190,86 @@ def test_damage_before_valid_records_is_not_truncated(tmp_path):
         with pytest.raises(ColdCorruptError):
             s.read(refs[1])
         new = s.append(b"more", key="9.9")
+        assert s.read(new) == b"more"
+    # without a checkpoint the whole pack is walked: the damage is seen, nothing truncated,
+    # and appends go to a new pack
+    path.write_bytes(raw)
+    (root / "CHECKPOINT").unlink()
+    with ColdStore(root, fsync=False) as s:
+        assert path.read_bytes() == raw
+        assert s.read(refs[2]) == items[2][1]
+        new = s.append(b"more", key="9.9")
         assert new.pack != refs[0].pack
         assert s.read(new) == b"more"
+
+
+def _count_validations(monkeypatch) -> list[int]:
+    """Offsets of the records whose payload hash a ColdStore checks (open-time validation)."""
+    seen: list[int] = []
+    real = ColdStore._valid_at
+
+    def counting(self, fd, offset, limit):
+        seen.append(offset)
+        return real(self, fd, offset, limit)
+
+    monkeypatch.setattr(ColdStore, "_valid_at", counting)
+    return seen
+
+
+def test_open_checks_only_the_tail_after_the_checkpoint(tmp_path, monkeypatch):
+    items = _ct_bytes(tmp_path, 8, size=16)
+    root = tmp_path / "cold"
+    refs, path = _filled(root, items[:6])
+    seen = _count_validations(monkeypatch)
+    with ColdStore(root, fsync=False) as s:
+        assert seen == [refs[-1].offset]  # the checkpointed record only, not all six
+        r7 = s.append(items[6][1], key=items[6][0])
+        s.sync()
+        checkpoint = (root / "CHECKPOINT").read_bytes()
+        r8 = s.append(items[7][1], key=items[7][0])
+        s.sync()
+        synced = path.read_bytes()
+    # a crash after r8 was written but before its sync wrote the checkpoint, r8 torn
+    path.write_bytes(synced[: r8.offset + r8.length - 7])
+    (root / "CHECKPOINT").write_bytes(checkpoint)
+    seen.clear()
+    with ColdStore(root, fsync=False) as s:
+        assert seen == [r7.offset, r8.offset]  # checkpointed record, then the tail
+        assert path.stat().st_size == r8.offset  # torn tail truncated
+        assert [s.read(r) for r in [*refs, r7]] == [d for _, d in items[:7]]
+        assert [k for k, _ in s.scan()] == [u for u, _ in items[:7]]
+    seen.clear()
+    with ColdStore(root, fsync=False):  # recovery left a checkpoint at the new end
+        assert seen == [r7.offset]
+
+
+@pytest.mark.parametrize("damage", ["torn", "garbage", "past_end", "wrong_record", "missing"])
+def test_a_checkpoint_that_does_not_hold_means_a_full_walk(tmp_path, monkeypatch, damage):
+    items = _ct_bytes(tmp_path, 4, size=16)
+    root = tmp_path / "cold"
+    refs, _ = _filled(root, items)
+    cp = root / "CHECKPOINT"
+    raw = cp.read_bytes()
+    if damage == "torn":
+        cp.write_bytes(raw[:-3])
+    elif damage == "garbage":
+        cp.write_bytes(bytes([raw[0] ^ 1]) + raw[1:])
+    elif damage == "missing":
+        cp.unlink()
+    else:
+        # a well-formed checkpoint whose claim is false: past the end of the pack, or
+        # naming a record that is not there (the pack lost its last record)
+        from hpacs.store.cold.record import Checkpoint, checkpoint_bytes
+
+        end = refs[-1].offset + refs[-1].length
+        if damage == "past_end":
+            cp.write_bytes(checkpoint_bytes(Checkpoint(refs[0].pack, end + 100, refs[-1].offset)))
+        else:
+            cp.write_bytes(checkpoint_bytes(Checkpoint(refs[0].pack, end, refs[-1].offset - 1)))
+    seen = _count_validations(monkeypatch)
+    with ColdStore(root, fsync=False) as s:
+        assert seen[-len(refs):] == [r.offset for r in refs]  # every record walked
+        assert [s.read(r) for r in refs] == [d for _, d in items]
 
 
 def test_crash_while_creating_a_pack(tmp_path):
