@@ -172,10 +172,13 @@ async def send_instance(
 
     Raises LocalProtocolError if the association went away, OSError on a read error midway
     (the caller must then abort: a half-sent message cannot be recovered)."""
-    write(conn.send_data_buffers(context_id, True, command))
+    head = conn.send_data_buffers(context_id, True, command)
     if opened.data is not None:
-        write(conn.send_data_buffers(context_id, False, opened.data))
+        # one writelines for command and data set: one send for the whole message when the
+        # socket buffer has room, not a small send for the command first
+        write(head + conn.send_data_buffers(context_id, False, opened.data))
         return
+    write(head)
     loop = asyncio.get_running_loop()
     remaining = opened.remaining
     fh = opened.fh
