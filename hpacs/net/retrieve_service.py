@@ -164,7 +164,9 @@ class RetrieveService:
         """C-STORE each instance back on this association; True if cancelled.
 
         Sub-operations are sequential (one C-STORE outstanding), so the next instance is read
-        while the current one's C-STORE-RSP is awaited: the disk and the network overlap."""
+        while the current one's C-STORE-RSP is awaited: the disk and the network overlap. The
+        pending C-GET-RSP after a sub-operation goes out in the same write as the next
+        C-STORE-RQ (one send, one wake-up of the peer, per instance)."""
         accepted = self.conn.accepted_contexts
         accept = self.conn.accept_pdu
         scp_classes = {r.sop_class_uid for r in (accept.role_selections if accept else ())
@@ -173,6 +175,7 @@ class RetrieveService:
         choices = [choose_context(accepted, item.sop_class_uid, item.transfer_syntax_uid,
                                   allowed, allow_lossy=self._allow_lossy) for item in items]
         upcoming = self._open_ahead(items, choices, 0)
+        held: list = []  # the pending response not written yet (framed PDUs)
         try:
             for i, item in enumerate(items):
                 reason = self._stop_reason(message_id)
@@ -186,16 +189,22 @@ class RetrieveService:
                 if choice is None or opening is None:
                     log.warning("get.no_context", ae=self.calling_ae, sop=item.sop_instance_uid,
                                 sop_class=item.sop_class_uid, ts=item.transfer_syntax_uid)
+                    self._write_held(held)
                     subops.record(item.sop_instance_uid, "failed")
                 else:
                     subops.record(item.sop_instance_uid,
-                                  await self._get_store(item, choice[0], opening))
+                                  await self._get_store(item, choice[0], opening, held))
+                held = []
                 if subops.remaining and not self.conn.closed:
-                    self._respond(context_id, subops.pending())
+                    try:
+                        held = self.conn.send_data_buffers(context_id, True, subops.pending())
+                    except LocalProtocolError:
+                        held = []
                     if not self._writable.is_set():
                         await self._writable.wait()
             return False
         finally:
+            self._write_held(held)
             if upcoming is not None:
                 upcoming.add_done_callback(_close_opened)
                 upcoming.cancel()
@@ -209,22 +218,32 @@ class RetrieveService:
                                                    allow_lossy=self._allow_lossy,
                                                    workers=self._transcode_workers))
 
+    def _write_held(self, held: list) -> None:
+        """Write a held pending response now (nothing follows it to carry it)."""
+        if held and not self.conn.closed:
+            self._write_buffers(held)
+            held.clear()
+
     async def _get_store(self, item: StoredInstance, context_id: int,
-                         opening: asyncio.Task) -> str:
-        """One C-GET sub-operation: our C-STORE-RQ on the peer's association, its response."""
+                         opening: asyncio.Task, held: list) -> str:
+        """One C-GET sub-operation: our C-STORE-RQ on the peer's association (after ``held``,
+        the previous pending response, in the same write), its response."""
         try:
             opened = await opening
         except SendError as exc:
             log.warning("get.unreadable", sop=item.sop_instance_uid, error=str(exc))
+            self._write_held(held)
             return "failed"
         message_id = next(self._sub_ids) & 0xFFFF or next(self._sub_ids)
         waiter = asyncio.get_running_loop().create_future()
         self._store_waiters[message_id] = waiter
         command = store_request(message_id, item.sop_class_uid, item.sop_instance_uid)
         self._streaming = True
+        before = held[:]
+        held.clear()  # written with the command, or lost with the association
         try:
             await send_instance(self.conn, self._write_buffers, self._wait_writable, context_id,
-                                command, opened)
+                                command, opened, before=before)
         except LocalProtocolError:
             self._store_waiters.pop(message_id, None)
             return "failed"
