@@ -183,10 +183,10 @@ def _identifier(study: str) -> bytes:
 
 
 async def get(host: str, port: int, aec: str, aet: str, study: str, sop_classes: list[str],
-              expect: int | None) -> int:
+              expect: int | None, max_pdu: int = MAX_PDU) -> int:
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    conn = Connection(Role.REQUESTOR, max_pdu_length=MAX_PDU)
+    conn = Connection(Role.REQUESTOR, max_pdu_length=max_pdu)
     contexts = [PresentationContext(1, STUDY_ROOT_GET, UNCOMPRESSED[:1])]
     contexts += [PresentationContext(3 + 2 * i, uid, UNCOMPRESSED)
                  for i, uid in enumerate(sop_classes)]
@@ -194,7 +194,7 @@ async def get(host: str, port: int, aec: str, aet: str, study: str, sop_classes:
     transport, _ = await loop.create_connection(lambda: receiver, host, port)
     transport.write(conn.request_association(AssociateRequest(
         called_ae=aec, calling_ae=aet, presentation_contexts=tuple(contexts),
-        max_pdu_length=MAX_PDU, role_selections=tuple(
+        max_pdu_length=max_pdu, role_selections=tuple(
             RoleSelection(uid, False, True) for uid in sop_classes))))
     final = await asyncio.wait_for(receiver.done, 600)
     with contextlib.suppress(Exception):
@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--study", required=True)
     g.add_argument("--sop-class", action="append", default=None)
     g.add_argument("--expect", type=int)
+    g.add_argument("--max-pdu", type=int, default=MAX_PDU)
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve(args.port, args.ae))
         return 0
     return asyncio.run(get(args.host, args.port, args.aec, args.aet, args.study,
-                           args.sop_class or [CT_IMAGE_STORAGE], args.expect))
+                           args.sop_class or [CT_IMAGE_STORAGE], args.expect, args.max_pdu))
 
 
 if __name__ == "__main__":
