@@ -95,7 +95,8 @@ def test_movescu_to_storescp_over_several_associations(pm, tmp_path, ae, fork):
         dest.wait(10)
 
 
-def c_move(pm: Setup, destination: str) -> list[tuple[Dataset, Dataset | None]]:
+def c_move(pm: Setup, destination: str, *,
+           cancel_after: int | None = None) -> list[tuple[Dataset, Dataset | None]]:
     ae = AE(ae_title="PYMOVE")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(STUDY_MOVE)
@@ -104,10 +105,52 @@ def c_move(pm: Setup, destination: str) -> list[tuple[Dataset, Dataset | None]]:
     ident.StudyInstanceUID = STUDY
     assoc = ae.associate("127.0.0.1", pm.srv.dicom_port, ae_title=pm.srv.ae_title)
     assert assoc.is_established
+    ctx = next(c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == STUDY_MOVE)
+    results = []
     try:
-        return list(assoc.send_c_move(ident, destination, STUDY_MOVE))
+        for status, identifier in assoc.send_c_move(ident, destination, STUDY_MOVE, msg_id=21):
+            results.append((status, identifier))
+            pending = sum(s.Status == 0xFF00 for s, _ in results)
+            if status.Status == 0xFF00 and pending == cancel_after:
+                assoc.send_c_cancel(21, ctx)
+        return results
     finally:
         assoc.release()
+
+
+def pynetdicom_destination(port: int, on_store):
+    scp = AE(ae_title="PYSCP")
+    scp.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    return scp.start_server(("127.0.0.1", port), block=False,
+                            evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+
+def test_cancel_stops_every_sub_association(pm):
+    """C-CANCEL: the instances in flight on the 3 associations finish, no new one starts, and
+    the 0xFE00 response counts add up to the total."""
+    received: list[str] = []
+    lock = threading.Lock()
+
+    def on_store(event):
+        time.sleep(0.05)
+        with lock:
+            received.append(event.request.AffectedSOPInstanceUID)
+        return 0
+
+    server = pynetdicom_destination(pm.ports["PYSCP"], on_store)
+    try:
+        results = c_move(pm, "PYSCP", cancel_after=2)
+        time.sleep(0.3)
+    finally:
+        server.shutdown()
+    status, _ = results[-1]
+    assert status.Status == 0xFE00
+    done = status.NumberOfCompletedSuboperations
+    assert done + status.NumberOfRemainingSuboperations == len(pm.paths)
+    assert 2 <= done < len(pm.paths)
+    assert len(received) == len(set(received)) == done
+    # the server still moves everything afterwards
+    assert c_move(pm, "DOWN")[-1][0].Status == 0xA702
 
 
 def test_pynetdicom_destination_counts_and_failed_list(pm):
@@ -126,10 +169,7 @@ def test_pynetdicom_destination_counts_and_failed_list(pm):
         time.sleep(0.01)  # keep the associations busy at the same time
         return 0xA700 if event.request.AffectedSOPInstanceUID in refused else 0
 
-    scp = AE(ae_title="PYSCP")
-    scp.add_supported_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-    server = scp.start_server(("127.0.0.1", pm.ports["PYSCP"]), block=False,
-                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    server = pynetdicom_destination(pm.ports["PYSCP"], on_store)
     try:
         results = c_move(pm, "PYSCP")
     finally:
