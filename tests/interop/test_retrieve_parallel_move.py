@@ -19,7 +19,7 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 
 from tests.conftest import free_port, start_server
 from tests.factories import make_ct, uid, write
-from tests.interop.helpers import dataset_bytes, open_index, send_files, sop_uid_of
+from tests.interop.helpers import dataset_bytes, send_files, sop_uid_of, stored_dataset_bytes
 
 MOVESCU = "/usr/bin/movescu"
 STORESCP = "/usr/bin/storescp"
@@ -35,13 +35,7 @@ class Setup:
         self.paths = paths
 
     def stored(self, sop_uid: str) -> bytes:
-        db = open_index(self.srv.data_dir)
-        try:
-            entry = db.get_instance(sop_uid)
-            assert entry is not None, sop_uid
-            return dataset_bytes(self.srv.data_dir / entry.path)
-        finally:
-            db.close()
+        return stored_dataset_bytes(self.srv.data_dir, sop_uid)
 
 
 @pytest.fixture(scope="module")
