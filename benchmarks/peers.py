@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -265,13 +266,17 @@ def storescp(
     bit_preserving: bool = False,
     ae: str = "STORESCP",
     ready_timeout: float = 20.0,
+    max_pdu: int | None = None,
 ) -> Iterator[Peer]:
-    """dcmtk storescp writing one file per instance (no fsync, no index), or ``--ignore``."""
+    """dcmtk storescp writing one file per instance (no fsync, no index), or ``--ignore``;
+    ``max_pdu`` (4096..131072) instead of dcmtk's default 16 KB."""
     workdir = Path(workdir)
     data = workdir / "storescp-out"
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [dcmtk("storescp"), "-aet", ae, "-od", str(data)]
+    if max_pdu:
+        cmd += ["--max-pdu", str(max_pdu)]
     if fork:
         cmd.append("--fork")
     if ignore:
@@ -491,3 +496,19 @@ def start(name: str, workdir: Path) -> contextlib.AbstractContextManager[Peer]:
         return PEERS[name](Path(workdir))
     except KeyError:
         raise PeerError(f"unknown peer {name!r}; known: {', '.join(PEERS)}") from None
+
+
+@contextlib.contextmanager
+def discard_receiver(workdir: Path, *, ae: str = "FASTDISCARD",
+                     ready_timeout: float = 20.0) -> Iterator[Peer]:
+    """benchmarks/discard_receiver.py as a storage SCP: 1 MiB PDUs, discards every data set."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [sys.executable, "-m", "benchmarks.discard_receiver", "scp", "--port", str(port),
+           "--ae", ae]
+    env = nodelay_env(PYTHONPATH=str(REPO))
+    with _running("discard-receiver", cmd, workdir=workdir, data_dir=workdir, port=port, ae=ae,
+                  http_port=None, counter=lambda p: None, ready_timeout=ready_timeout, env=env,
+                  info={"command": "python -m benchmarks.discard_receiver scp"}) as peer:
+        yield peer

@@ -1,19 +1,30 @@
 """C-GET and C-MOVE of one 100-slice CT study, hpacs beside Orthanc (issue 3's retrieve benchmark).
 
-``python -m benchmarks.retrieve --instances 100 --rounds 5``
+``python -m benchmarks.retrieve --instances 100 --rounds 5 --out report.json``
 
 Both servers hold the same study (benchmarks/dicomweb.py's one-series CT corpus, ~52 MB, sent
-with dcmtk ``storescu``). dcmtk tools retrieve it, with ``TCP_NODELAY=1`` like every peer here:
+with dcmtk ``storescu``). It is retrieved, with ``TCP_NODELAY=1`` like every peer here, by each
+receiver (the report names the receiver of every number):
 
-- C-GET: ``getscu -S -k QueryRetrieveLevel=STUDY -k StudyInstanceUID=...``, receiving with
-  ``--ignore`` (received and acknowledged, not stored: the client's disk is not measured) and
-  writing files (``-od DIR``);
-- C-MOVE: ``movescu -S -aem DEST`` to a dcmtk ``storescp`` destination that discards
-  (``--ignore``) or writes files. (movescu moving to itself with ``--port`` takes ~1.4 s for
-  either server: a client artefact, so separate destinations are used.)
+- C-GET: dcmtk ``getscu -S -k QueryRetrieveLevel=STUDY -k StudyInstanceUID=...`` receiving
+  with ``--ignore`` (acknowledged, not stored) at dcmtk's default 16 KB max PDU (``ignore``), the
+  same with ``--max-pdu 131072`` (``ignore-128k``, dcmtk's largest), writing files (``files``);
+  and ``benchmarks/discard_receiver.py get`` (``discard``: hpacs's own upper layer, 1 MiB PDUs,
+  data sets never assembled, each C-STORE answered at once);
+  (its cells use the receiver's own clock from connect to release, not the process's wall
+  time, which adds ~1 s of Python start-up);
+- C-MOVE: ``movescu -S -aem DEST`` to a dcmtk ``storescp`` destination (one association at a
+  time) that discards (``ignore``, ``ignore-128k``) or writes files (``files``), and to
+  ``benchmarks/discard_receiver.py scp`` (``discard``, any number of associations at once).
+  (movescu moving to itself with ``--port`` takes ~1.4 s for either server: a client artefact,
+  so separate destinations are used.)
 
-Rounds alternate the servers; each cell is the median wall time over rounds (min-max) of the
-whole command, association set-up included, and the instance count received is checked.
+``--move-associations 1,4`` also runs, for the C-MOVE cells, one more hpacs per value other than
+1 with ``dicom.move_associations`` set to it (its own data directory, same study).
+
+Rounds alternate the servers' order; each cell is the median wall time over rounds (min-max)
+of the whole command, association set-up included, and the instance count received is checked
+(files written, or the discard receiver's own count).
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarks import peers as peers_mod
@@ -33,103 +45,153 @@ from benchmarks.ingest import machine_info
 from benchmarks.stats import fmt_ratio, ratio, summarize
 
 GET_AE = "BENCHGET"
-DISCARD_AE = "DISCARD"
-FILES_AE = "FILES"
+#: receiver name -> destination AE of the C-MOVE cells
+MOVE_DESTINATIONS = {"ignore": "DISCARD", "ignore-128k": "DISCARD128K", "files": "FILES",
+                     "discard": "FASTDISCARD"}
+RECEIVERS = ("ignore", "ignore-128k", "files", "discard")
+DCMTK_MAX_PDU = 131072
 
 
 def _count_files(directory: Path) -> int:
     return sum(1 for p in directory.rglob("*") if p.is_file())
 
 
-def _timed(cmd: list[str]) -> float:
+def _timed(cmd: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=peers_mod.nodelay_env(), capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(cmd, env=peers_mod.nodelay_env(PYTHONPATH=str(peers_mod.REPO)),
+                         capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} exit {out.returncode}: {out.stderr[-2000:]}")
-    return wall
+        raise RuntimeError(f"{cmd[0]} exit {out.returncode}: {out.stdout[-500:]}"
+                           f"{out.stderr[-2000:]}")
+    return wall, out.stdout
 
 
-def retrieve_once(peer: peers_mod.Peer, study: str, mode: str, ignore: bool,
-                  files_dest: peers_mod.Peer) -> tuple[float, int | None]:
-    """(wall seconds, files written or None when discarded) of one C-GET or C-MOVE."""
+def retrieve_once(peer: peers_mod.Peer, study: str, mode: str, receiver: str,
+                  files_dest: peers_mod.Peer, expect: int) -> tuple[float, int | None]:
+    """(wall seconds, instances received or None when not counted) of one C-GET or C-MOVE."""
     keys = ["-S", "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
     with tempfile.TemporaryDirectory(prefix="bench-retrieve-") as out:
         if mode == "get":
-            storage = ["--ignore"] if ignore else ["-od", out]
+            if receiver == "discard":
+                wall, stdout = _timed([
+                    sys.executable, "-m", "benchmarks.discard_receiver", "get", peer.host,
+                    str(peer.port), "--aec", peer.ae_title, "--aet", GET_AE, "--study", study,
+                    "--expect", str(expect)])
+                # its own clock, connect to release: the wall time would add ~1 s of Python
+                # start-up and imports (dcmtk's start-up is ~10 ms and stays in its cells)
+                result = json.loads(stdout.strip().splitlines()[-1])
+                return result["ms"] / 1000, result["received"]
+            storage = {"ignore": ["--ignore"], "files": ["-od", out],
+                       "ignore-128k": ["--ignore", "--max-pdu", str(DCMTK_MAX_PDU)]}[receiver]
             cmd = [peers_mod.dcmtk("getscu"), "-aet", GET_AE, "-aec", peer.ae_title,
                    *keys, *storage, peer.host, str(peer.port)]
-            wall = _timed(cmd)
-            return wall, None if ignore else _count_files(Path(out))
-    if not ignore:
+            wall, _ = _timed(cmd)
+            return wall, _count_files(Path(out)) if receiver == "files" else None
+    if receiver == "files":
         shutil.rmtree(files_dest.data_dir)
         files_dest.data_dir.mkdir()
     cmd = [peers_mod.dcmtk("movescu"), "-aet", GET_AE, "-aec", peer.ae_title,
-           "-aem", DISCARD_AE if ignore else FILES_AE, *keys, peer.host, str(peer.port)]
-    wall = _timed(cmd)
-    return wall, None if ignore else _count_files(files_dest.data_dir)
+           "-aem", MOVE_DESTINATIONS[receiver], *keys, peer.host, str(peer.port)]
+    wall, _ = _timed(cmd)
+    return wall, _count_files(files_dest.data_dir) if receiver == "files" else None
 
 
 def run(args: argparse.Namespace) -> dict:
     workdir = Path(args.workdir)
     paths, uids, _sops, manifest = series_corpus(workdir, args.instances)
-    for name in ("retrieve-hpacs", "retrieve-orthanc", "retrieve-discard", "retrieve-files"):
+    move_assocs = [int(v) for v in str(args.move_associations).split(",") if v.strip()]
+    extra_hpacs = [n for n in move_assocs if n != 1]
+    names = ["retrieve-hpacs", "retrieve-orthanc", "retrieve-discard", "retrieve-discard128k",
+             "retrieve-files", "retrieve-fast", *(f"retrieve-hpacs-m{n}" for n in extra_hpacs)]
+    for name in names:
         shutil.rmtree(workdir / name, ignore_errors=True)
     report: dict = {"machine": machine_info(), "instances": len(paths),
-                    "bytes": manifest["total_bytes"], "rounds": [], "command": args.command}
-    with peers_mod.storescp(workdir / "retrieve-discard", ignore=True, fork=False,
-                            ae=DISCARD_AE) as discard, \
-            peers_mod.storescp(workdir / "retrieve-files", fork=False, ae=FILES_AE) as files:
-        (workdir / "retrieve-hpacs").mkdir(parents=True)
-        config = workdir / "retrieve-hpacs" / "hpacs.toml"
-        config.write_text("".join(
-            f'[[remote]]\nae_title = "{d.ae_title}"\nhost = "{d.host}"\nport = {d.port}\n'
-            for d in (discard, files)))
-        modalities = {d.ae_title.lower(): [d.ae_title, d.host, d.port]
-                      for d in (discard, files)}
+                    "bytes": manifest["total_bytes"], "rounds": [], "command": args.command,
+                    "receivers": {
+                        "ignore": "dcmtk getscu/storescp --ignore, 16 KB max PDU (default)",
+                        "ignore-128k": "dcmtk getscu/storescp --ignore --max-pdu 131072",
+                        "files": "dcmtk getscu -od / storescp -od, one file per instance",
+                        "discard": "benchmarks/discard_receiver.py (hpacs.ul, 1 MiB max PDU)"}}
+    with ExitStack() as stack:
+        dests = {
+            "ignore": stack.enter_context(peers_mod.storescp(
+                workdir / "retrieve-discard", ignore=True, fork=False, ae="DISCARD")),
+            "ignore-128k": stack.enter_context(peers_mod.storescp(
+                workdir / "retrieve-discard128k", ignore=True, fork=False, ae="DISCARD128K",
+                max_pdu=DCMTK_MAX_PDU)),
+            "files": stack.enter_context(peers_mod.storescp(
+                workdir / "retrieve-files", fork=False, ae="FILES")),
+            "discard": stack.enter_context(peers_mod.discard_receiver(
+                workdir / "retrieve-fast", ae="FASTDISCARD")),
+        }
+        files = dests["files"]
+        remotes = "".join(f'[[remote]]\nae_title = "{d.ae_title}"\nhost = "{d.host}"\n'
+                          f"port = {d.port}\n" for d in dests.values())
+        servers: dict[str, peers_mod.Peer] = {}
+        for n in [1, *extra_hpacs]:
+            name = "hpacs" if n == 1 else f"hpacs-m{n}"
+            (workdir / f"retrieve-{name}").mkdir(parents=True)
+            config = workdir / f"retrieve-{name}" / "hpacs.toml"
+            config.write_text(f"[dicom]\nmove_associations = {n}\n\n{remotes}")
+            servers[name] = stack.enter_context(peers_mod.hpacs(
+                workdir / f"retrieve-{name}", extra_args=["--config", str(config)]))
+        modalities = {d.ae_title.lower(): [d.ae_title, d.host, d.port] for d in dests.values()}
         # Orthanc answers C-GET only to a known modality (the port is not used by C-GET)
-        modalities["getscu"] = [GET_AE, "127.0.0.1", discard.port]
-        orthanc_extra = {"DicomModalities": modalities}
-        with peers_mod.hpacs(workdir / "retrieve-hpacs",
-                             extra_args=["--config", str(config)]) as hp, \
-                peers_mod.orthanc(workdir / "retrieve-orthanc",
-                                  extra_config=orthanc_extra) as orth:
-            servers = {"hpacs": hp, "orthanc": orth}
-            report["versions"] = {"orthanc": orth.info.get("version"),
-                                  "dcmtk": peers_mod.dcmtk_version()}
-            for name, peer in servers.items():
-                print(f"loading {len(paths)} instances into {name}: "
-                      f"{load(peer, paths):.1f} s", flush=True)
-            cells = [(mode, ignore) for mode in ("get", "move") for ignore in (True, False)]
-            for rnd in range(args.rounds):
-                order = list(servers.items()) if rnd % 2 == 0 else list(servers.items())[::-1]
+        modalities["getscu"] = [GET_AE, "127.0.0.1", dests["ignore"].port]
+        orth = stack.enter_context(peers_mod.orthanc(
+            workdir / "retrieve-orthanc", extra_config={"DicomModalities": modalities}))
+        servers["orthanc"] = orth
+        report["versions"] = {"orthanc": orth.info.get("version"),
+                              "dcmtk": peers_mod.dcmtk_version()}
+        report["move_associations"] = move_assocs
+        for name, peer in servers.items():
+            print(f"loading {len(paths)} instances into {name}: "
+                  f"{load(peer, paths):.1f} s", flush=True)
+        cells = [(mode, receiver) for mode in ("get", "move") for receiver in RECEIVERS]
+        for rnd in range(args.rounds):
+            items = list(servers.items())
+            order = items if rnd % 2 == 0 else items[::-1]
+            # cell-major: every server runs a cell before the next cell starts (interleaved)
+            for mode, receiver in cells:
                 for name, peer in order:
-                    for mode, ignore in cells:
-                        wall, n = retrieve_once(peer, uids["study"], mode, ignore, files)
-                        if n is not None and n != len(paths):
-                            raise RuntimeError(f"{name} {mode}: {n} files, not {len(paths)}")
-                        row = {"server": name, "round": rnd + 1, "mode": mode,
-                               "receiver": "ignore" if ignore else "files", "ms": wall * 1000}
-                        report["rounds"].append(row)
-                        print(json.dumps(row), flush=True)
+                    if mode == "get" and name.startswith("hpacs-m"):
+                        continue  # move_associations only changes C-MOVE
+                    wall, n = retrieve_once(peer, uids["study"], mode, receiver, files,
+                                            len(paths))
+                    if n is not None and n != len(paths):
+                        raise RuntimeError(f"{name} {mode} {receiver}: {n} instances, "
+                                           f"not {len(paths)}")
+                    row = {"server": name, "round": rnd + 1, "mode": mode,
+                           "receiver": receiver, "ms": wall * 1000}
+                    report["rounds"].append(row)
+                    print(json.dumps(row), flush=True)
     return report
 
 
 def markdown(report: dict) -> str:
-    lines = ["| operation | receiver | hpacs ms | Orthanc ms | hpacs advantage |",
-             "|---|---|---|---|---|"]
+    servers = sorted({r["server"] for r in report["rounds"]},
+                     key=lambda s: (s == "orthanc", s != "hpacs", s))
+    head = " | ".join(f"{s} ms" for s in servers)
+    lines = [f"| operation | receiver | {head} | hpacs advantage |",
+             "|---|---|" + "---|" * len(servers) + "---|"]
     for mode, label in (("get", "C-GET"), ("move", "C-MOVE")):
-        for receiver in ("ignore", "files"):
+        for receiver in RECEIVERS:
             cell = {}
-            for server in ("hpacs", "orthanc"):
+            for server in servers:
                 values = [r["ms"] for r in report["rounds"]
                           if (r["server"], r["mode"], r["receiver"]) == (server, mode, receiver)]
-                cell[server] = summarize(values)
-            h, o = cell["hpacs"], cell["orthanc"]
-            lines.append(f"| {label} study | {receiver} | {h.median:.0f} ({h.min:.0f}-{h.max:.0f})"
-                         f" | {o.median:.0f} ({o.min:.0f}-{o.max:.0f}) | "
-                         f"{fmt_ratio(ratio(o.median, h.median))} |")
+                cell[server] = summarize(values) if values else None
+            texts = [f"{c.median:.0f} ({c.min:.0f}-{c.max:.0f})" if c else "-"
+                     for c in cell.values()]
+            o = cell.get("orthanc")
+            adv = []
+            for server in servers:
+                c = cell[server]
+                if server != "orthanc" and c and o:
+                    adv.append(f"{server} {fmt_ratio(ratio(o.median, c.median))}")
+            lines.append(f"| {label} study | {receiver} | {' | '.join(texts)} | "
+                         f"{', '.join(adv)} |")
     return "\n".join(lines)
 
 
@@ -138,13 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=100)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
-    p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--move-associations", default="1,4",
+                   help="dicom.move_associations values to run C-MOVE with (one hpacs each)")
+    p.add_argument("--out", help="write the JSON report (and a .md beside it) here")
     args = p.parse_args(argv)
     args.command = "python -m benchmarks.retrieve " + " ".join(argv or sys.argv[1:])
     report = run(args)
     print(markdown(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
+        Path(args.out).with_suffix(".md").write_text(
+            f"`{report['command']}`\n\n{markdown(report)}\n")
     return 0
 
 

@@ -45,6 +45,11 @@ class DicomConfig:
     #: Stop reading from a peer while more received bytes than this wait for the disk (read
     #: again below half): memory stays bounded when the network outruns the disk.
     disk_backlog_bytes: int = 64 << 20
+    #: Associations a C-MOVE opens to its destination, the instances split between them
+    #: (values below 1 count as 1). 1 follows PS3.4 C.4.2.3.1's wording ("that Association");
+    #: more is faster against a destination that handles associations in parallel, see
+    #: hpacs/net/retrieve_service.py and docs/CONFORMANCE.md.
+    move_associations: int = 1
 
 
 @dataclass(frozen=True, slots=True)

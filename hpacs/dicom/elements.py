@@ -13,13 +13,14 @@ from collections.abc import Iterable
 from typing import Any
 
 #: VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
-                       "UV"})
+LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
+                      "UV"})
 _BINARY = {"US": "H", "UL": "I", "SS": "h", "SL": "i", "FL": "f", "FD": "d", "SV": "q",
            "UV": "Q", "AT": "I"}
 
 
-def _value_bytes(vr: str, value: Any, little_endian: bool, text_codec: str) -> bytes:
+def value_bytes(vr: str, value: Any, little_endian: bool, text_codec: str) -> bytes:
+    """The padded value field of one element (no header)."""
     if value is None or value == "" or value == []:
         return b""
     fmt = _BINARY.get(vr)
@@ -47,10 +48,10 @@ def encode_elements(elements: Iterable[tuple[int, str, Any]], *, explicit_vr: bo
     out = []
     for tag, vr, value in sorted(elements, key=lambda e: e[0]):
         group, elem = tag >> 16, tag & 0xFFFF
-        raw = b"" if vr == "SQ" else _value_bytes(vr, value, little_endian, text_codec)
+        raw = b"" if vr == "SQ" else value_bytes(vr, value, little_endian, text_codec)
         if not explicit_vr:
             out.append(head_implicit.pack(group, elem, len(raw)))
-        elif vr in _LONG_VRS:
+        elif vr in LONG_VRS:
             out.append(head_long.pack(group, elem, vr.encode(), len(raw)))
         else:
             out.append(head_short.pack(group, elem, vr.encode(), len(raw)))

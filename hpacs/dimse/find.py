@@ -20,6 +20,7 @@ Statuses (PS3.4 C.4.1.1.4):
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Final
@@ -28,7 +29,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 
-from hpacs.dicom.elements import encode_elements
+from hpacs.dicom.elements import LONG_VRS, encode_elements, value_bytes
 from hpacs.dicom.transfer_syntax import STORABLE
 from hpacs.dimse import status
 from hpacs.dimse.commands import (
@@ -64,6 +65,9 @@ _UNIQUE: Final = (("PatientID", 0x00100020, "LO"), ("StudyInstanceUID", 0x002000
 _LEVEL_DEPTH: Final = {PATIENT: 0, STUDY: 1, SERIES: 2, IMAGE: 3}
 _TEXT_VRS: Final = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
 _NUMBER_VRS: Final = frozenset({"US", "UL", "SS", "SL", "FL", "FD"})
+#: VRs hpacs.dicom.elements writes as binary numbers, and those it always writes in ASCII.
+_BINARY_VRS: Final = frozenset({"US", "UL", "SS", "SL", "FL", "FD", "SV", "UV", "AT"})
+_ASCII_VRS: Final = frozenset({"UI", "DA", "TM", "DT", "CS", "AS", "IS", "DS"})
 
 
 class FindError(Exception):
@@ -219,6 +223,126 @@ def encode_match(req: FindRequest, match: dict[str, Any], *, retrieve_ae: str = 
     return encode_elements(elements, explicit_vr=req.explicit_vr,
                            little_endian=req.little_endian,
                            text_codec="utf-8" if non_ascii else "ascii")
+
+
+class MatchEncoder:
+    """:func:`encode_match` for every match of one request, its per-request work done once.
+
+    What encode_match redoes for each match (the element list and its sort, the unique keys
+    the level adds, the constant values, the header structs and VR bytes) is prepared here; a
+    match then costs its own values only. encode_match stays the reference it is tested
+    against (tests/dimse/test_find_encoding.py)."""
+
+    def __init__(self, req: FindRequest, *, retrieve_ae: str = "") -> None:
+        #: (tag, vr, source, payload): source "key" (payload = keyword, _element_value),
+        #: "unique" (keyword, raw value or None), "const" (the value), "charset".
+        entries: list[tuple[int, str, str, Any]] = []
+        const_non_ascii = False
+        present = {tag for tag, _, _ in req.keys}
+        self._text_keys: list[str] = []
+        for tag, vr, kw in req.keys:
+            if vr == "SQ":
+                entries.append((tag, "SQ", "const", None))
+            elif tag in (_RETRIEVE_AE, _AVAILABILITY):
+                value = (retrieve_ae or None) if tag == _RETRIEVE_AE else "ONLINE"
+                entries.append((tag, vr, "const", value))
+                if vr in _TEXT_VRS and value is not None and not value.isascii():
+                    const_non_ascii = True
+            elif kw:
+                entries.append((tag, vr, "key", kw))
+                if vr in _TEXT_VRS:
+                    self._text_keys.append(kw)
+            else:
+                entries.append((tag, vr, "const", None))
+        depth = _LEVEL_DEPTH[req.level]
+        for i, (kw, tag, vr) in enumerate(_UNIQUE):
+            if tag not in present and i <= depth and (i > 0 or req.model == PATIENT_ROOT_FIND):
+                entries.append((tag, vr, "unique", kw))
+        entries.append((_QR_LEVEL, "CS", "const", req.level))
+        entries.append((_CHARSET, "CS", "charset", None))
+        entries.sort(key=lambda e: e[0])  # stable, as encode_elements' sort
+        self._entries = entries
+        self._const_non_ascii = const_non_ascii
+        self._charset_requested = req.charset_requested
+        self._explicit_vr = req.explicit_vr
+        self._little_endian = req.little_endian
+        end = "<" if req.little_endian else ">"
+        head_short = struct.Struct(end + "HH2sH")
+        head_long = struct.Struct(end + "HH2s2xI")
+        head_implicit = struct.Struct(end + "HHI")
+        # per entry: (kind, header prefix, length struct, vr, payload, fast, pad, ascii_only);
+        # kind 0 = a match key, 1 = a unique key, 2 = constant (value bytes prepared for each
+        # codec), 3 = the character set. "fast": a plain string value needs no conversion
+        # (not binary, not a number VR), encoded directly (ascii_only: a VR encode_elements
+        # always writes in ASCII), padded with ``pad``.
+        plan: list[tuple] = []
+        for tag, vr, source, payload in entries:
+            group, elem = tag >> 16, tag & 0xFFFF
+            if not req.explicit_vr:
+                prefix, length = head_implicit.pack(group, elem, 0)[:4], struct.Struct(end + "I")
+            elif vr in LONG_VRS:
+                prefix = head_long.pack(group, elem, vr.encode(), 0)[:8]
+                length = struct.Struct(end + "I")
+            else:
+                prefix = head_short.pack(group, elem, vr.encode(), 0)[:6]
+                length = struct.Struct(end + "H")
+            kind = {"key": 0, "unique": 1, "const": 2, "charset": 3}[source]
+            if kind == 2:
+                payload = tuple(
+                    prefix + length.pack(len(raw)) + raw
+                    for raw in (b"" if vr == "SQ" else value_bytes(vr, payload, req.little_endian,
+                                                                    codec)
+                                for codec in ("ascii", "utf-8")))
+            fast = vr not in _NUMBER_VRS and vr not in _BINARY_VRS and vr != "SQ"
+            pad = b"\0" if vr in ("UI", "OB", "UN") else b" "
+            plan.append((kind, prefix, length, vr, payload, fast, pad, vr in _ASCII_VRS))
+        self._plan = plan
+
+    def encode(self, match: dict[str, Any]) -> bytes:
+        """The identifier of one pending response (== encode_match(req, match, ...))."""
+        non_ascii = self._const_non_ascii
+        get = match.get
+        if not non_ascii:
+            for kw in self._text_keys:
+                value = get(kw)
+                if value is None or (value.__class__ is str and value.isascii()):
+                    continue
+                value = _element_value("LO", value)
+                if value is not None and not all(
+                        v.isascii() for v in (value if isinstance(value, list) else [value])):
+                    non_ascii = True
+                    break
+        codec = "utf-8" if non_ascii else "ascii"
+        little = self._little_endian
+        out: list[bytes] = []
+        for kind, prefix, length, vr, payload, fast, pad, ascii_only in self._plan:
+            if kind == 2:
+                out.append(payload[non_ascii])
+                continue
+            if kind == 0:
+                value = get(payload)
+                if fast and value.__class__ is str and value and "\\" not in value:
+                    raw = value.encode("ascii" if ascii_only else codec, "replace")
+                    if len(raw) & 1:
+                        raw += pad
+                    out.append(prefix)
+                    out.append(length.pack(len(raw)))
+                    out.append(raw)
+                    continue
+                value = _element_value(vr, value)
+            elif kind == 1:
+                value = get(payload) or None
+            elif non_ascii:
+                value = "ISO_IR 192"
+            elif self._charset_requested:
+                value = None
+            else:
+                continue
+            raw = value_bytes(vr, value, little, codec)
+            out.append(prefix)
+            out.append(length.pack(len(raw)))
+            out.append(raw)
+        return b"".join(out)
 
 
 def pending_response(request: Command, req: FindRequest) -> bytes:

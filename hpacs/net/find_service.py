@@ -16,13 +16,14 @@ from hpacs.dimse.find import (
     FIND_SOP_CLASSES,
     STATUS_UNABLE_TO_PROCESS,
     FindError,
-    encode_match,
+    MatchEncoder,
     final_response,
     parse_find,
     pending_response,
     too_many_matches,
 )
 from hpacs.log import get_logger
+from hpacs.ul import LocalProtocolError
 
 log = get_logger("hpacs.dimse")
 
@@ -75,18 +76,30 @@ class FindService:
         ae = config.server.ae_title
         sent = 0
         final: bytes | None = None
+        # the same pending command for every match; a page's responses leave in one write
+        # (one send, one wake-up of the peer, per page of up to 64 matches, not per match)
+        pending = pending_response(request, req)
+        encode = MatchEncoder(req, retrieve_ae=ae).encode
+        frame = self.conn.send_data_buffers
         pages = self.server.query_engine.pages(req.query)
         try:
             for page in pages:
-                for match in page:
-                    if message_id in self._cancelled or self.conn.closed:
-                        break
-                    if sent >= limit:
-                        final = too_many_matches(request, limit)
-                        break
-                    self._respond(context_id, pending_response(request, req),
-                                  encode_match(req, match, retrieve_ae=ae))
-                    sent += 1
+                batch: list = []
+                try:
+                    for match in page:
+                        if message_id in self._cancelled or self.conn.closed:
+                            break
+                        if sent >= limit:
+                            final = too_many_matches(request, limit)
+                            break
+                        batch += frame(context_id, True, pending)
+                        batch += frame(context_id, False, encode(match))
+                        sent += 1
+                except LocalProtocolError:
+                    break  # the association went away
+                finally:
+                    if batch and not self.conn.closed:
+                        self._write_buffers(batch)
                 if final is not None or self.conn.closed:
                     break
                 if message_id in self._cancelled:

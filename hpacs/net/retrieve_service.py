@@ -164,7 +164,9 @@ class RetrieveService:
         """C-STORE each instance back on this association; True if cancelled.
 
         Sub-operations are sequential (one C-STORE outstanding), so the next instance is read
-        while the current one's C-STORE-RSP is awaited: the disk and the network overlap."""
+        while the current one's C-STORE-RSP is awaited: the disk and the network overlap. The
+        pending C-GET-RSP after a sub-operation goes out in the same write as the next
+        C-STORE-RQ (one send, one wake-up of the peer, per instance)."""
         accepted = self.conn.accepted_contexts
         accept = self.conn.accept_pdu
         scp_classes = {r.sop_class_uid for r in (accept.role_selections if accept else ())
@@ -173,6 +175,7 @@ class RetrieveService:
         choices = [choose_context(accepted, item.sop_class_uid, item.transfer_syntax_uid,
                                   allowed, allow_lossy=self._allow_lossy) for item in items]
         upcoming = self._open_ahead(items, choices, 0)
+        held: list = []  # the pending response not written yet (framed PDUs)
         try:
             for i, item in enumerate(items):
                 reason = self._stop_reason(message_id)
@@ -186,16 +189,22 @@ class RetrieveService:
                 if choice is None or opening is None:
                     log.warning("get.no_context", ae=self.calling_ae, sop=item.sop_instance_uid,
                                 sop_class=item.sop_class_uid, ts=item.transfer_syntax_uid)
+                    self._write_held(held)
                     subops.record(item.sop_instance_uid, "failed")
                 else:
                     subops.record(item.sop_instance_uid,
-                                  await self._get_store(item, choice[0], opening))
+                                  await self._get_store(item, choice[0], opening, held))
+                held = []
                 if subops.remaining and not self.conn.closed:
-                    self._respond(context_id, subops.pending())
+                    try:
+                        held = self.conn.send_data_buffers(context_id, True, subops.pending())
+                    except LocalProtocolError:
+                        held = []
                     if not self._writable.is_set():
                         await self._writable.wait()
             return False
         finally:
+            self._write_held(held)
             if upcoming is not None:
                 upcoming.add_done_callback(_close_opened)
                 upcoming.cancel()
@@ -209,22 +218,32 @@ class RetrieveService:
                                                    allow_lossy=self._allow_lossy,
                                                    workers=self._transcode_workers))
 
+    def _write_held(self, held: list) -> None:
+        """Write a held pending response now (nothing follows it to carry it)."""
+        if held and not self.conn.closed:
+            self._write_buffers(held)
+            held.clear()
+
     async def _get_store(self, item: StoredInstance, context_id: int,
-                         opening: asyncio.Task) -> str:
-        """One C-GET sub-operation: our C-STORE-RQ on the peer's association, its response."""
+                         opening: asyncio.Task, held: list) -> str:
+        """One C-GET sub-operation: our C-STORE-RQ on the peer's association (after ``held``,
+        the previous pending response, in the same write), its response."""
         try:
             opened = await opening
         except SendError as exc:
             log.warning("get.unreadable", sop=item.sop_instance_uid, error=str(exc))
+            self._write_held(held)
             return "failed"
         message_id = next(self._sub_ids) & 0xFFFF or next(self._sub_ids)
         waiter = asyncio.get_running_loop().create_future()
         self._store_waiters[message_id] = waiter
         command = store_request(message_id, item.sop_class_uid, item.sop_instance_uid)
         self._streaming = True
+        before = held[:]
+        held.clear()  # written with the command, or lost with the association
         try:
             await send_instance(self.conn, self._write_buffers, self._wait_writable, context_id,
-                                command, opened)
+                                command, opened, before=before)
         except LocalProtocolError:
             self._store_waiters.pop(message_id, None)
             return "failed"
@@ -248,69 +267,160 @@ class RetrieveService:
     async def _move_suboperations(self, context_id: int, request: cmd.Command, message_id: int,
                                   remote, items: list[StoredInstance],
                                   subops: SubOperations) -> tuple[bool, str]:
-        """C-STORE each instance to the destination on our own association."""
+        """C-STORE each instance to the destination on our own association(s).
+
+        PS3.4 C.4.2 only requires the C-STORE sub-operations to run on an association other
+        than the C-MOVE's; C.4.2.3.1 words it as "reuse an established and compatible
+        Association or establish a new Association ... over that Association", i.e. one.
+        ``dicom.move_associations`` > 1 opens that many associations to the destination at
+        once and splits the instances between them (each association still has one C-STORE
+        outstanding, PS3.7 10.1.1's default window): the counts, statuses and Failed SOP
+        Instance UID List of the C-MOVE responses are those of the whole set. It is off (1) by
+        default: a destination may limit associations per calling AE, and the wording above
+        reads as one; docs/CONFORMANCE.md says so."""
         if not items:
             return False, ""
         config = self.server.config
         contexts = storage_contexts(items)[:MAX_CONTEXTS]
-        scu = StorageSCU(remote.host, remote.port, called_ae=remote.ae_title,
-                         calling_ae=config.server.ae_title, contexts=contexts,
-                         timeout=config.dicom.acse_timeout)
+        wanted = max(1, min(config.dicom.move_associations, len(items)))
+        plan = _MovePlan(items)
+        originator = (self.calling_ae, message_id)
+        async with asyncio.TaskGroup() as group:
+            for _ in range(wanted):
+                scu = StorageSCU(remote.host, remote.port, called_ae=remote.ae_title,
+                                 calling_ae=config.server.ae_title, contexts=contexts,
+                                 timeout=config.dicom.acse_timeout)
+                group.create_task(self._move_association(scu, plan, subops, context_id,
+                                                         message_id, originator, remote))
+        leftover = plan.leftover()
+        if plan.stop == "cancel":
+            return True, plan.comment
+        if leftover:  # closed, draining, or no sub-association left to send them
+            subops.fail_remaining([items[i].sop_instance_uid for i in leftover])
+        # a sub-association that failed while others sent everything is only logged
+        return False, plan.comment if subops.failed else ""
+
+    async def _move_association(self, scu: StorageSCU, plan: _MovePlan, subops: SubOperations,
+                                context_id: int, message_id: int, originator: tuple[str, int],
+                                remote) -> None:
+        """One sub-association: connect, send what is left in ``plan``, release at once (a
+        destination serving one association at a time then accepts the next one)."""
         try:
             await scu.connect()
         except AssociationFailed as exc:
             log.warning("move.destination_failed", ae=self.calling_ae,
                         destination=remote.ae_title, error=str(exc))
-            subops.fail_remaining([it.sop_instance_uid for it in items])
-            return False, f"destination {remote.ae_title}: {exc}"
-        comment = ""
-        cancelled = False
-        originator = (self.calling_ae, message_id)
+            plan.comment = plan.comment or f"destination {remote.ae_title}: {exc}"
+            await scu.release()
+            return
         try:
-            for i, item in enumerate(items):
+            await self._move_worker(scu, plan, subops, context_id, message_id, originator,
+                                    remote)
+        finally:
+            await scu.release()
+
+    async def _move_worker(self, scu: StorageSCU, plan: _MovePlan, subops: SubOperations,
+                           context_id: int, message_id: int, originator: tuple[str, int],
+                           remote) -> None:
+        """Send instances taken from ``plan`` on one sub-association until none is left.
+
+        The next instance is opened while the current one's C-STORE-RSP is awaited. On a lost
+        association the instance in flight fails and the one opened ahead goes back to the
+        plan for the other sub-associations."""
+        ahead = self._move_open(scu, plan)
+        try:
+            while ahead is not None:
                 reason = self._stop_reason(message_id)
-                if reason == "cancel":
-                    cancelled = True
-                    break
                 if reason is not None:
-                    subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
-                    break
-                choice = choose_context(scu.accepted_contexts, item.sop_class_uid,
-                                        item.transfer_syntax_uid, allow_lossy=self._allow_lossy)
+                    plan.stop = plan.stop or reason
+                    return
+                (i, sub_context, opening), ahead = ahead, self._move_open(scu, plan)
+                item = plan.items[i]
                 outcome = "failed"
-                if choice is None:
+                if opening is None:
                     log.warning("move.no_context", destination=remote.ae_title,
                                 sop=item.sop_instance_uid, sop_class=item.sop_class_uid,
                                 ts=item.transfer_syntax_uid)
                 else:
                     try:
-                        opened = await open_instance(item, choice[1],
-                                                     allow_lossy=self._allow_lossy,
-                                                     workers=self._transcode_workers)
+                        opened = await opening
                     except SendError as exc:
                         log.warning("move.unreadable", sop=item.sop_instance_uid,
                                     error=str(exc))
                     else:
                         try:
-                            code = await scu.store(item, choice[0], opened,
+                            code = await scu.store(item, sub_context, opened,
                                                    move_originator=originator)
                             outcome = store_outcome(code)
                         except (AssociationFailed, OSError) as exc:
                             log.warning("move.association_lost", destination=remote.ae_title,
                                         error=str(exc))
-                            comment = f"destination {remote.ae_title}: {exc}"
-                            subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
-                            break
+                            plan.comment = f"destination {remote.ae_title}: {exc}"
+                            subops.record(item.sop_instance_uid, "failed")
+                            await self._move_pending(context_id, subops)
+                            return
                         finally:
                             opened.close()
                 subops.record(item.sop_instance_uid, outcome)
-                if subops.remaining and not self.conn.closed:
-                    self._respond(context_id, subops.pending())
-                    if not self._writable.is_set():
-                        await self._writable.wait()
+                await self._move_pending(context_id, subops)
         finally:
-            await scu.release()
-        return cancelled, comment
+            if ahead is not None:
+                plan.give_back(ahead[0])
+                if ahead[2] is not None:
+                    ahead[2].add_done_callback(_close_opened)
+                    ahead[2].cancel()
+
+    def _move_open(self, scu: StorageSCU,
+                   plan: _MovePlan) -> tuple[int, int, asyncio.Task | None] | None:
+        """Take the next instance from ``plan`` and start opening it for ``scu``: (index,
+        presentation context, opening task), the task None when no context fits."""
+        i = plan.take()
+        if i is None:
+            return None
+        item = plan.items[i]
+        choice = choose_context(scu.accepted_contexts, item.sop_class_uid,
+                                item.transfer_syntax_uid, allow_lossy=self._allow_lossy)
+        if choice is None:
+            return i, 0, None
+        return i, choice[0], asyncio.ensure_future(
+            open_instance(item, choice[1], allow_lossy=self._allow_lossy,
+                          workers=self._transcode_workers))
+
+    async def _move_pending(self, context_id: int, subops: SubOperations) -> None:
+        if subops.remaining and not self.conn.closed:
+            self._respond(context_id, subops.pending())
+            if not self._writable.is_set():
+                await self._writable.wait()
+
+
+class _MovePlan:
+    """The instances of one C-MOVE, shared by the workers of its sub-associations (one loop:
+    no locks): each index is taken once, or given back when its worker stops first."""
+
+    def __init__(self, items: list[StoredInstance]) -> None:
+        self.items = items
+        self._next = 0
+        self._returned: list[int] = []
+        #: Why a worker stopped taking instances ("cancel", "closed", "draining"), if it did.
+        self.stop: str | None = None
+        self.comment = ""
+
+    def take(self) -> int | None:
+        if self._returned:
+            return self._returned.pop()
+        if self._next >= len(self.items):
+            return None
+        self._next += 1
+        return self._next - 1
+
+    def give_back(self, i: int) -> None:
+        self._returned.append(i)
+
+    def leftover(self) -> list[int]:
+        """Indexes no worker sent (and nobody will)."""
+        out = sorted(self._returned) + list(range(self._next, len(self.items)))
+        self._returned, self._next = [], len(self.items)
+        return out
 
 
 def _close_opened(task: asyncio.Task) -> None:

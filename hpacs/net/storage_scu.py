@@ -167,15 +167,23 @@ async def send_instance(
     context_id: int,
     command: bytes,
     opened: OpenedInstance,
+    before: list | None = None,
 ) -> None:
-    """Write a C-STORE-RQ command and its data set, chunk by chunk, honouring back-pressure.
+    """Write a C-STORE-RQ command and its data set, chunk by chunk, honouring back-pressure;
+    ``before`` (PDUs already framed, e.g. the C-GET's last pending response) goes in the same
+    write as the command.
 
     Raises LocalProtocolError if the association went away, OSError on a read error midway
     (the caller must then abort: a half-sent message cannot be recovered)."""
-    write(conn.send_data_buffers(context_id, True, command))
+    head = conn.send_data_buffers(context_id, True, command)
+    if before:
+        head = before + head
     if opened.data is not None:
-        write(conn.send_data_buffers(context_id, False, opened.data))
+        # one writelines for command and data set: one send for the whole message when the
+        # socket buffer has room, not a small send for the command first
+        write(head + conn.send_data_buffers(context_id, False, opened.data))
         return
+    write(head)
     loop = asyncio.get_running_loop()
     remaining = opened.remaining
     fh = opened.fh

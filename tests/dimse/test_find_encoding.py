@@ -128,3 +128,46 @@ def reference_encode_match(req: f.FindRequest, match: dict[str, Any]) -> bytes:
     fp.is_implicit_VR = not req.explicit_vr
     write_dataset(fp, ds)
     return fp.getvalue()
+
+
+# MatchEncoder (the per-request prepared encoder the C-FIND SCP uses) == encode_match, its twin
+any_text = st.text(alphabet=st.characters(exclude_characters="\\\0=", exclude_categories=("Cs",)),
+                   max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=any_text, pid=text, desc=any_text, n=st.integers(0, 65535),
+       modalities=st.lists(st.sampled_from(["CT", "MR", "SR"]), max_size=3),
+       syntax=st.sampled_from(SYNTAXES), level=st.sampled_from(["STUDY", "SERIES", "IMAGE"]),
+       model=st.sampled_from([STUDY_ROOT, PATIENT_ROOT]), charset=st.booleans(),
+       retrieve_ae=st.sampled_from(["", "HPACS"]), missing=st.booleans())
+def test_match_encoder_equals_encode_match(name, pid, desc, n, modalities, syntax, level, model,
+                                           charset, retrieve_ae, missing):
+    query = Dataset()
+    if charset:
+        query.SpecificCharacterSet = "ISO_IR 192"
+    query.QueryRetrieveLevel = level
+    query.PatientName = ""
+    query.PatientID = pid if model == PATIENT_ROOT else ""
+    query.StudyDescription = ""
+    query.ModalitiesInStudy = ""
+    query.RetrieveAETitle = ""
+    query.InstanceAvailability = ""
+    query.StudyInstanceUID = "1.2.3" if level != "STUDY" else ""
+    if level != "STUDY":
+        query.SeriesInstanceUID = "1.2.3.4" if level == "IMAGE" else ""
+        query.NumberOfSeriesRelatedInstances = ""
+    if level == "IMAGE":
+        query.SOPInstanceUID = ""
+        query.Rows = None
+    explicit = syntax != "1.2.840.10008.1.2"
+    little = syntax != "1.2.840.10008.1.2.2"
+    req = f.parse_find(model, encode(query, not explicit, little), syntax)
+    match = {"PatientName": name, "PatientID": pid, "StudyDescription": desc,
+             "ModalitiesInStudy": modalities, "StudyInstanceUID": "1.2.3",
+             "SeriesInstanceUID": "1.2.3.4", "SOPInstanceUID": "1.2.3.4.5",
+             "NumberOfSeriesRelatedInstances": n, "Rows": n}
+    if missing:
+        match = {k: v for k, v in match.items() if k not in ("PatientID", "StudyDescription")}
+    encoder = f.MatchEncoder(req, retrieve_ae=retrieve_ae)
+    assert encoder.encode(match) == f.encode_match(req, match, retrieve_ae=retrieve_ae)

@@ -67,6 +67,17 @@ def open_index(data_dir: Path) -> IndexDB:
     return IndexDB(data_dir / "index", readonly=True)
 
 
+def stored_dataset_bytes(data_dir: Path, sop_uid: str) -> bytes:
+    """The data set bytes of an archived instance (after its Part 10 meta), found by its UID."""
+    db = open_index(data_dir)
+    try:
+        entry = db.get_instance(sop_uid)
+        assert entry is not None, sop_uid
+        return dataset_bytes(data_dir / entry.path)
+    finally:
+        db.close()
+
+
 def sop_uid_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
 

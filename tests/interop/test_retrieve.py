@@ -28,7 +28,13 @@ from pynetdicom.sop_class import (
 
 from tests.conftest import free_port, start_server, storage_test_files
 from tests.factories import make_ct, uid, write
-from tests.interop.helpers import dataset_bytes, open_index, send_files, sop_uid_of
+from tests.interop.helpers import (
+    dataset_bytes,
+    open_index,
+    send_files,
+    sop_uid_of,
+    stored_dataset_bytes,
+)
 
 GETSCU = "/usr/bin/getscu"  # not the venv's pynetdicom scripts of the same names
 MOVESCU = "/usr/bin/movescu"
@@ -52,13 +58,7 @@ class QR:
 
     def stored(self, sop_uid: str) -> bytes:
         """The stored data set bytes of an instance (after its Part 10 meta)."""
-        db = open_index(self.srv.data_dir)
-        try:
-            entry = db.get_instance(sop_uid)
-            assert entry is not None, sop_uid
-            return dataset_bytes(self.srv.data_dir / entry.path)
-        finally:
-            db.close()
+        return stored_dataset_bytes(self.srv.data_dir, sop_uid)
 
     def stored_entry(self, sop_uid: str):
         db = open_index(self.srv.data_dir)
