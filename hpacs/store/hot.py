@@ -6,8 +6,9 @@ stays together (migration moves whole studies). Files are written to ``<data>/tm
 fsync'd and renamed into place; the parent directory is fsync'd so the rename survives a crash.
 
 Directories left empty (a study migrated to cold) are removed with ``rmdir``, which only ever
-removes an empty directory; a writer racing it (its directory vanishing between ``mkdir`` and
-``rename``) recreates the path and retries, so neither side needs a lock.
+removes an empty directory. A writer whose rename finds its directory gone (a new series, or
+pruned just before) creates the path and renames under a lock that each ``rmdir`` also takes,
+so the common path (the directory exists) never waits.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +27,6 @@ TMP_DIR = "tmp"
 SUFFIX = ".dcm"
 #: Directory levels above a file inside ``hot/``: series, study, h[2:4], h[0:2].
 _LEVELS = 4
-#: A writer whose directory a concurrent prune removes retries this often (each retry needs
-#: the prune to win a fresh race: more than a couple means something else is wrong).
-_RETRIES = 8
 
 
 class HotStore:
@@ -39,6 +38,8 @@ class HotStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._data_prefix = f"{self.data_dir}/"
+        #: Held by a writer creating its directories until its rename, and by each rmdir.
+        self._dirs_lock = threading.Lock()
         self._tmp_prefix = f"{self.tmp}/"
 
     # -- layout -------------------------------------------------------------------------------
@@ -65,37 +66,32 @@ class HotStore:
         only when the rename says they are missing (once per series)."""
         final = self._data_prefix + relative
         parent = final.rpartition("/")[0]
-        for attempt in range(_RETRIES):
-            try:
-                finish_file(fd, temp, final, parent, self.fsync)
-                return
-            except FileNotFoundError:  # a new series, or ``prune_dirs`` removed the directory
-                fd = -1  # finish_file synced and closed it before the rename failed
-                if attempt == _RETRIES - 1 or not os.path.exists(temp):
-                    raise
-                self._make_dirs(Path(parent))
+        try:
+            finish_file(fd, temp, final, parent, self.fsync)
+            return
+        except FileNotFoundError:  # a new series, or ``prune_dirs`` removed the directory
+            if not os.path.exists(temp):
+                raise
+        # finish_file synced and closed ``fd`` before the rename failed; under the lock no
+        # prune can remove the directories between their creation and the rename
+        with self._dirs_lock:
+            self._make_dirs(Path(parent))
+            finish_file(-1, temp, final, parent, self.fsync)
 
     def _make_dirs(self, directory: Path) -> None:
         """Create missing directories, fsyncing each new entry's parent so it is durable.
-        A parent removed meanwhile by ``prune_dirs`` is created again."""
-        for attempt in range(_RETRIES):
-            missing = []
-            d = directory
-            while not d.is_dir():
-                missing.append(d)
-                d = d.parent
+        Called with ``_dirs_lock`` held, so no prune removes a parent meanwhile."""
+        missing = []
+        while not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        for d in reversed(missing):
             try:
-                for d in reversed(missing):
-                    try:
-                        d.mkdir()
-                    except FileExistsError:
-                        continue
-                    if self.fsync:
-                        _fsync_dir(d.parent)
-                return
-            except FileNotFoundError:
-                if attempt == _RETRIES - 1:
-                    raise
+                d.mkdir()
+            except FileExistsError:
+                continue
+            if self.fsync:
+                _fsync_dir(d.parent)
 
     def prune_dirs(self, relatives: list[str]) -> int:
         """Remove the directories above these (removed) files that are now empty, up to
@@ -111,7 +107,8 @@ class HotStore:
                 if d == self.root or self.root not in d.parents:
                     continue
                 try:
-                    os.rmdir(d)
+                    with self._dirs_lock:
+                        os.rmdir(d)
                 except OSError:  # not empty (or already gone)
                     continue
                 removed += 1

@@ -7,6 +7,7 @@ import os
 import threading
 from pathlib import Path
 
+from hpacs.store import hot as hot_module
 from hpacs.store.hot import HotStore
 
 
@@ -35,19 +36,22 @@ def test_prune_removes_empty_directories_up_to_the_root_only(tmp_path):
 
 
 def test_a_file_being_written_keeps_its_directory(tmp_path, monkeypatch):
-    """The prune runs exactly between the writer's mkdir and its rename: the writer's rename
-    fails, it recreates the directory and lands its file."""
+    """The prune runs exactly before the writer's rename into an existing (empty) directory:
+    the rename fails, the writer recreates the directory and lands its file."""
     hot = HotStore(tmp_path, fsync=False)
+    first = hot.relative_path("1.2.3", "1.2.3.1", "1.2.3.1.0")
     rel = hot.relative_path("1.2.3", "1.2.3.1", "1.2.3.1.1")
-    real_make_dirs = HotStore._make_dirs
+    _write(hot, first, b"old")
+    hot.absolute(first).unlink()  # the series directory is empty: prunable
+    real_finish = hot_module.finish_file
     raced: list[int] = []
 
-    def make_dirs_then_prune(self, directory):
-        real_make_dirs(self, directory)
+    def prune_then_finish(*args):
         if not raced:
-            raced.append(hot.prune_dirs([rel]))  # the new directories are empty: they go
+            raced.append(hot.prune_dirs([rel]))
+        return real_finish(*args)
 
-    monkeypatch.setattr(HotStore, "_make_dirs", make_dirs_then_prune)
+    monkeypatch.setattr(hot_module, "finish_file", prune_then_finish)
     _write(hot, rel, b"data")
     assert raced[0] >= 2
     assert hot.absolute(rel).read_bytes() == b"data"
