@@ -383,7 +383,7 @@ async def send_native_frames(request: web.Request, path, entry, numbers: list[in
         if request.method != "HEAD":
             for head, (start, end) in zip(heads, spans, strict=True):
                 await resp.write(head)
-                await send_file(request, resp, f, end - start, start)
+                await send_file(request, resp, f, end - start, start, wait_in_thread=False)
             await resp.write(tail)
         await resp.write_eof()
         return resp

@@ -84,9 +84,14 @@ async def _flushed(request: web.Request) -> None:
 
 
 async def send_file(request: web.Request, response: web.StreamResponse, f: BinaryIO,
-                    size: int, offset: int = 0) -> None:
+                    size: int, offset: int = 0, *, wait_in_thread: bool = True) -> None:
     """Send ``size`` bytes of ``f`` from ``offset`` (a file at that offset, or an in-memory
-    buffer at 0) as part of ``response`` (already prepared)."""
+    buffer at 0) as part of ``response`` (already prepared).
+
+    ``wait_in_thread=False`` (small payloads such as frames): when the socket is full, the rest
+    is read and written through the transport, which waits for the client on the loop. A viewer
+    keeps dozens of frame requests open and reads them as it can; blocked threads waiting for
+    it would take the executor every other request needs (static files, metadata)."""
     loop = asyncio.get_running_loop()
     fd = _fd(f)
     if fd is None:  # already in memory: one write
@@ -103,7 +108,10 @@ async def send_file(request: web.Request, response: web.StreamResponse, f: Binar
                 if sent == 0:
                     raise PeerGone("file ended early or the socket closed")
                 offset += sent
-        except BlockingIOError:  # the socket is full: wait for the client in a thread
+        except BlockingIOError:  # the socket is full
+            if not wait_in_thread:
+                await response.write(os.pread(fd, end - offset, offset))
+                return
             await loop.run_in_executor(None, _blocking_sendfile, out_fd, fd, offset,
                                        end - offset)
         return
