@@ -69,6 +69,13 @@ def dist_dir(config: ViewerConfig) -> Path:
     return Path(config.dist_dir) if config.dist_dir else default_dist_dir()
 
 
+def install_current(root: Path | None = None) -> bool:
+    """Whether ``root`` (default: the default install) holds this build with its precompressed
+    siblings, as ``make install`` leaves it."""
+    stamp = (root or default_dist_dir()) / STAMP
+    return stamp.is_file() and stamp.read_text().strip() == STAMP_TEXT
+
+
 def is_hashed(name: str) -> bool:
     return _HASHED.search(name) is not None
 

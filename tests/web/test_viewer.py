@@ -16,11 +16,10 @@ from hpacs.web.viewer import (
     IMMUTABLE,
     OHIF_VERSION,
     REVALIDATE,
-    STAMP,
-    STAMP_TEXT,
     app_config,
     app_config_js,
     default_dist_dir,
+    install_current,
     is_hashed,
 )
 from tests.conftest import start_server
@@ -29,8 +28,7 @@ DIST = default_dist_dir()
 
 
 def require_viewer() -> None:
-    stamp = DIST / STAMP
-    if not stamp.is_file() or stamp.read_text().strip() != STAMP_TEXT:
+    if not install_current(DIST):
         pytest.fail(f"OHIF {OHIF_VERSION} is not installed in {DIST}: run `make install`")
 
 
