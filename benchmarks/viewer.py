@@ -55,6 +55,7 @@ DEFAULT_WORKDIR = peers_mod.REPO / "benchmarks" / "work" / "viewer"
 REPORTS = peers_mod.REPO / "benchmarks" / "reports"
 #: Records when the viewport first draws an image (capture phase: the event does not bubble).
 RENDER_PROBE = """
+performance.setResourceTimingBufferSize(100000);  // default 250: later studies would be lost
 window.__renders = [];
 window.addEventListener('CORNERSTONE_IMAGE_RENDERED',
   () => window.__renders.push(performance.now()), true);
