@@ -285,7 +285,9 @@ def read_native_frames(src, numbers: list[int]) -> list[bytes] | None:
             return _slice_frames(m, numbers)
 
 
-def _slice_frames(buf, numbers: list[int]) -> list[bytes] | None:
+def frame_spans(buf, numbers: list[int]) -> list[tuple[int, int] | None] | None:
+    """(start, end) in ``buf`` of each 1-based frame (None: Pixel Data cut short), or None when
+    the layout is not native little endian; 404 for a frame out of range."""
     try:
         layout = native_layout(buf)
     except (DicomJSONError, Part10Error):
@@ -296,9 +298,15 @@ def _slice_frames(buf, numbers: list[int]) -> list[bytes] | None:
     if bad:
         raise HTTPProblem(404, f"frame(s) {', '.join(map(str, bad))} out of range "
                                f"1..{layout.frames}")
+    return [layout.frame_span(k) for k in numbers]
+
+
+def _slice_frames(buf, numbers: list[int]) -> list[bytes] | None:
+    spans = frame_spans(buf, numbers)
+    if spans is None:
+        return None
     out = []
-    for k in numbers:
-        span = layout.frame_span(k)
+    for k, span in zip(numbers, spans, strict=True):
         if span is None:
             raise PixelDataError(f"Pixel Data too short for frame {k}")
         out.append(bytes(buf[span[0]:span[1]]))
@@ -331,23 +339,15 @@ def _entry(request: web.Request):
 
 
 def _native_spans(f, numbers: list[int]) -> list[tuple[int, int]] | None:
-    """(start, end) in the open file ``f`` of each frame, None when the layout is not native
-    little endian (the caller takes the general path); 404 for a frame out of range."""
+    """(start, end) in the open file ``f`` of each frame, None when the general path must
+    answer (not native little endian, or cut short: it reports that); 404 out of range."""
     if os.fstat(f.fileno()).st_size == 0:
         return None
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        try:
-            layout = native_layout(m)
-        except (DicomJSONError, Part10Error):
-            return None
-    if layout is None:
+        spans = frame_spans(m, numbers)
+    if spans is None or None in spans:
         return None
-    bad = [k for k in numbers if not 1 <= k <= layout.frames]
-    if bad:
-        raise HTTPProblem(404, f"frame(s) {', '.join(map(str, bad))} out of range "
-                               f"1..{layout.frames}")
-    spans = [layout.frame_span(k) for k in numbers]
-    return None if None in spans else spans  # type: ignore[return-value]
+    return spans  # type: ignore[return-value]
 
 
 async def send_native_frames(request: web.Request, path, entry, numbers: list[int],
