@@ -17,10 +17,11 @@ def build_app(metrics: Metrics, health: Callable[[], dict], archive=None,
     """``archive`` (an opened hpacs.store.archive.Archive) adds the DICOMweb routes,
     ``prefetcher`` (hpacs.store.prefetch.Prefetcher) the ``/api`` operations, ``viewer``
     (enabled) OHIF at ``/`` with the links into it (web/viewer.py, web/ihe.py)."""
-    from hpacs.web.middleware import compress_json, cors
+    from hpacs.web.middleware import add_server_timing, compress_json, cors, server_timing
 
     origins = archive.config.server.cors_origins if archive is not None else ()
-    app = web.Application(middlewares=[cors(origins), compress_json])
+    app = web.Application(middlewares=[server_timing, cors(origins), compress_json])
+    app.on_response_prepare.append(add_server_timing)
 
     async def healthz(request: web.Request) -> web.Response:
         state = health()

@@ -84,9 +84,14 @@ async def _flushed(request: web.Request) -> None:
 
 
 async def send_file(request: web.Request, response: web.StreamResponse, f: BinaryIO,
-                    size: int) -> None:
-    """Send the first ``size`` bytes of ``f`` (a file at 0, or an in-memory buffer) as part of
-    ``response`` (already prepared)."""
+                    size: int, offset: int = 0, *, wait_in_thread: bool = True) -> None:
+    """Send ``size`` bytes of ``f`` from ``offset`` (a file at that offset, or an in-memory
+    buffer at 0) as part of ``response`` (already prepared).
+
+    ``wait_in_thread=False`` (small payloads such as frames): when the socket is full, the rest
+    is read and written through the transport, which waits for the client on the loop. A viewer
+    keeps dozens of frame requests open and reads them as it can; blocked threads waiting for
+    it would take the executor every other request needs (static files, metadata)."""
     loop = asyncio.get_running_loop()
     fd = _fd(f)
     if fd is None:  # already in memory: one write
@@ -96,17 +101,22 @@ async def send_file(request: web.Request, response: web.StreamResponse, f: Binar
         await _flushed(request)
         sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
         out_fd = sock.fileno()
-        offset = 0
+        end = offset + size
         try:  # on the loop while the socket takes it (no thread hop): page cache to socket
-            while offset < size:
-                sent = os.sendfile(out_fd, fd, offset, size - offset)
+            while offset < end:
+                sent = os.sendfile(out_fd, fd, offset, end - offset)
                 if sent == 0:
                     raise PeerGone("file ended early or the socket closed")
                 offset += sent
-        except BlockingIOError:  # the socket is full: wait for the client in a thread
+        except BlockingIOError:  # the socket is full
+            if not wait_in_thread:
+                await response.write(os.pread(fd, end - offset, offset))
+                return
             await loop.run_in_executor(None, _blocking_sendfile, out_fd, fd, offset,
-                                       size - offset)
+                                       end - offset)
         return
+    if offset:
+        f.seek(offset)
     left = size
     while left > 0:
         chunk = await loop.run_in_executor(None, f.read, min(READ_CHUNK, left))

@@ -5,8 +5,8 @@ OHIF is a prebuilt single-page app (installed by ``hpacs.web.viewer_install``); 
 (``/viewer``, ``/viewer/...``, ``/local``...) answers ``index.html`` (SPA fallback). Files whose
 names carry a content hash never change and are cached for a year (``immutable``); ``index.html``,
 the generated ``/app-config.js`` and unhashed files are revalidated (``no-cache`` + ETag).
-Precompressed ``.gz``/``.br`` siblings are chosen by Accept-Encoding (with ``Vary``), and byte
-ranges come from aiohttp's FileResponse.
+Precompressed ``.br``/``.gz`` siblings are chosen by Accept-Encoding (Brotli first, a coding
+refused with ``q=0`` skipped; with ``Vary``), and byte ranges come from aiohttp's FileResponse.
 
 Without an installed viewer the server runs as before and ``/`` says how to install it.
 """
@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mimetypes
 import re
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from hpacs.config import ViewerConfig
 from hpacs.log import get_logger
+from hpacs.web.middleware import accepts_coding
 
 log = get_logger("hpacs.viewer")
 
@@ -31,6 +33,8 @@ log = get_logger("hpacs.viewer")
 OHIF_VERSION: Final = "3.12.10"
 #: File in the install directory naming the installed version.
 STAMP: Final = ".hpacs-ohif-version"
+#: What the stamp says: the version and the precompressed siblings the tree has.
+STAMP_TEXT: Final = f"{OHIF_VERSION} gz br"
 INSTALL_HINT: Final = "make install  (or: .venv/bin/python -m hpacs.web.viewer_install)"
 
 IMMUTABLE: Final = "public, max-age=31536000, immutable"
@@ -47,6 +51,10 @@ _TYPES: Final = {".js": "text/javascript; charset=utf-8", ".mjs": "text/javascri
                  ".svg": "image/svg+xml", ".woff2": "font/woff2", ".ico": "image/x-icon",
                  ".png": "image/png"}
 
+#: Precompressed siblings, in order of preference.
+_CODINGS: Final = (("br", ".br"), ("gzip", ".gz"))
+_SUFFIX: Final = dict(_CODINGS)
+
 #: Our own prefixes: a URL under them that no route took is a 404, never the SPA.
 _NOT_APP: Final = frozenset({"dicom-web", "wado", "healthz", "metrics", "compare"})
 
@@ -59,6 +67,13 @@ def default_dist_dir() -> Path:
 
 def dist_dir(config: ViewerConfig) -> Path:
     return Path(config.dist_dir) if config.dist_dir else default_dist_dir()
+
+
+def install_current(root: Path | None = None) -> bool:
+    """Whether ``root`` (default: the default install) holds this build with its precompressed
+    siblings, as ``make install`` leaves it."""
+    stamp = (root or default_dist_dir()) / STAMP
+    return stamp.is_file() and stamp.read_text().strip() == STAMP_TEXT
 
 
 def is_hashed(name: str) -> bool:
@@ -147,14 +162,14 @@ class Viewer:
         """``ohif_config`` replaces the generated OHIF config (the benchmark's Orthanc front)."""
         self.root = dist_dir(config)
         self.installed = (self.root / "index.html").is_file()
-        #: served file (relative POSIX path) -> has a precompressed sibling; scanned once
-        self.files: dict[str, bool] = self._scan() if self.installed else {}
+        #: served file (relative POSIX path) -> its precompressed siblings' codings; scanned once
+        self.files: dict[str, tuple[str, ...]] = self._scan() if self.installed else {}
         self.config_js = app_config_js(ohif_config).encode()
         self.config_etag = '"' + hashlib.sha256(self.config_js).hexdigest()[:20] + '"'
 
-    def _scan(self) -> dict[str, bool]:
+    def _scan(self) -> dict[str, tuple[str, ...]]:
         names = {p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()}
-        return {n: (n + ".gz") in names or (n + ".br") in names
+        return {n: tuple(c for c, suffix in _CODINGS if n + suffix in names)
                 for n in names if not n.endswith((".gz", ".br")) and not n.startswith(".")}
 
     def log_state(self) -> None:
@@ -193,11 +208,19 @@ class Viewer:
             raise web.HTTPNotFound()
         headers = {"Cache-Control": cache}
         suffix = PurePosixPath(name).suffix.lower()
-        if suffix in _TYPES:
-            headers["Content-Type"] = _TYPES[suffix]
-        if self.files.get(name):
+        headers["Content-Type"] = _TYPES.get(suffix) or (
+            mimetypes.guess_type(name)[0] or "application/octet-stream")
+        path = self.root / name
+        if codings := self.files.get(name):
             headers["Vary"] = "Accept-Encoding"  # also on the identity answer, for caches
-        return web.FileResponse(self.root / name, headers=headers)
+            accept = request.headers.get(hdrs.ACCEPT_ENCODING, "")
+            # chosen here rather than by FileResponse, which matches codings as substrings
+            # (``br;q=0`` would get Brotli)
+            coding = next((c for c in codings if accepts_coding(accept, c)), None)
+            if coding is not None:
+                path = self.root / (name + _SUFFIX[coding])
+                headers["Content-Encoding"] = coding
+        return web.FileResponse(path, headers=headers)
 
 
 def add_routes(app: web.Application, config: ViewerConfig) -> Viewer:

@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 from pydicom import dcmread
 
-from hpacs.web.viewer import OHIF_VERSION, STAMP, default_dist_dir
+from hpacs.web.viewer import OHIF_VERSION, default_dist_dir, install_current
 from tests.conftest import ROOT, start_server
 from tests.web.viewer_data import CURRENT, PRIOR, load_viewer_studies, patient_id
 
@@ -37,8 +37,7 @@ REPORT_NAME = "HPACS LENGTH REPORT"
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    stamp = default_dist_dir() / STAMP
-    if not stamp.is_file() or stamp.read_text().strip() != OHIF_VERSION:
+    if not install_current():
         pytest.fail(f"OHIF {OHIF_VERSION} not installed in {default_dist_dir()}: make install")
     tmp = tmp_path_factory.mktemp("browser")
     server = start_server(tmp / "data")

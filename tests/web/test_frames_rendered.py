@@ -130,6 +130,22 @@ def test_native_frames(srv, name, numbers):
     assert got == [expected_native(ds, k - 1) for k in numbers]
 
 
+def test_native_frames_by_sendfile_have_lengths_and_head(srv):
+    """Hot native frames go by sendfile: exact Content-Length, per-part lengths, HEAD empty."""
+    ds = pydicom.dcmread(data_file("rtdose.dcm"))
+    url = f"{inst_url(srv, 'rtdose.dcm')}/frames/2,15"
+    accept = {"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"}
+    got = requests.get(url, headers=accept, timeout=30)
+    assert got.status_code == 200
+    assert int(got.headers["Content-Length"]) == len(got.content)
+    assert [body for _, body in parts_of(got)] == [expected_native(ds, 1),
+                                                   expected_native(ds, 14)]
+    assert got.content.count(b"\r\nContent-Length: ") == 2
+    head = requests.head(url, headers=accept, timeout=30)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == got.headers["Content-Length"]
+
+
 @pytest.mark.parametrize("name", ENCAPSULATED)
 def test_encapsulated_frames_as_stored(srv, name):
     ds = pydicom.dcmread(data_file(name))

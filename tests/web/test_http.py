@@ -1,5 +1,6 @@
 """Series metadata served from the ingest-time cache (the instance files are not read), and the
-HTTP concerns around it: ETag/304, gzip when asked, CORS, ``server.public_url``."""
+HTTP concerns around it: ETag/304, zstd or gzip when asked, CORS, ``server.public_url``,
+``Server-Timing``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 
 import pytest
 import requests
+import zstandard
 
 from hpacs.store.hot import HotStore
 from tests.conftest import start_server
@@ -96,6 +98,33 @@ def test_json_is_compressed_only_when_asked(loaded):
     qido = requests.get(_url(server, "/dicom-web/studies?PatientID=PAT00007&includefield=all"),
                         headers={"Accept-Encoding": "gzip"}, timeout=30)
     assert qido.status_code == 200 and qido.json()[0]["00100020"]["Value"] == ["PAT00007"]
+
+
+def test_json_is_zstd_when_the_client_accepts_it(loaded):
+    server, datasets = loaded
+    url = _url(server, _series_path(datasets[0]))
+    plain = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=30)
+    for accept in ("gzip, deflate, br, zstd", "zstd", "ZSTD;q=0.5, gzip"):
+        raw = requests.get(url, headers={"Accept-Encoding": accept}, timeout=30, stream=True)
+        assert raw.headers["Content-Encoding"] == "zstd", accept
+        assert "Accept-Encoding" in raw.headers["Vary"]
+        body = raw.raw.read()
+        assert len(body) < len(plain.content) / 3
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(body) == plain.content
+    refused = requests.get(url, headers={"Accept-Encoding": "zstd;q=0, gzip"}, timeout=30,
+                           stream=True)
+    assert refused.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(refused.raw.read()) == plain.content
+
+
+def test_server_timing_names_the_servers_own_time(loaded):
+    server, datasets = loaded
+    for path in (_series_path(datasets[0]), "/dicom-web/studies?PatientID=PAT00007",
+                 "/healthz"):
+        r = requests.get(_url(server, path), timeout=30)
+        assert r.status_code == 200
+        m = re.fullmatch(r"app;dur=([0-9.]+)", r.headers["Server-Timing"])
+        assert m is not None and 0 < float(m.group(1)) < 30_000, r.headers["Server-Timing"]
 
 
 def test_cors_preflight_and_response_headers(loaded):

@@ -9,10 +9,11 @@ import hashlib
 import io
 import tarfile
 
+import brotli
 import pytest
 
 from hpacs.web import viewer_install
-from hpacs.web.viewer import OHIF_VERSION, STAMP
+from hpacs.web.viewer import OHIF_VERSION, STAMP, STAMP_TEXT
 
 FILES = {
     "package/package.json": b"{}",
@@ -46,11 +47,13 @@ def test_install_keeps_what_is_served_and_precompresses(tmp_path, monkeypatch):
     assert viewer_install.install(dest, tarball) is True
     served = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert served == sorted([
-        STAMP, "index.html", "index.html.gz", "assets/favicon.png", "tiny.css",
-        "app.bundle.0123456789abcdef0123.js", "app.bundle.0123456789abcdef0123.js.gz"])
+        STAMP, "index.html", "index.html.gz", "index.html.br", "assets/favicon.png",
+        "tiny.css", "app.bundle.0123456789abcdef0123.js",
+        "app.bundle.0123456789abcdef0123.js.gz", "app.bundle.0123456789abcdef0123.js.br"])
     js = FILES["package/dist/app.bundle.0123456789abcdef0123.js"]
     assert gzip.decompress((dest / "app.bundle.0123456789abcdef0123.js.gz").read_bytes()) == js
-    assert (dest / STAMP).read_text().strip() == OHIF_VERSION
+    assert brotli.decompress((dest / "app.bundle.0123456789abcdef0123.js.br").read_bytes()) == js
+    assert (dest / STAMP).read_text().strip() == STAMP_TEXT
     # a second run sees the stamp and leaves the tree alone
     marker = dest / "index.html"
     mtime = marker.stat().st_mtime_ns
@@ -77,3 +80,21 @@ def test_an_old_version_is_replaced_whole(tmp_path, monkeypatch):
     assert viewer_install.install(dest, tarball) is True
     assert not (dest / "stale.js").exists()
     assert (dest / "index.html").is_file()
+
+
+def test_a_gzip_only_tree_of_this_version_gets_brotli_in_place(tmp_path, monkeypatch):
+    tarball = tmp_path / "app.tgz"
+    monkeypatch.setattr(viewer_install, "OHIF_INTEGRITY", make_tarball(tarball))
+    dest = tmp_path / "ohif"
+    assert viewer_install.install(dest, tarball) is True
+    for br in dest.rglob("*.br"):
+        br.unlink()
+    (dest / STAMP).write_text(OHIF_VERSION + "\n")  # as installed before .br siblings
+    gz = dest / "index.html.gz"
+    mtime = gz.stat().st_mtime_ns
+    assert viewer_install.install(dest) is True  # no tarball, no npm: only the siblings
+    html = FILES["package/dist/index.html"]
+    assert brotli.decompress((dest / "index.html.br").read_bytes()) == html
+    assert gz.stat().st_mtime_ns == mtime
+    assert (dest / STAMP).read_text().strip() == STAMP_TEXT
+    assert not [p for p in dest.rglob("*") if p.name.endswith(".tmp")]
