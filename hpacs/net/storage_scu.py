@@ -24,6 +24,7 @@ from typing import BinaryIO
 from hpacs.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
+    Part10Error,
     read_file_meta,
 )
 from hpacs.dicom.transfer_syntax import EXPLICIT_VR_LE, IMPLICIT_VR_LE
@@ -89,7 +90,7 @@ class SendError(Exception):
 class OpenedInstance:
     """A stored instance ready to send: either a file positioned at its data set or bytes."""
 
-    def __init__(self, fh, remaining: int, data: bytes | None) -> None:
+    def __init__(self, fh, remaining: int, data: bytes | memoryview | None) -> None:
         self.fh = fh
         self.remaining = remaining
         self.data = data
@@ -126,6 +127,44 @@ def _open_sync(item: StoredInstance) -> OpenedInstance:
     return OpenedInstance(fh, remaining, None)
 
 
+#: Head bytes handed to the file-meta parser when the file was read whole (group 0002 is small).
+_META_HEAD = 64 * 1024
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+
+
+def _open_cached(item: StoredInstance) -> OpenedInstance | None:
+    """Read a hot file whole on the calling thread (the loop) when every byte of it is in the
+    page cache: ``preadv`` with ``RWF_NOWAIT`` never waits for the disk, it fails or comes
+    back short instead, and then the caller goes through a worker thread. Measured with py-spy
+    on C-GET: the hop to the executor (``submit`` alone ~14 % of the loop's GIL time) and back
+    cost more than copying a 526 KB file from the page cache."""
+    if item.source is not None or _NOWAIT is None:
+        return None
+    try:
+        fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # the worker thread reports it
+    try:
+        size = os.fstat(fd).st_size
+        if size > READ_WHOLE_MAX or size == 0:
+            return None
+        buf = bytearray(size)
+        try:
+            if os.preadv(fd, [buf], 0, _NOWAIT) != size:
+                return None
+        except OSError:  # EAGAIN: not all cached (or RWF_NOWAIT unsupported here)
+            return None
+    finally:
+        os.close(fd)
+    try:
+        meta = read_file_meta(memoryview(buf)[:_META_HEAD])
+    except Part10Error:
+        return None
+    if meta.dataset_offset > size:
+        return None
+    return OpenedInstance(None, 0, memoryview(buf)[meta.dataset_offset:])
+
+
 def _read_source(item: StoredInstance) -> bytes:
     assert item.source is not None
     with item.source() as f:
@@ -138,6 +177,9 @@ async def open_instance(item: StoredInstance, target_ts: str, *, allow_lossy: bo
     processes, see ``hpacs.pixels.workers``); raises :class:`SendError`."""
     loop = asyncio.get_running_loop()
     if target_ts == item.transfer_syntax_uid:
+        opened = _open_cached(item)
+        if opened is not None:
+            return opened
         try:
             return await loop.run_in_executor(None, _open_sync, item)
         except Exception as exc:

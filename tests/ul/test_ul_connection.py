@@ -30,6 +30,7 @@ from hpacs.ul import (
     negotiate,
 )
 from hpacs.ul import pdu as U
+from hpacs.ul.connection import MAX_SEND_PDU
 from hpacs.ul.states import TABLE, TRANSITIONS
 from tests.ul._ulref import (
     CT_STORAGE,
@@ -471,3 +472,24 @@ def test_send_data_buffers_zero_copy() -> None:
     bufs = conn.send_data_buffers(3, False, payload)
     assert any(isinstance(b, memoryview) and b.obj is payload for b in bufs)
     assert b"".join(bufs) == conn.send_data(3, False, payload)
+
+
+@pytest.mark.parametrize(("peer_max", "sent_max"), [
+    (16382, 16382),  # the peer's limit rules when it is smaller
+    (1 << 20, MAX_SEND_PDU),  # a larger one: we still send at most MAX_SEND_PDU
+    (0, MAX_SEND_PDU),  # "no limit"
+])
+def test_sent_pdus_never_exceed_the_peer_max_nor_our_cap(peer_max, sent_max) -> None:
+    conn = Connection(Role.ACCEPTOR, max_pdu_length=16384)
+    (ev,) = conn.receive_data(a_associate_rq([build_context(CT_STORAGE)], max_length=peer_max))
+    conn.accept(negotiate(ev.request, AcceptorPolicy(max_pdu_length=16384)))  # type: ignore[arg-type]
+    payload = bytes(600_000)
+    bufs = conn.send_data_buffers(1, False, payload)
+    wire = b"".join(bytes(b) for b in bufs)
+    sizes, off = [], 0
+    while off < len(wire):
+        length = int.from_bytes(wire[off + 2 : off + 6], "big")
+        sizes.append(length)
+        off += 6 + length
+    assert max(sizes) == sent_max
+    assert sum(s - 6 for s in sizes) == len(payload)  # each PDU: one PDV (4 + 2 header bytes)
