@@ -282,7 +282,7 @@ def _pad_deflated(opened: OpenedInstance) -> OpenedInstance:
         data = opened.data
     if len(data) % 2 == 0:
         return OpenedInstance(None, 0, data)
-    return OpenedInstance(None, 0, data + b"\0")
+    return OpenedInstance(None, 0, bytes(data) + b"\0")
 
 
 async def _send(config: Config, args: argparse.Namespace) -> int:
