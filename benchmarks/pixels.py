@@ -29,7 +29,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.decoders.rle import _rle_decode_frame
 from rle.rle import decode_frame as pylibjpeg_rle_decode
 
-from benchmarks.stats import fmt_summary, summarize
+from benchmarks.stats import fmt_summary, summarize, timeit
 from hpacs.pixels import COMPILED, encode_array, to_uint8, voi_params
 from hpacs.pixels._kernels import rle_decode_frame
 
@@ -69,16 +69,6 @@ def reference(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         y_max = y_max * ds.RescaleSlope + ds.RescaleIntercept
     g = np.floor((v - y_min) / (y_max - y_min) * 255 + 0.5).clip(0, 255).astype(np.uint8)
     return 255 - g if ds.PhotometricInterpretation == "MONOCHROME1" else g
-
-
-def timeit(fn, runs: int) -> list[float]:
-    fn()  # warm up
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def mps(arr: np.ndarray, times: list[float]):

@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 import statistics
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+
+def timeit(fn: Callable[[], object], runs: int) -> list[float]:
+    """Seconds of each of ``runs`` calls of ``fn``, after one untimed warm-up call."""
+    fn()
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
 
 
 @dataclass(frozen=True)

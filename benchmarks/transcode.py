@@ -36,20 +36,10 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from benchmarks.stats import fmt_ratio, fmt_summary, ratio, summarize
+from benchmarks.stats import fmt_ratio, fmt_summary, ratio, summarize, timeit
 from hpacs.pixels.transcode import transcode
 
 SOURCE = "J2K_pixelrep_mismatch.dcm"
-
-
-def timeit(fn: Callable[[], object], runs: int) -> list[float]:
-    fn()  # warm up
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def _pydicom_to(data: bytes, target: str) -> bytes:

@@ -8,6 +8,8 @@ then pass the GIL back and forth several times per instance, and each hand-off c
 a whole step list runs in one ``nogil`` block, so a thread takes the GIL once per instance.
 """
 
+import os
+
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.errno cimport EINTR, errno
 from libc.stdlib cimport free, malloc
@@ -92,7 +94,7 @@ def write_all(int fd, chunks):
         free(views)
         free(iov)
     if err:
-        raise OSError(err, _strerror(err))
+        raise OSError(err, os.strerror(err))
     return total
 
 
@@ -106,9 +108,9 @@ def finish_file(int fd, temp, final, directory, bint sync):
     """fdatasync (if ``sync``) and close ``fd`` (skipped if ``fd`` < 0), rename ``temp`` to
     ``final``, then fsync ``directory`` (if ``sync``) so the new name is durable. ``fd`` is
     closed in every case."""
-    cdef bytes t = _fs(temp)
-    cdef bytes f = _fs(final)
-    cdef bytes d = _fs(directory)
+    cdef bytes t = os.fsencode(temp)
+    cdef bytes f = os.fsencode(final)
+    cdef bytes d = os.fsencode(directory)
     cdef const char *tp = t
     cdef const char *fp = f
     cdef const char *dp = d
@@ -136,14 +138,5 @@ def finish_file(int fd, temp, final, directory, bint sync):
                 close(dfd)
     if err:
         where = (temp, temp, final, directory)[step]
-        raise OSError(err, _strerror(err), str(where))
+        raise OSError(err, os.strerror(err), str(where))
 
-
-cdef bytes _fs(path):
-    import os
-    return os.fsencode(path)
-
-
-cdef str _strerror(int err):
-    import os
-    return os.strerror(err)

@@ -71,16 +71,19 @@ def test_non_ascii_text_is_utf8_with_its_charset():
 text = st.text(alphabet=st.characters(codec="ascii", exclude_characters="\\\0="), max_size=20)
 
 
-@settings(max_examples=200, deadline=None)
-@given(name=text, pid=text, desc=text, n=st.integers(0, 65535),
-       syntax=st.sampled_from(SYNTAXES), level=st.sampled_from(["STUDY", "SERIES", "IMAGE"]),
-       model=st.sampled_from([STUDY_ROOT, PATIENT_ROOT]))
-def test_encode_match_equals_the_pydicom_encoding(name, pid, desc, n, syntax, level, model):
+def _request(level: str, model: str, pid: str, syntax: str, *, charset: bool = False,
+             extra: tuple[str, ...] = ()) -> f.FindRequest:
+    """A parsed C-FIND request at ``level`` asking for the attributes the match tests fill
+    (plus the universal keys in ``extra``), encoded in ``syntax``."""
     query = Dataset()
+    if charset:
+        query.SpecificCharacterSet = "ISO_IR 192"
     query.QueryRetrieveLevel = level
     query.PatientName = ""
     query.PatientID = pid if model == PATIENT_ROOT else ""
     query.StudyDescription = ""
+    for keyword in extra:
+        setattr(query, keyword, "")
     query.StudyInstanceUID = "1.2.3" if level != "STUDY" else ""
     if level != "STUDY":
         query.SeriesInstanceUID = "1.2.3.4" if level == "IMAGE" else ""
@@ -90,8 +93,15 @@ def test_encode_match_equals_the_pydicom_encoding(name, pid, desc, n, syntax, le
         query.Rows = None
     explicit = syntax != "1.2.840.10008.1.2"
     little = syntax != "1.2.840.10008.1.2.2"
-    identifier = encode(query, not explicit, little)
-    req = f.parse_find(model, identifier, syntax)
+    return f.parse_find(model, encode(query, not explicit, little), syntax)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=text, pid=text, desc=text, n=st.integers(0, 65535),
+       syntax=st.sampled_from(SYNTAXES), level=st.sampled_from(["STUDY", "SERIES", "IMAGE"]),
+       model=st.sampled_from([STUDY_ROOT, PATIENT_ROOT]))
+def test_encode_match_equals_the_pydicom_encoding(name, pid, desc, n, syntax, level, model):
+    req = _request(level, model, pid, syntax)
     match = {"PatientName": name, "PatientID": pid, "StudyDescription": desc,
              "StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.4",
              "SOPInstanceUID": "1.2.3.4.5", "NumberOfSeriesRelatedInstances": n, "Rows": n}
@@ -143,26 +153,8 @@ any_text = st.text(alphabet=st.characters(exclude_characters="\\\0=", exclude_ca
        retrieve_ae=st.sampled_from(["", "HPACS"]), missing=st.booleans())
 def test_match_encoder_equals_encode_match(name, pid, desc, n, modalities, syntax, level, model,
                                            charset, retrieve_ae, missing):
-    query = Dataset()
-    if charset:
-        query.SpecificCharacterSet = "ISO_IR 192"
-    query.QueryRetrieveLevel = level
-    query.PatientName = ""
-    query.PatientID = pid if model == PATIENT_ROOT else ""
-    query.StudyDescription = ""
-    query.ModalitiesInStudy = ""
-    query.RetrieveAETitle = ""
-    query.InstanceAvailability = ""
-    query.StudyInstanceUID = "1.2.3" if level != "STUDY" else ""
-    if level != "STUDY":
-        query.SeriesInstanceUID = "1.2.3.4" if level == "IMAGE" else ""
-        query.NumberOfSeriesRelatedInstances = ""
-    if level == "IMAGE":
-        query.SOPInstanceUID = ""
-        query.Rows = None
-    explicit = syntax != "1.2.840.10008.1.2"
-    little = syntax != "1.2.840.10008.1.2.2"
-    req = f.parse_find(model, encode(query, not explicit, little), syntax)
+    req = _request(level, model, pid, syntax, charset=charset,
+                   extra=("ModalitiesInStudy", "RetrieveAETitle", "InstanceAvailability"))
     match = {"PatientName": name, "PatientID": pid, "StudyDescription": desc,
              "ModalitiesInStudy": modalities, "StudyInstanceUID": "1.2.3",
              "SeriesInstanceUID": "1.2.3.4", "SOPInstanceUID": "1.2.3.4.5",
