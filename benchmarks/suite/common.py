@@ -133,19 +133,26 @@ def disk_io_ms(disk: str | None) -> float | None:
 @dataclass
 class Window:
     """Resource use over one measured interval (``start()`` .. ``stop()``): server CPU,
-    machine CPU, disk busy time."""
+    machine CPU, CPU of user-space processes that are neither ours nor the server's
+    (``foreign``: other load on a shared machine), disk busy time."""
 
     peer: peers_mod.Peer
     disk: str | None
     t0: float = 0.0
     server0: float = 0.0
     machine0: float = 0.0
+    foreign0: float = 0.0
     disk0: float | None = None
+
+    def _ours(self) -> set[int]:
+        # the benchmark's session holds its load processes; the peer leads its own session
+        return {os.getsid(0), self.peer.proc.pid}
 
     def start(self) -> None:
         self.t0 = time.perf_counter()
         self.server0 = self.peer.cpu_seconds()
         self.machine0 = ingest_mod.machine_cpu_seconds()
+        self.foreign0 = ingest_mod.foreign_cpu_seconds(self._ours())
         self.disk0 = disk_io_ms(self.disk)
 
     def stop(self) -> dict:
@@ -155,6 +162,8 @@ class Window:
             "wall_s": wall,
             "server_cpu_s": self.peer.cpu_seconds() - self.server0,
             "machine_cpu_s": ingest_mod.machine_cpu_seconds() - self.machine0,
+            "foreign_cpu_s": max(0.0, ingest_mod.foreign_cpu_seconds(self._ours())
+                                 - self.foreign0),
             "disk_busy": None if d1 is None or self.disk0 is None or wall <= 0
             else min(1.0, (d1 - self.disk0) / 1000 / wall),
         }
@@ -196,15 +205,18 @@ def saturation_text(shares: dict[str, float]) -> str:
 def utilisation(window: dict, client_cpu_s: float) -> dict:
     """Shares (0..1) of what could saturate: server CPU (of all cores), client CPU, disk.
 
-    ``other`` is the machine's busy CPU not explained by server and client: on a shared
-    machine it says how much the numbers are distorted."""
+    ``other`` is the CPU of user-space processes that are neither the server nor the load
+    generators: on a shared machine it says how much the numbers are distorted. ``kernel`` is
+    the rest of the machine's busy CPU: interrupts, loopback networking, writeback and journal
+    threads, work the load itself causes (it grows with throughput for either server)."""
     cores = os.cpu_count() or 1
     wall = window["wall_s"] or 1e-9
     server = window["server_cpu_s"] / wall
     client = client_cpu_s / wall
     machine = window["machine_cpu_s"] / wall
+    other = window.get("foreign_cpu_s", 0.0) / wall
     return {"server_cores": server, "client_cores": client, "machine_cores": machine,
-            "other_cores": max(0.0, machine - server - client),
+            "other_cores": other, "kernel_cores": max(0.0, machine - server - client - other),
             "server_share": server / cores, "client_share": client / cores,
             "machine_share": machine / cores, "disk_busy": window["disk_busy"]}
 

@@ -147,8 +147,10 @@ def aggregate(cells: list[dict]) -> list[dict]:
             for key in ("instances_per_s", "mb_per_s", "server_cpu_ms_per_instance",
                         "client_cpu_ms_per_instance"):
                 row[key] = summarize([c[key] for c in good]).to_json()
-            for key in ("server_cores", "client_cores", "other_cores", "disk_busy"):
-                vals = [c["utilisation"][key] for c in good if c["utilisation"][key] is not None]
+            for key in ("server_cores", "client_cores", "other_cores", "kernel_cores",
+                        "disk_busy"):
+                vals = [c["utilisation"][key] for c in good
+                        if c["utilisation"].get(key) is not None]
                 row[key] = summarize(vals).median if vals else None
             row["latency_ms"] = common.latency_summary(
                 [v for c in good for v in c["latencies_ms"]])
@@ -272,13 +274,13 @@ def markdown(report: dict) -> str:
         + (f", duration cap {report['params']['duration']} s" if report["params"]["duration"]
            else "") + ".", "",
         "| server | modalities | instances/s | MB/s | vs Orthanc | C-STORE p50 / p95 / p99 ms "
-        "| server CPU ms/inst | client CPU ms/inst | server cores | client cores | other cores "
-        "| disk busy | runs ok |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server CPU ms/inst | client CPU ms/inst | server cores | client cores | kernel cores "
+        "| other cores | disk busy | runs ok |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["summary"]:
         if not r["ok_runs"]:
-            lines.append(f"| {r['server']} | {r['modalities']} | failed | | | | | | | | | "
+            lines.append(f"| {r['server']} | {r['modalities']} | failed | | | | | | | | | | "
                          f"| 0/{r['runs']} |")
             continue
         lat = r["latency_ms"]
@@ -288,7 +290,8 @@ def markdown(report: dict) -> str:
             f"| {lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} "
             f"| {_s(r['server_cpu_ms_per_instance'], 2)} "
             f"| {_s(r['client_cpu_ms_per_instance'], 2)} | {common.fmt(r['server_cores'], 2)} "
-            f"| {common.fmt(r['client_cores'], 2)} | {common.fmt(r['other_cores'], 2)} "
+            f"| {common.fmt(r['client_cores'], 2)} | {common.fmt(r.get('kernel_cores'), 2)} "
+            f"| {common.fmt(r['other_cores'], 2)} "
             f"| {_pct(r['disk_busy'])} | {r['ok_runs']}/{r['runs']} |")
     dur = report["params"]["duration"]
     short = [c for c in report["cells"] if dur and c.get("ok") and not c.get("unsent")
@@ -305,8 +308,10 @@ def markdown(report: dict) -> str:
               plots.md_image(Path(p["timeline"]), "throughput over time"), ""]
     lines += sizing_md(report)
     lines += ["", "CPU: server = the server's whole process tree, client = the modality "
-              "processes (our asyncio storage SCU), other = the rest of the machine (a shared "
-              "machine distorts the numbers when it is not ~0). Latency = first byte of the "
+              "processes (our asyncio storage SCU), kernel = interrupts, loopback networking, "
+              "writeback and journal threads (work the load itself causes), other = user-space "
+              "processes outside the benchmark (a shared machine distorts the numbers when it "
+              "is not ~0). Latency = first byte of the "
               "C-STORE request to its response, every instance of every good run pooled. "
               "MB = 10^6 bytes."]
     return "\n".join(lines) + "\n"

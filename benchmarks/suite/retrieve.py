@@ -2,7 +2,9 @@
 
 A fresh server is loaded with the corpus (our storage SCU, 2 associations; the count is
 checked). Then, sequentially: every study is fetched by dcmtk ``getscu`` (C-GET) and by
-``movescu`` (C-MOVE to its own storage SCP), each received file counted; the largest series
+``movescu`` (C-MOVE to a dcmtk ``storescp`` writing files, one association at a time; movescu
+moving to its own ``--port`` takes ~1.4 s a study for either server, a client artefact), each
+received file counted; the largest series
 goes through ``benchmarks.dicomweb.measure`` (QIDO, series metadata first and warm, WADO-RS
 series retrieve, frames/s); then N viewer processes at once (``--viewers`` sweep) each open
 ``--sessions`` series the way OHIF does (see ``loadgen.open_series``): series-open latency
@@ -43,14 +45,14 @@ def catalogue(studies: list[list[Path]]) -> list[dict]:
     return out
 
 
-def _dimse_fetch(tool: str, peer, study: dict, outdir: Path, move_port: int) -> dict:
+def _dimse_fetch(tool: str, peer, study: dict, outdir: Path) -> dict:
+    """One study by getscu (files written to ``outdir``) or movescu (to MOVE_AE, whose
+    storescp writes into ``outdir``); wall time of the whole command, files counted."""
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
     cmd = [peers_mod.dcmtk(tool), "-S", "-aet", servers.CLIENT_AE, "-aec", peer.ae_title,
-           "-od", str(outdir), "-k", "QueryRetrieveLevel=STUDY",
-           "-k", f"StudyInstanceUID={study['study']}"]
-    if tool == "movescu":
-        cmd += ["-aem", MOVE_AE, "--port", str(move_port)]
+           "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study['study']}"]
+    cmd += ["-aem", MOVE_AE] if tool == "movescu" else ["-od", str(outdir)]
     cmd += [peer.host, str(peer.port)]
     t0 = time.perf_counter()
     r = common.run_checked(cmd, timeout=600)
@@ -62,10 +64,12 @@ def _dimse_fetch(tool: str, peer, study: dict, outdir: Path, move_port: int) -> 
     return {"seconds": seconds, "files": got, "bytes": nbytes, "error": err}
 
 
-def dimse_retrieve(tool: str, peer, cat: list[dict], work: Path, move_port: int, bar) -> dict:
+def dimse_retrieve(tool: str, peer, cat: list[dict], work: Path, bar,
+                   dest_dir: Path | None = None) -> dict:
+    """Every study in turn; ``dest_dir``: the C-MOVE destination's output directory."""
     rows = []
     for i, study in enumerate(cat):
-        rows.append(_dimse_fetch(tool, peer, study, work / f"{tool}-{i}", move_port))
+        rows.append(_dimse_fetch(tool, peer, study, dest_dir or work / f"{tool}-{i}"))
         bar.update(1)
     shutil.rmtree(work, ignore_errors=True)
     total_s = sum(r["seconds"] for r in rows) or 1e-9
@@ -104,14 +108,14 @@ def viewer_stats(lr, win: dict, n: int) -> dict:
 def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work: Path,
                disk) -> dict:
     res: dict = {"server": name, "ok": False, "errors": []}
-    move_port = peers_mod.free_port()
     rundir = work / f"retrieve-{name}"
     shutil.rmtree(rundir, ignore_errors=True)
     n_files = sum(s["files"] for s in cat)
     steps = 2 * len(cat) + 1 + len(opts.viewers)
     bar = common.progress(steps, f"retrieve {name}", opts.no_progress, unit="step")
     try:
-        with servers.start(name, rundir, remotes={MOVE_AE: move_port}) as peer:
+        with peers_mod.storescp(rundir / "move-dest", fork=False, ae=MOVE_AE) as dest, \
+                servers.start(name, rundir, remotes={MOVE_AE: dest.port}) as peer:
             t0 = time.perf_counter()
             lr = store_load(peer, common.deal(studies, 2), timeout=opts.timeout).run()
             res["load_s"] = time.perf_counter() - t0
@@ -119,9 +123,9 @@ def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work
             if lr.errors or res["stored"] != n_files:
                 raise RuntimeError(f"loading: {res['stored']}/{n_files} stored; {lr.errors}")
             res["metadata_wait_s"] = servers.wait_metadata(peer, n_files)
-            res["c_get"] = dimse_retrieve("getscu", peer, cat, rundir / "get", 0, bar)
-            res["c_move"] = dimse_retrieve("movescu", peer, cat, rundir / "move", move_port,
-                                           bar)
+            res["c_get"] = dimse_retrieve("getscu", peer, cat, rundir / "get", bar)
+            res["c_move"] = dimse_retrieve("movescu", peer, cat, rundir / "move", bar,
+                                           dest_dir=dest.data_dir)
             big = max(cat, key=lambda s: max(len(v) for v in s["series"].values()))
             series_uid, sops = max(big["series"].items(), key=lambda kv: len(kv[1]))
             uids = {"study": big["study"], "series": series_uid, "patient": big["patient"]}

@@ -105,15 +105,19 @@ def test_eight_concurrent_associations_index_every_instance_once(server, tmp_pat
 
 
 def test_association_limit_rejects_the_extra_one(tmp_path):
+    # raw sockets, not pynetdicom: its requestor now and then loses the A-ASSOCIATE-RJ
     srv = start_server(tmp_path / "data", "--max-associations", "2")
     try:
-        first, second = associate(srv, [CT]), associate(srv, [CT])
-        assert first.is_established and second.is_established
-        third = associate(srv, [CT])
-        assert third.is_rejected
-        first.release()
+        first, second = _raw_associate(srv.dicom_port), _raw_associate(srv.dicom_port)
+        third, header = _raw_request(srv.dicom_port)
+        assert header[0] == 0x03, header  # A-ASSOCIATE-RJ
+        body = _recv_exact(third, struct.unpack(">I", header[2:6])[0])
+        # PS3.8 9.3.4: result 2 (transient), source 3 (presentation), reason 2 (local limit)
+        assert tuple(body[1:4]) == (2, 3, 2), body
+        third.close()
+        _raw_release(first)
         wait_for(lambda: associate_and_release(srv))
-        second.release()
+        _raw_release(second)
     finally:
         assert srv.stop() == 0
 
@@ -126,8 +130,9 @@ def associate_and_release(srv) -> bool:
     return ok
 
 
-def _raw_associate(port: int, called: str = "HPACS") -> socket.socket:
-    """Open a socket and get an association accepted, using pynetdicom's PDU encoder."""
+def _raw_request(port: int, called: str = "HPACS") -> tuple[socket.socket, bytes]:
+    """Open a socket, send an A-ASSOCIATE-RQ (pynetdicom's PDU encoder) and read the
+    6-byte header of the answer."""
     primitive = A_ASSOCIATE()
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
     primitive.calling_ae_title = "RAW"
@@ -151,10 +156,24 @@ def _raw_associate(port: int, called: str = "HPACS") -> socket.socket:
     pdu.from_primitive(primitive)
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(pdu.encode())
-    header = _recv_exact(sock, 6)
+    return sock, _recv_exact(sock, 6)
+
+
+def _raw_associate(port: int, called: str = "HPACS") -> socket.socket:
+    """Open a socket and get an association accepted."""
+    sock, header = _raw_request(port, called)
     assert header[0] == 0x02, header  # A-ASSOCIATE-AC
     _recv_exact(sock, struct.unpack(">I", header[2:6])[0])
     return sock
+
+
+def _raw_release(sock: socket.socket) -> None:
+    """A-RELEASE-RQ, wait for the A-RELEASE-RP, close."""
+    sock.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+    header = _recv_exact(sock, 6)
+    assert header[0] == 0x06, header  # A-RELEASE-RP
+    _recv_exact(sock, struct.unpack(">I", header[2:6])[0])
+    sock.close()
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
