@@ -31,8 +31,10 @@ import argparse
 import calendar
 import contextlib
 import datetime as dt
+import itertools
 import json
 import math
+import multiprocessing
 import os
 import random
 import shutil
@@ -153,7 +155,9 @@ class FindClient:
     never hands back a final response the server did send: dcmtk ``findscu --repeat 1500`` on
     one association never stalls against the same server. :meth:`find` raises
     :class:`ClientStall` after ``stall_timeout``; :func:`time_dimse` then re-associates,
-    re-sends that query and counts the stall (the stalled attempt is not timed).
+    re-sends that query and counts the stall (the stalled attempt is not timed). A server
+    that is merely slow (Orthanc at 1M instances) must not look stalled: :meth:`calibrate`
+    sets the timeout from the warm-up queries' own times.
     """
 
     def __init__(self, host: str, port: int, called_ae: str, stall_timeout: float = 3.0) -> None:
@@ -171,13 +175,25 @@ class FindClient:
         self.ae.acse_timeout = self.ae.network_timeout = 30
         self.ae.dimse_timeout = self.stall_timeout
         self.assoc = self.ae.associate(host, port, ae_title=called_ae)
+        self.assoc.dimse_timeout = self.stall_timeout
         if not self.assoc.is_established:
             raise peers_mod.PeerError(f"association to {called_ae}@{host}:{port} rejected")
         sock = self.assoc.dul.socket.socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def set_stall_timeout(self, seconds: float) -> None:
+        self.stall_timeout = seconds
+        self.assoc.dimse_timeout = seconds
+
+    def calibrate(self, warmup: list[float], floor: float = 3.0) -> None:
+        """After untimed warm-up queries (run with a generous timeout): a query is stalled
+        when no response came in 20x the slowest of them (at least ``floor`` s)."""
+        self.set_stall_timeout(max(floor, 20 * max(warmup, default=0.0)))
+
     def find(self, ds: Dataset) -> int:
         n = 0
+        if not self.assoc.is_established:  # pynetdicom aborted it after a timeout
+            raise ClientStall("C-FIND: association no longer established")
         for st, _ident in self.assoc.send_c_find(ds, STUDY_ROOT_FIND):
             if st is None or "Status" not in st:
                 raise ClientStall("C-FIND: no final response (timeout or abort)")
@@ -295,50 +311,59 @@ def part10(rec) -> bytes:
     return buf.getvalue()
 
 
+def _study_blobs(study: int) -> list[bytes]:
+    return [part10(r) for r in fill_mod.study_records(study)]
+
+
 def orthanc_fill(peer: peers_mod.Peer, instances: int, threads: int = 2,
                  first_study: int = 0) -> dict:
     """POST the first studies of the fill to Orthanc until it holds ``instances``
-    (``first_study``: the studies before it are there already: fill more)."""
-    blobs: list[bytes] = []
-    study = first_study
+    (``first_study``: the studies before it are there already: fill more).
+
+    pydicom writes the Part 10 files (~1 ms each) in a worker process while the threads
+    upload, so the fill takes as long as Orthanc's ingest, not the two one after the other."""
     if first_study:
         instances -= int(peers_mod.orthanc_rest(peer, "/statistics")["CountInstances"])
-    while len(blobs) < instances:
-        blobs.extend(part10(r) for r in fill_mod.study_records(study))
+    studies: list[int] = []
+    counted, study = 0, first_study
+    while counted < instances:
+        counted += len(fill_mod.study_records(study))
+        studies.append(study)
         study += 1
     url = f"http://{peers_mod.LOOPBACK}:{peer.http_port}/instances"
-    it = iter(blobs)
     lock = threading.Lock()
     errors: list[str] = []
-
-    def worker() -> None:
-        while True:
-            with lock:
-                blob = next(it, None)
-            if blob is None:
-                return
-            req = urllib.request.Request(url, data=blob, method="POST",
-                                         headers={"Content-Type": "application/dicom"})
-            try:
-                with urllib.request.urlopen(req, timeout=60) as r:
-                    r.read()
-            except OSError as exc:
-                errors.append(str(exc))
-                return
-
     t0 = time.perf_counter()
-    ts = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        it = itertools.chain.from_iterable(pool.imap(_study_blobs, studies, chunksize=8))
+
+        def worker() -> None:
+            while not errors:
+                with lock:
+                    blob = next(it, None)
+                if blob is None:
+                    return
+                req = urllib.request.Request(url, data=blob, method="POST",
+                                             headers={"Content-Type": "application/dicom"})
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        r.read()
+                except OSError as exc:
+                    errors.append(str(exc))
+                    return
+
+        ts = [threading.Thread(target=worker) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
     seconds = time.perf_counter() - t0
     if errors:
         raise peers_mod.PeerError(f"Orthanc upload failed: {errors[0]}")
     stats = peers_mod.orthanc_rest(peer, "/statistics")
     return {"instances": int(stats["CountInstances"]), "studies": int(stats["CountStudies"]),
             "patients": int(stats["CountPatients"]), "study_count_used": study,
-            "seconds": seconds, "instances_per_s": len(blobs) / seconds}
+            "seconds": seconds, "instances_per_s": counted / seconds}
 
 
 # ------------------------------------------------------------------------------------ report

@@ -13,6 +13,10 @@ gets the same queries at each size it reaches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import shutil
+import subprocess
 import time
 import urllib.parse
 from pathlib import Path
@@ -49,6 +53,10 @@ async def _qido_times(base: str, queries: list[dict[str, str]]) -> tuple[list[fl
     return times, counts
 
 
+#: Warm-up queries may take this long before a client stall is assumed (Orthanc at 1M).
+WARMUP_TIMEOUT_S = 120.0
+
+
 def measure_peer(peer, n_studies: int, opts, bar) -> dict:
     """Per shape: C-FIND and QIDO latency summaries (ms) and matches."""
     out: dict = {}
@@ -56,7 +64,9 @@ def measure_peer(peer, n_studies: int, opts, bar) -> dict:
     try:
         for shape in qb.SHAPES:
             queries = qb.make_queries(shape, n_studies, opts.queries)
-            qb.time_dimse(client, queries[:5])  # warm-up, untimed
+            client.set_stall_timeout(WARMUP_TIMEOUT_S)
+            warmup, _ = qb.time_dimse(client, queries[:5])  # untimed
+            client.calibrate(warmup)
             t_dimse, n_dimse = qb.time_dimse(client, queries)
             asyncio.run(_qido_times(servers.dicomweb_base(peer), queries[:5]))
             t_qido, n_qido = asyncio.run(_qido_times(servers.dicomweb_base(peer), queries))
@@ -83,7 +93,6 @@ def measure_peer(peer, n_studies: int, opts, bar) -> dict:
 
 def run(opts) -> dict:
     work = Path(opts.workdir) / "runs" / "query"
-    import shutil
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -126,22 +135,53 @@ def run(opts) -> dict:
 
 def _orthanc(report: dict, opts, work: Path, bar) -> None:
     """Orthanc at the sizes up to ``--orthanc-max`` (the same studies as hpacs there), or once
-    at ``--orthanc-max`` if every size is larger."""
+    at ``--orthanc-max`` if every size is larger. Each filled size is kept (see
+    :func:`_orthanc_at`): its REST fill takes ~30 min at 1M, so a later run reuses it."""
     sizes = [s for s in opts.sizes if s <= opts.orthanc_max] or [opts.orthanc_max]
     bar.update(len(qb.SHAPES) * (len(opts.sizes) - len(sizes)))
-    with servers.start("orthanc", work / "orthanc") as peer:
-        studies = 0
-        for size in sizes:
-            f = qb.orthanc_fill(peer, size, first_study=studies)
-            studies = f["study_count_used"]
-            common.log(f"query: Orthanc filled to {f['instances']} instances by REST "
+    cache = Path(opts.workdir).resolve() / "orthanc-fill"
+    previous: Path | None = None
+    for size in sizes:
+        here = cache / f"seed{fill_mod.SEED}-{size}"
+        with _orthanc_at(here, previous) as (peer, f):
+            previous = here
+            how = "reused" if f.get("reused") else "filled"
+            common.log(f"query: Orthanc {how} at {f['instances']} instances by REST "
                        f"({f['instances_per_s']:.0f}/s)")
-            row = measure_peer(peer, studies, opts, bar)
-            report["orthanc"].append({"instances": f["instances"], "studies": studies,
+            row = measure_peer(peer, f["study_count_used"], opts, bar)
+            report["orthanc"].append({"instances": f["instances"],
+                                      "studies": f["study_count_used"],
                                       "index_count": servers.instance_count(peer),
                                       "fill_per_s": f["instances_per_s"],
+                                      "fill_reused": bool(f.get("reused")),
                                       "stalls": row.pop("_stalls"), "shapes": row})
             _check(report, "orthanc", report["orthanc"][-1])
+
+
+@contextlib.contextmanager
+def _orthanc_at(d: Path, previous: Path | None):
+    """Orthanc in ``d`` (``.../seedS-SIZE``) holding the fill's first studies up to SIZE
+    instances, with its fill record.
+
+    ``d`` keeps Orthanc's storage once the fill is complete (``fill.json`` written last); a run
+    finding it starts Orthanc on it. Otherwise ``d`` is made from the previous size's directory
+    (copied) and filled further. Queries leave the instances unchanged."""
+    size = int(d.name.rsplit("-", 1)[1])
+    done = d / "fill.json"
+    if done.exists():
+        with servers.start("orthanc", d) as peer:
+            yield peer, {**json.loads(done.read_text()), "reused": True}
+        return
+    shutil.rmtree(d, ignore_errors=True)
+    if previous is not None and (previous / "fill.json").exists():
+        subprocess.run(["cp", "-a", "--sparse=always", str(previous), str(d)], check=True)
+        (d / "fill.json").unlink()
+    first = json.loads((previous / "fill.json").read_text())["study_count_used"] \
+        if previous is not None and d.exists() else 0
+    with servers.start("orthanc", d) as peer:
+        f = qb.orthanc_fill(peer, size, first_study=first)
+        done.write_text(json.dumps(f))
+        yield peer, f
 
 
 def _check(report: dict, server: str, row: dict) -> None:

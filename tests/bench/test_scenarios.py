@@ -110,6 +110,27 @@ def test_query_quick(tmp_path, workdir):
     assert "## Sizing (query)" in md
 
 
+def test_query_against_orthanc_keeps_and_reuses_its_fill(tmp_path, workdir):
+    args = ("query", "--sizes", "200,500", "--queries", "3", "--against", "orthanc")
+    runs = []
+    for i in (1, 2):
+        (tmp_path / f"run{i}").mkdir()
+        proc, out = bench(tmp_path / f"run{i}", workdir, *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(load_report(out, "query")[0])
+    for data, reused in zip(runs, (False, True), strict=True):
+        assert data["ok"] and not data["errors"], data["errors"]
+        rows = data["orthanc"]
+        assert [r["fill_reused"] for r in rows] == [reused, reused]
+        # Orthanc holds exactly the instances the fill sent, the same studies as hpacs
+        assert [r["index_count"] for r in rows] == [r["instances"] for r in rows]
+        assert [r["studies"] for r in rows] == [h["studies"] for h in data["hpacs"]]
+        for r in rows:
+            assert all(c["c_find_ms"]["n"] == 3 for c in r["shapes"].values())
+    assert [r["instances"] for r in runs[0]["orthanc"]] == \
+        [r["instances"] for r in runs[1]["orthanc"]]
+
+
 def test_retrieve_quick(tmp_path, workdir):
     proc, out = bench(tmp_path, workdir, "retrieve", "--retrieve-files", "8", "--viewers",
                       "1,2", "--sessions", "1")
