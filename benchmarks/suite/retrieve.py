@@ -18,6 +18,7 @@ import asyncio
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -224,6 +225,32 @@ def make_plots(report: dict, out: Path) -> dict[str, str]:
     return made
 
 
+def comparison_rows(report: dict) -> list[tuple[str, Callable[[dict], float], bool]]:
+    """(label, value from one server's result, higher is better) of the hpacs/Orthanc table."""
+    return [
+        ("C-GET study: instances/s", lambda r: r["c_get"]["instances_per_s"], True),
+        ("C-GET study: MB/s", lambda r: r["c_get"]["mb_per_s"], True),
+        ("C-GET study p95 ms", lambda r: r["c_get"]["study_ms"]["p95"], False),
+        ("C-MOVE study: instances/s", lambda r: r["c_move"]["instances_per_s"], True),
+        ("C-MOVE study p95 ms", lambda r: r["c_move"]["study_ms"]["p95"], False),
+        ("QIDO /studies?PatientID ms", lambda r: r["dicomweb"]["qido_studies_ms"], False),
+        ("series /metadata first ms", lambda r: r["dicomweb"]["metadata_first_ms"], False),
+        ("series /metadata ms", lambda r: r["dicomweb"]["metadata_ms"], False),
+        ("WADO-RS series MB/s", lambda r: r["dicomweb"]["retrieve_mb_s"], True),
+        (f"frames/s, {report['params']['parallel']} concurrent",
+         lambda r: r["dicomweb"]["frames_per_s"], True),
+    ]
+
+
+def advantage(servers_: dict, get: Callable[[dict], float], higher: bool) -> float | None:
+    """hpacs's advantage over Orthanc on one row (> 1: hpacs better)."""
+    try:
+        h, o = get(servers_["hpacs"]), get(servers_["orthanc"])
+    except (KeyError, TypeError):
+        return None
+    return common.ratio(h, o) if higher else common.ratio(o, h)
+
+
 def markdown(report: dict) -> str:
     c = report["corpus"]
     lines = common.header_md(report, "hpacs bench retrieve")
@@ -239,31 +266,14 @@ def markdown(report: dict) -> str:
         except (KeyError, TypeError):
             return "-"
 
-    rows = [
-        ("C-GET study: instances/s", lambda r: r["c_get"]["instances_per_s"], True),
-        ("C-GET study: MB/s", lambda r: r["c_get"]["mb_per_s"], True),
-        ("C-GET study p95 ms", lambda r: r["c_get"]["study_ms"]["p95"], False),
-        ("C-MOVE study: instances/s", lambda r: r["c_move"]["instances_per_s"], True),
-        ("C-MOVE study p95 ms", lambda r: r["c_move"]["study_ms"]["p95"], False),
-        ("QIDO /studies?PatientID ms", lambda r: r["dicomweb"]["qido_studies_ms"], False),
-        ("series /metadata first ms", lambda r: r["dicomweb"]["metadata_first_ms"], False),
-        ("series /metadata ms", lambda r: r["dicomweb"]["metadata_ms"], False),
-        ("WADO-RS series MB/s", lambda r: r["dicomweb"]["retrieve_mb_s"], True),
-        (f"frames/s, {report['params']['parallel']} concurrent",
-         lambda r: r["dicomweb"]["frames_per_s"], True),
-    ]
+    rows = comparison_rows(report)
     lines += ["| metric | " + " | ".join(names) + (" | hpacs advantage |" if
                                                       "orthanc" in names else " |"),
               "|---|" + "---:|" * len(names) + ("---:|" if "orthanc" in names else "")]
     for label, get, higher in rows:
         line = f"| {label} | " + " | ".join(cell(n, get) for n in names) + " |"
         if "orthanc" in names:
-            try:
-                h, o = get(srv["hpacs"]), get(srv["orthanc"])
-                adv = common.ratio(h, o) if higher else common.ratio(o, h)
-            except (KeyError, TypeError):
-                adv = None
-            line += f" {common.fmt_ratio(adv)} |"
+            line += f" {common.fmt_ratio(advantage(srv, get, higher))} |"
         lines.append(line)
     lines += ["", "Viewers (each opens series like OHIF: study search, series list, metadata, "
               f"first frame, then all frames with {report['params']['parallel']} requests; ms "

@@ -45,12 +45,53 @@ def lines(reports: dict[str, dict]) -> list[str]:
     if q:
         out += [f"| largest index within query targets | {q['largest_size_within_target']} "
                 f"instances (largest measured {q['largest_size']}) | query |"]
+    out += versus(reports)
     other = max((r.get("sizing", {}).get("other_cores") or 0.0 for r in reports.values()),
                 default=0.0)
     out += ["", *common.distortion(other)]
     if any(r.get("quick") for r in reports.values()):
         out += ["", "Quick mode: tiny sizes; these answers only show the format."]
     return out
+
+
+def versus(reports: dict[str, dict]) -> list[str]:
+    """hpacs against Orthanc where the scenarios ran both (> 1: hpacs better)."""
+    from benchmarks.suite import retrieve
+
+    rows: list[tuple[str, float | None, str]] = []
+    for r in (reports.get("ingest") or {}).get("summary", []):
+        if r["server"] == "hpacs" and r.get("vs_orthanc") is not None:
+            rows.append((f"ingest instances/s, {r['modalities']} modalities", r["vs_orthanc"],
+                         "ingest"))
+    compared = [o for o in (reports.get("query") or {}).get("orthanc", [])
+                if o.get("hpacs_speedup_p95")]
+    if compared:
+        o = compared[-1]
+        for shape, p in o["hpacs_speedup_p95"].items():
+            rows.append((f"query p95 at {o['instances']} instances, {shape}: C-FIND",
+                         p["c_find_ms"], "query"))
+            rows.append((f"query p95 at {o['instances']} instances, {shape}: QIDO-RS",
+                         p["qido_ms"], "query"))
+    ret = reports.get("retrieve") or {}
+    if "orthanc" in ret.get("servers", {}):
+        for label, get, higher in retrieve.comparison_rows(ret):
+            rows.append((label, retrieve.advantage(ret["servers"], get, higher), "retrieve"))
+    mix = (reports.get("mixed") or {}).get("servers", {})
+    if "orthanc" in mix and "hpacs" in mix:
+        for phase in ("baseline", "under_load"):
+            h, o = (_series_open_p95(mix[n], phase) for n in ("hpacs", "orthanc"))
+            rows.append((f"viewer series open p95, {phase.replace('_', ' ')}",
+                         common.ratio(o, h), "mixed"))
+    if not rows:
+        return []
+    return ["", "hpacs against Orthanc, same machine and run (> 1: hpacs better; a latency "
+            "ratio is Orthanc's time over hpacs's):", "",
+            "| comparison | hpacs advantage | from |", "|---|---:|---|",
+            *(f"| {what} | {common.fmt_ratio(r)} | {src} |" for what, r, src in rows)]
+
+
+def _series_open_p95(server: dict, phase: str) -> float | None:
+    return ((server.get(phase) or {}).get("series_open_ms") or {}).get("p95")
 
 
 def _sat(s: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -108,3 +109,44 @@ def test_sizing_page_collects_every_scenario(tmp_path):
     assert "| concurrent viewers within target | >= 4 | retrieve |" in text
     assert "OVER target" in text and "25.92 M" in text and "100000 instances" in text
     assert "[ingest](ingest.md)" in text and "Quick mode" in text
+
+
+def test_sizing_page_compares_hpacs_with_orthanc(tmp_path):
+    """The ratios come from each scenario's own hpacs/Orthanc numbers (> 1: hpacs better)."""
+    from benchmarks.suite import sizing
+
+    reports = {
+        "ingest": {"summary": [{"server": "hpacs", "modalities": 4, "vs_orthanc": 1.5},
+                               {"server": "orthanc", "modalities": 4, "vs_orthanc": 1.0}]},
+        "query": {"orthanc": [{"instances": 1000, "hpacs_speedup_p95": {
+            "patient_id": {"c_find_ms": 2.0, "qido_ms": 8.0}}}]},
+        "retrieve": {"params": {"parallel": 4}, "servers": {
+            name: {"c_get": {"instances_per_s": ips, "mb_per_s": 1.0,
+                             "study_ms": {"p95": p95}},
+                   "c_move": {"instances_per_s": 1.0, "study_ms": {"p95": 1.0}},
+                   "dicomweb": {"qido_studies_ms": 1.0, "metadata_first_ms": 1.0,
+                                "metadata_ms": meta, "retrieve_mb_s": 1.0,
+                                "frames_per_s": 1.0}}
+            for name, ips, p95, meta in (("hpacs", 300.0, 100.0, 2.0),
+                                         ("orthanc", 200.0, 150.0, 60.0))}},
+        "mixed": {"servers": {name: {"baseline": {"series_open_ms": {"p95": v}},
+                                     "under_load": {"series_open_ms": {"p95": 2 * v}}}
+                              for name, v in (("hpacs", 50.0), ("orthanc", 200.0))}},
+    }
+    text = "\n".join(sizing.versus(reports))
+    assert "| ingest instances/s, 4 modalities | 1.50x | ingest |" in text
+    assert "orthanc" not in text.split("|---|")[1].lower()  # Orthanc's own 1.0 row is left out
+    assert "| query p95 at 1000 instances, patient_id: C-FIND | 2.00x | query |" in text
+    assert "| C-GET study: instances/s | 1.50x | retrieve |" in text
+    assert "| C-GET study p95 ms | 1.50x | retrieve |" in text  # latency: Orthanc / hpacs
+    assert "| series /metadata ms | 30.00x | retrieve |" in text
+    assert "| viewer series open p95, under load | 4.00x | mixed |" in text
+
+
+def test_one_scenario_run_again_keeps_the_others_in_the_summary(tmp_path):
+    (tmp_path / "ingest.json").write_text(json.dumps({"scenario": "ingest", "old": True}))
+    (tmp_path / "query.json").write_text(json.dumps({"scenario": "query", "old": True}))
+    fresh = {"query": {"scenario": "query", "old": False}}
+    got = cli.with_saved_reports(tmp_path, fresh)
+    assert list(got) == ["ingest", "query"]  # scenario order
+    assert got["ingest"]["old"] and not got["query"]["old"]  # the new run wins
