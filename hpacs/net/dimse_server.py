@@ -309,7 +309,7 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
         if receiver is None:
             code, comment = self._refusal or (status.PROCESSING_FAILURE, "")
             log.warning("store.refused", ae=self.calling_ae, status=hex(code), reason=comment)
-            self.server.metrics.instances_total.labels("refused").inc()
+            self.server.metrics.instances("refused").inc()
             self._respond(context_id, store_refused(request, code, comment))
             return
         task = asyncio.ensure_future(self._finish_store(context_id, request, receiver))
@@ -328,7 +328,7 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
             return
         metrics = self.server.metrics
         metrics.store_seconds.observe(time.perf_counter() - started)
-        metrics.instances_total.labels(result.outcome.value).inc()
+        metrics.instances(result.outcome.value).inc()
         if result.outcome.ok:
             metrics.bytes_received_total.inc(receiver.size)
         self._respond(context_id, store_response(request, result))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pynetdicom.presentation import StoragePresentationContexts, build_context
 
-from hpacs.ul import AcceptorPolicy, Connection, PDUFramer, Role, State, negotiate
+from hpacs.ul import AcceptorPolicy, Connection, Role, State, negotiate
 from hpacs.ul import events as E
 from hpacs.ul import pdu as U
 from tests.ul._ulref import (
@@ -23,7 +24,12 @@ from tests.ul._ulref import (
     release_rq,
 )
 
-FUZZ = settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+# the framer_impl fixture only selects a class: sharing it between examples is intended
+FUZZ = settings(
+    max_examples=300,
+    deadline=1000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 SAMPLES = [
     a_associate_rq(
@@ -100,6 +106,7 @@ def _established() -> Connection:
     return conn
 
 
+@pytest.mark.usefixtures("framer_impl")
 @FUZZ
 @given(
     st.booleans(),
@@ -134,16 +141,18 @@ def test_connection_survives_garbage(
     st.lists(st.sampled_from(SAMPLES), min_size=1, max_size=8),
     st.lists(st.integers(1, 200), min_size=1, max_size=10),
 )
-def test_framer_chunking_invariant(pdus: list[bytes], cuts: list[int]) -> None:
+def test_framer_chunking_invariant(
+    framer_impl: type, pdus: list[bytes], cuts: list[int]
+) -> None:
     stream = b"".join(pdus)
-    whole = [(t, bytes(b)) for t, b in PDUFramer(1 << 20).feed(stream)]
-    framer = PDUFramer(1 << 20)
+    whole = [(t, bytes(b)) for t, b, _ in framer_impl(1 << 20).feed(stream)]
+    framer = framer_impl(1 << 20)
     got: list[tuple[int, bytes]] = []
     off = 0
     i = 0
     while off < len(stream):
         n = cuts[i % len(cuts)]
-        got.extend((t, bytes(b)) for t, b in framer.feed(stream[off : off + n]))
+        got.extend((t, bytes(b)) for t, b, _ in framer.feed(stream[off : off + n]))
         off += n
         i += 1
     assert got == whole == [(p[0], p[6:]) for p in pdus]
