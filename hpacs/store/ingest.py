@@ -16,7 +16,7 @@ import contextlib
 import errno
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -241,16 +241,22 @@ class Receiver:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append one fragment of the data set (bytes exactly as received)."""
+        self.write_parts((data,))
+
+    def write_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Append consecutive fragments of the data set (one file write for all of them)."""
         if self._failure is not None:
             return
-        if isinstance(data, bytearray):
-            data = bytes(data)  # the caller may reuse it; the sink writes later
-        self.sink.write(data)
-        self.size += len(data)
+        if any(type(p) is bytearray for p in parts):
+            # the caller may reuse it; the sink writes later
+            parts = [bytes(p) if type(p) is bytearray else p for p in parts]
+        size = self.sink.write_parts(parts)
+        self.size += size
         try:
-            if self._inflater is not None:
-                data = self._inflater.decompress(data)
-            self._scanner.feed(data)
+            inflater = self._inflater
+            feed = self._scanner.feed
+            for data in parts:
+                feed(data if inflater is None else inflater.decompress(data))
         except (ScanError, zlib.error) as exc:
             self._failure = StoreResult(Outcome.INVALID, f"malformed data set: {exc}")
             self.discard()
