@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hpacs._ext import _pdata, pdata
 from hpacs.ul import framer as selected
 from hpacs.ul import pdu as U
-from tests.ul._ulref import a_associate_rq, abort, p_data, release_rq
+from tests.ul._ulref import a_associate_rq, abort, mutations, p_data, release_rq
 
 TWINS = [pytest.param(pdata.PDataFramer, id="pure"), pytest.param(_pdata.PDataFramer, id="c")]
 PROPS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -78,21 +78,8 @@ CONTEXTS_ST = st.one_of(
 CUTS_ST = st.lists(st.integers(1, 400), min_size=1, max_size=8)
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(b"".join(draw(st.lists(PDU_ST, min_size=1, max_size=5))))
-    for _ in range(draw(st.integers(0, 5))):
-        op = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "cut":
-            del data[pos:]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif op == "delete" and data:
-            del data[pos : pos + draw(st.integers(1, 8))]
-    return bytes(data)
+def mutated() -> st.SearchStrategy[bytes]:
+    return mutations(st.lists(PDU_ST, min_size=1, max_size=5).map(b"".join), min_ops=0)
 
 
 @PROPS

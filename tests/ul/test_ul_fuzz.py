@@ -19,6 +19,7 @@ from tests.ul._ulref import (
     a_associate_rj,
     a_associate_rq,
     abort,
+    mutations,
     p_data,
     release_rp,
     release_rq,
@@ -58,21 +59,8 @@ EVENT_TYPES = (
 )
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SAMPLES)))
-    for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "cut":
-            del data[pos:]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif op == "delete" and data:
-            del data[pos : pos + draw(st.integers(1, 8))]
-    return bytes(data)
+def mutated() -> st.SearchStrategy[bytes]:
+    return mutations(st.sampled_from(SAMPLES))
 
 
 def _decode_only_pdu_error(data: bytes) -> None:
