@@ -42,3 +42,13 @@ class Metrics:
         self.prefetch_studies = Counter(
             "hpacs_prefetch_studies_total", "Prior studies queued for promotion by prefetch",
             registry=r)
+        #: instances_total children by outcome, looked up once: ``labels()`` validates its
+        #: arguments and takes a lock on every call, and this one runs for every instance.
+        self._instances: dict[str, Counter] = {}
+
+    def instances(self, outcome: str) -> Counter:
+        """The ``instances_total`` child counting ``outcome``."""
+        child = self._instances.get(outcome)
+        if child is None:
+            child = self._instances[outcome] = self.instances_total.labels(outcome)
+        return child

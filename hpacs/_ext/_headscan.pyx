@@ -77,6 +77,23 @@ def _t(uint32_t tag):
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+#: Sorted wanted-tag lists by the frozenset they came from: the ingest path builds one scanner
+#: per instance, always with the same frozenset: sort it once.
+cdef dict _SORTED_TAGS = {}
+
+
+cdef list _sorted_tags(wanted):
+    cdef list tags
+    if type(wanted) is frozenset:
+        tags = _SORTED_TAGS.get(wanted)
+        if tags is None:
+            tags = sorted({int(t) for t in wanted})
+            if len(_SORTED_TAGS) < 64:
+                _SORTED_TAGS[wanted] = tags
+        return tags
+    return sorted({int(t) for t in wanted})
+
+
 cdef struct Frame:
     int kind
     int64_t end
@@ -115,8 +132,8 @@ cdef class HeaderScanner:
         self._wanted = NULL
 
     def __init__(self, wanted, explicit_vr, little_endian, max_value_length=1024):
-        tags = sorted({int(t) for t in wanted})
-        if tags and (tags[0] < 0 or max(tags) > 0xFFFFFFFF):
+        tags = _sorted_tags(wanted)
+        if tags and (tags[0] < 0 or tags[len(tags) - 1] > 0xFFFFFFFF):
             raise ValueError("wanted tags must be 32-bit unsigned integers")
         if max_value_length < 0:
             raise ValueError("max_value_length must be >= 0")
@@ -128,7 +145,7 @@ cdef class HeaderScanner:
         cdef Py_ssize_t k
         for k in range(self._n_wanted):
             self._wanted[k] = <uint32_t>tags[k]
-        self._max_wanted = max(tags) if tags else -1
+        self._max_wanted = tags[len(tags) - 1] if tags else -1
         self._max_len = int(max_value_length)
         self._seen = 0
         self._pos = 0

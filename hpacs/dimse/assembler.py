@@ -6,6 +6,7 @@ fragments one by one, so that a data set streams to disk instead of piling up in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hpacs.dimse.commands import COMMAND_DATA_SET_TYPE, NO_DATASET, Command, decode_command
@@ -76,3 +77,24 @@ class MessageAssembler:
         if is_last:
             self._dataset_context = None
         return DatasetFragment(context_id, data, is_last)
+
+    def dataset_run(self, pdvs: Sequence[tuple], start: int) -> tuple[int, bool]:
+        """Take the PDVs ((context_id, is_command, is_last, data) tuples such as
+        ``hpacs.ul.PDV``) from ``pdvs[start]`` on that are fragments of the data set being
+        received (up to its last one): returns (index after them, whether the last was among
+        them). The caller hands them on in one go (one write for the run) instead of one
+        ``receive`` each; the PDV where the run stops (a command, or a fragment on another
+        context: an error) is left for ``receive``."""
+        ctx = self._dataset_context
+        if ctx is None:
+            return start, False
+        i, n = start, len(pdvs)
+        while i < n:
+            context_id, is_command, is_last, _ = pdvs[i]
+            if is_command or context_id != ctx:
+                break
+            i += 1
+            if is_last:
+                self._dataset_context = None
+                return i, True
+        return i, False

@@ -90,6 +90,10 @@ _VR: dict[int, str] = {
 _HEADER = struct.Struct("<HHI")
 _US = struct.Struct("<H")
 _UL = struct.Struct("<I")
+# Fast paths of the codec (every C-STORE decodes a request and encodes a response): the US
+# elements with their fixed element header, and the UIDs.
+_US_HEAD = {tag: _HEADER.pack(0, tag, 2) for tag, vr in _VR.items() if vr == "US"}
+_UI_TAGS = frozenset(tag for tag, vr in _VR.items() if vr == "UI")
 
 Command = dict[int, Any]
 """A decoded command set: tag -> value (int, str or tuple of tag ints for AT)."""
@@ -130,8 +134,14 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
         if length > end - pos:
             raise CommandError(f"element (0000,{elem:04X}) overruns the command set")
         tag = elem
-        out[tag] = _decode_value(tag, buf[pos : pos + length])
-        pos += length
+        end_value = pos + length
+        if length == 2 and tag in _US_HEAD:
+            out[tag] = buf[pos] | buf[pos + 1] << 8
+        elif tag in _UI_TAGS:
+            out[tag] = buf[pos:end_value].decode("ascii", "replace").rstrip("\0 ")
+        else:
+            out[tag] = _decode_value(tag, buf[pos:end_value])
+        pos = end_value
     if COMMAND_FIELD not in out:
         raise CommandError("command set has no CommandField (0000,0100)")
     return out
@@ -159,6 +169,10 @@ def encode_command(command: Command) -> bytes:
             continue
         value = command[tag]
         if value is None:
+            continue
+        head = _US_HEAD.get(tag)
+        if head is not None:
+            parts.append(head + _US.pack(value))
             continue
         raw = _encode_value(tag, value)
         parts.append(_HEADER.pack(0, tag, len(raw)) + raw)

@@ -192,8 +192,11 @@ class IndexWriter:
                 continue
             for item, prev in zip(batch, results, strict=True):
                 self._resolve(item, prev)
-        self._dirty = True
-        self._wakeup.set()  # the task times the next checkpoint
+        if not self._dirty:
+            # the task waits without a timeout only while clean: wake it to time the next
+            # checkpoint. Waking it on every flush cost a wait_for (a Task) per instance.
+            self._dirty = True
+            self._wakeup.set()
 
     def _resolve(self, item: _Item, prev: Any) -> None:
         if not item[1].done():
@@ -237,13 +240,15 @@ class IndexWriter:
         self._flush()
 
     async def _checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
+        # clean from here on unless it fails: a flush during the sync makes it dirty again
+        # (and so schedules the next checkpoint) instead of being forgotten
+        self._dirty = False
         try:
             self._commit([], self._checkpoint_value(), False)
             await loop.run_in_executor(self._executor, self._sync)
         except Exception:  # retry at the next interval, never spin on it
             self.stats.failed_batches += 1
-        else:
-            self._dirty = False
+            self._dirty = True
         self._next_checkpoint = loop.time() + self.sync_interval
 
     async def _run_sync_commits(self) -> None:

@@ -165,9 +165,7 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
     def _handle(self, events: list) -> None:
         for event in events:
             if isinstance(event, DataReceived):
-                for pdv in event.pdvs:
-                    if not self._on_pdv(pdv):
-                        break
+                self._on_pdvs(event.pdvs)
             elif isinstance(event, AssociationRequested):
                 self._on_request(event)
             elif isinstance(event, ReleaseRequested):
@@ -211,32 +209,47 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
         log.info("assoc.accepted", peer=self.peer, calling=rq.calling_ae, called=rq.called_ae,
                  contexts=len(self.conn.accepted_contexts))
 
-    def _on_pdv(self, pdv) -> bool:
-        try:
-            message = self.assembler.receive(pdv.context_id, pdv.is_command, pdv.is_last, pdv.data)
-        except DimseError as exc:
-            self._protocol_abort(str(exc))
-            return False
-        if message is None:
-            return True
-        if isinstance(message, CommandReceived):
-            self._on_command(message)
-            return True
-        # a data set fragment
-        if self.receiver is not None:
-            self.receiver.write(message.data)
+    def _on_pdvs(self, pdvs: list) -> None:
+        """Runs of data set fragments go on in one piece (one write per run, not per PDV);
+        every other PDV goes through the assembler one by one."""
+        assembler = self.assembler
+        i, n = 0, len(pdvs)
+        while i < n:
+            end, last = assembler.dataset_run(pdvs, i)
+            if end > i:
+                self._on_data(pdvs[i].context_id, [pdv.data for pdv in pdvs[i:end]], last)
+                i = end
+                continue
+            pdv = pdvs[i]
+            i += 1
+            try:
+                message = assembler.receive(pdv.context_id, pdv.is_command, pdv.is_last, pdv.data)
+            except DimseError as exc:
+                self._protocol_abort(str(exc))
+                return
+            if isinstance(message, CommandReceived):
+                self._on_command(message)
+            elif message is not None:  # a data set fragment (dataset_run takes those first)
+                self._on_data(message.context_id, [message.data], message.last)
+
+    def _on_data(self, context_id: int, parts: list, last: bool) -> None:
+        """Consecutive fragments of the data set being received, in order."""
+        receiver = self.receiver
+        if receiver is not None:
+            receiver.write_parts(parts)
             backlog = self.server.config.dicom.disk_backlog_bytes
-            if self.receiver.sink.queued_bytes > backlog and not self._reading_paused:
-                self._pause_for_disk(self.receiver)
+            if receiver.sink.queued_bytes > backlog and not self._reading_paused:
+                self._pause_for_disk(receiver)
         elif self._identifier is not None and not self._identifier_overflow:
-            if len(self._identifier) + len(message.data) > MAX_IDENTIFIER_BYTES:
+            size = sum(len(p) for p in parts)
+            if len(self._identifier) + size > MAX_IDENTIFIER_BYTES:
                 self._identifier_overflow = True
                 self._identifier.clear()
             else:
-                self._identifier += message.data
-        if message.last:
-            self._dataset_complete(message.context_id)
-        return True
+                for p in parts:
+                    self._identifier += p
+        if last:
+            self._dataset_complete(context_id)
 
     def _on_command(self, message: CommandReceived) -> None:
         command = message.command
@@ -309,7 +322,7 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
         if receiver is None:
             code, comment = self._refusal or (status.PROCESSING_FAILURE, "")
             log.warning("store.refused", ae=self.calling_ae, status=hex(code), reason=comment)
-            self.server.metrics.instances_total.labels("refused").inc()
+            self.server.metrics.instances("refused").inc()
             self._respond(context_id, store_refused(request, code, comment))
             return
         task = asyncio.ensure_future(self._finish_store(context_id, request, receiver))
@@ -328,7 +341,7 @@ class Association(FindService, RetrieveService, asyncio.Protocol):
             return
         metrics = self.server.metrics
         metrics.store_seconds.observe(time.perf_counter() - started)
-        metrics.instances_total.labels(result.outcome.value).inc()
+        metrics.instances(result.outcome.value).inc()
         if result.outcome.ok:
             metrics.bytes_received_total.inc(receiver.size)
         self._respond(context_id, store_response(request, result))

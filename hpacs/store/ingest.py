@@ -12,11 +12,10 @@ caller learn the outcome.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -82,7 +81,7 @@ class Ingestor:
         self.db = db
         self.writer: IndexWriter = writer  # type: ignore[assignment]  # set before use
         self.duplicate_policy = duplicate_policy
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, list] = {}  # SOP Instance UID -> [lock, users]
         #: stored_at of records whose file may be in place but whose index commit is pending.
         self._unindexed: dict[int, float] = {}
         self.in_flight = 0
@@ -133,22 +132,10 @@ class Ingestor:
             receiver.write(chunk)
         return await receiver.finish()
 
-    def _lock(self, sop_uid: str) -> asyncio.Lock:
-        lock = self._locks.get(sop_uid)
-        if lock is None:
-            lock = self._locks[sop_uid] = asyncio.Lock()
-        return lock
-
-    @contextlib.asynccontextmanager
-    async def instance_lock(self, sop_uid: str) -> AsyncIterator[None]:
-        """Hold one SOP Instance UID against stores (and tier moves) of the same instance."""
-        lock = self._lock(sop_uid)
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and self._locks.get(sop_uid) is lock:
-                del self._locks[sop_uid]
+    def instance_lock(self, sop_uid: str) -> InstanceLock:
+        """``async with``: hold one SOP Instance UID against stores (and tier moves) of the
+        same instance."""
+        return InstanceLock(self._locks, sop_uid)
 
     async def _commit(self, receiver: Receiver, record: InstanceRecord) -> StoreResult:
         """Apply the duplicate policy, make the file durable, index it. Serialized per SOP UID."""
@@ -196,6 +183,44 @@ class Ingestor:
         return StoreResult(outcome, "", record)
 
 
+class InstanceLock:
+    """One asyncio.Lock per SOP Instance UID, kept while someone holds or awaits it.
+
+    A class rather than an asynccontextmanager: it is taken once per stored instance. The entry
+    counts its users, so it is dropped only when nobody holds or awaits the lock any more (a
+    waiter just woken by a release still counts: no second lock is made for the same UID).
+    """
+
+    __slots__ = ("_entry", "_locks", "_uid")
+
+    def __init__(self, locks: dict[str, list], uid: str) -> None:
+        self._locks = locks
+        self._uid = uid
+        self._entry: list = []
+
+    async def __aenter__(self) -> None:
+        entry = self._locks.get(self._uid)
+        if entry is None:
+            entry = self._locks[self._uid] = [asyncio.Lock(), 0]
+        self._entry = entry
+        entry[1] += 1
+        try:
+            await entry[0].acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._entry[0].release()
+        self._leave()
+
+    def _leave(self) -> None:
+        entry = self._entry
+        entry[1] -= 1
+        if entry[1] == 0 and self._locks.get(self._uid) is entry:
+            del self._locks[self._uid]
+
+
 def _resource_failure(exc: OSError, record: InstanceRecord, receiver: Receiver) -> StoreResult:
     reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
     log.error("store.write_failed", sop=record.sop_instance_uid, source=receiver.source,
@@ -241,16 +266,22 @@ class Receiver:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append one fragment of the data set (bytes exactly as received)."""
+        self.write_parts((data,))
+
+    def write_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Append consecutive fragments of the data set (one file write for all of them)."""
         if self._failure is not None:
             return
-        if isinstance(data, bytearray):
-            data = bytes(data)  # the caller may reuse it; the sink writes later
-        self.sink.write(data)
-        self.size += len(data)
+        if any(type(p) is bytearray for p in parts):
+            # the caller may reuse it; the sink writes later
+            parts = [bytes(p) if type(p) is bytearray else p for p in parts]
+        size = self.sink.write_parts(parts)
+        self.size += size
         try:
-            if self._inflater is not None:
-                data = self._inflater.decompress(data)
-            self._scanner.feed(data)
+            inflater = self._inflater
+            feed = self._scanner.feed
+            for data in parts:
+                feed(data if inflater is None else inflater.decompress(data))
         except (ScanError, zlib.error) as exc:
             self._failure = StoreResult(Outcome.INVALID, f"malformed data set: {exc}")
             self.discard()

@@ -187,7 +187,8 @@ class MetadataWarmer:
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._run())
-        self._queue.put_nowait((str(self.resolve(path)), study, series, sop, stored_at))
+        # the path is resolved when the batch goes out (quiet time), not on the ack path
+        self._queue.put_nowait((path, study, series, sop, stored_at))
         self._pending += 1
 
     async def _run(self) -> None:
@@ -198,6 +199,7 @@ class MetadataWarmer:
                 await asyncio.sleep(wait)
             while len(batch) < _BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            batch = [(str(self.resolve(p)), *rest) for p, *rest in batch]
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
                     self.workers, mp_context=multiprocessing.get_context("spawn"),

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import threading
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Executor
 
 from hpacs.store.fileio import start_writeback, write_all
@@ -62,21 +63,29 @@ class FileSink:
     # -- loop side ----------------------------------------------------------------------------
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data`` (which must stay unchanged until written: it may be queued)."""
-        size = len(data)
+        self.write_parts((data,))
+
+    def write_parts(self, parts: Sequence[bytes | memoryview]) -> int:
+        """Append consecutive buffers (one writev); returns their total size. Same rules as
+        ``write``: they must stay unchanged until written."""
+        size = len(parts[0]) if len(parts) == 1 else sum(len(p) for p in parts)
         if self._closed or self.error is not None or not size:
-            return
+            return size
         if self._running or self._queue or size > INLINE_MAX:
-            self._put(data, size)
-            return
+            for p in parts:
+                if len(p):
+                    self._put(p, len(p))
+            return size
         # no thread owns the file now (_running is cleared only after its last operation)
         try:
             if self._fd is None:
                 self._fd, self._temp = self.hot.open_temp()
-            write_all(self._fd, (data,))
+            write_all(self._fd, parts)
             self._wrote(size)
         except OSError as exc:
             self.error = exc
             self._drop()
+        return size
 
     def discard(self) -> None:
         """Drop the file (whatever was queued is not written)."""

@@ -18,7 +18,7 @@ from hpacs.ul.events import (
     ReleaseConfirmed,
     ReleaseRequested,
 )
-from hpacs.ul.framer import MAX_CONTROL_PDU, PDUFramer
+from hpacs.ul.framer import MAX_CONTROL_PDU, PDataFramer
 from hpacs.ul.negotiation import AcceptorPolicy, local_limit_exceeded, negotiate
 from hpacs.ul.pdu import (
     PDV,
@@ -61,7 +61,7 @@ __all__ = [
     "Evt",
     "LocalProtocolError",
     "PDUError",
-    "PDUFramer",
+    "PDataFramer",
     "PresentationContext",
     "PresentationContextResult",
     "ProtocolError",

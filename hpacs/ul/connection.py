@@ -31,7 +31,7 @@ from hpacs.ul.events import (
     ReleaseConfirmed,
     ReleaseRequested,
 )
-from hpacs.ul.framer import MAX_CONTROL_PDU, PDUFramer
+from hpacs.ul.framer import MAX_CONTROL_PDU, PDataFramer, split_pdata
 from hpacs.ul.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
@@ -39,7 +39,6 @@ from hpacs.ul.pdu import (
     A_ASSOCIATE_RQ,
     A_RELEASE_RP,
     A_RELEASE_RQ,
-    ABORT_REASON_INVALID_PARAMETER,
     ABORT_REASON_NOT_SPECIFIED,
     ABORT_REASON_UNEXPECTED_PDU,
     ABORT_SOURCE_PROVIDER,
@@ -58,7 +57,6 @@ from hpacs.ul.pdu import (
     ReleaseReply,
     ReleaseRequest,
     decode_body,
-    decode_pdata,
     encode,
     encode_abort,
     encode_pdata,
@@ -128,7 +126,11 @@ class Connection:
         #: True while PS3.8's ARTIM timer should run; artim_epoch changes on every (re)start.
         self.artim_running = False
         self.artim_epoch = 0
-        self._framer = PDUFramer(self._receive_cap(max_pdu_length), max_control_pdu)
+        self._framer = PDataFramer(
+            self._receive_cap(max_pdu_length), max_control_pdu, self.accepted_contexts
+        )
+        #: Bumped whenever accepted_contexts is replaced (the framer checks PDVs against it).
+        self._contexts_epoch = 0
         self._send_limit = MAX_SEND_PDU
         self._outbox: list[bytes] = []
         self._events: list[Event] = []
@@ -175,23 +177,17 @@ class Connection:
             self._fire(Evt.Evt17)
             return events
         framer = self._framer
+        epoch = self._contexts_epoch
         pending: list[PDV] | None = None
-        accepted = self.accepted_contexts
-        for pdu_type, body in framer.feed(data):
+        for pdu_type, body, pdvs in framer.feed(data):
             if self.state is State.Sta1:
                 break
             if pdu_type == P_DATA_TF and self.state in _DATA_STATES:
-                try:
-                    pdvs = decode_pdata(body)
-                    for pdv in pdvs:
-                        if pdv.context_id not in accepted:
-                            raise PDUError(
-                                f"PDV for presentation context {pdv.context_id}, not accepted",
-                                ABORT_REASON_INVALID_PARAMETER,
-                            )
-                except PDUError as exc:
+                if epoch != self._contexts_epoch:  # contexts set by a PDU of this same chunk
+                    pdvs = split_pdata(body, self.accepted_contexts)
+                if type(pdvs) is not list:  # the PDUError the framer found in this PDU
                     pending = None
-                    self._peer(Evt.Evt19, exc)
+                    self._peer(Evt.Evt19, pdvs)
                     continue
                 if pending is None:
                     pending = pdvs
@@ -303,7 +299,7 @@ class Connection:
         self.state = self._next  # type: ignore[assignment]
         if self.state is State.Sta1:
             self.artim_running = False
-            self._framer = PDUFramer(0, 0)  # drop any partial PDU; no input is read in Sta1
+            self._framer = PDataFramer(0, 0)  # drop any partial PDU; no input is read in Sta1
         return out
 
     @staticmethod
@@ -330,6 +326,8 @@ class Connection:
             for res in accept.presentation_contexts
             if res.result == PC_ACCEPTANCE and res.context_id in proposed
         }
+        self._framer.contexts = self.accepted_contexts
+        self._contexts_epoch += 1
 
     def _peer_abort(self, arg: object) -> bytes:
         """An A-ABORT answering a peer's fault (unexpected or invalid PDU)."""

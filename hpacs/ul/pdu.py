@@ -7,19 +7,29 @@ provider reason to send back. pynetdicom's encoders stay the reference in the te
 
 P-DATA-TF is the hot path: :func:`decode_pdata` slices PDVs out of a memoryview without
 copying, :func:`encode_pdata` returns a header/payload buffer list ready for ``writelines``.
+``PDV``, ``PDUError`` and ``decode_pdata`` are defined in ``hpacs._ext.pdata`` (shared with the
+compiled receive path, which must not import this package) and re-exported here.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+
+from hpacs._ext.pdata import (  # noqa: F401 (re-exported: users import them from here)
+    ABORT_REASON_INVALID_PARAMETER,
+    ABORT_REASON_UNRECOGNIZED_PDU,
+    P_DATA_TF,
+    PDV,
+    PDUError,
+    decode_pdata,
+)
 
 # PDU types (PS3.8 Table 9-11 and following)
 A_ASSOCIATE_RQ = 0x01
 A_ASSOCIATE_AC = 0x02
 A_ASSOCIATE_RJ = 0x03
-P_DATA_TF = 0x04
+# P_DATA_TF = 0x04 comes from hpacs._ext.pdata
 A_RELEASE_RQ = 0x05
 A_RELEASE_RP = 0x06
 A_ABORT = 0x07
@@ -33,11 +43,10 @@ ABORT_SOURCE_USER = 0
 ABORT_SOURCE_PROVIDER = 2
 # A-ABORT reasons, meaningful with source 2
 ABORT_REASON_NOT_SPECIFIED = 0
-ABORT_REASON_UNRECOGNIZED_PDU = 1
+# ABORT_REASON_UNRECOGNIZED_PDU = 1 and _INVALID_PARAMETER = 6 come from hpacs._ext.pdata
 ABORT_REASON_UNEXPECTED_PDU = 2
 ABORT_REASON_UNRECOGNIZED_PARAMETER = 4
 ABORT_REASON_UNEXPECTED_PARAMETER = 5
-ABORT_REASON_INVALID_PARAMETER = 6
 
 # A-ASSOCIATE-RJ (PS3.8 Table 9-21)
 REJECT_PERMANENT = 1
@@ -68,26 +77,9 @@ _PDATA_HDR = struct.Struct(">BxIIBB")  # PDU header + one PDV item header
 _ITEM_HDR = struct.Struct(">BxH")
 
 
-class PDUError(ValueError):
-    """A malformed or unexpected PDU; ``reason`` is the A-ABORT reason to send (source 2)."""
-
-    def __init__(self, message: str, reason: int = ABORT_REASON_INVALID_PARAMETER) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 # ---------------------------------------------------------------------------------------------
 # What the user sees
 # ---------------------------------------------------------------------------------------------
-
-
-class PDV(NamedTuple):
-    """One presentation data value: a fragment of a command or data set."""
-
-    context_id: int
-    is_command: bool
-    is_last: bool
-    data: memoryview | bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,33 +213,6 @@ AssociationPDU = (
 # ---------------------------------------------------------------------------------------------
 # P-DATA-TF fast path
 # ---------------------------------------------------------------------------------------------
-
-
-_new_pdv = tuple.__new__  # skips NamedTuple's Python-level __new__ on the hot path
-
-
-def decode_pdata(body: memoryview | bytes) -> list[PDV]:
-    """Split a P-DATA-TF body (after the 6-byte PDU header) into PDVs, without copying data."""
-    mv = body if type(body) is memoryview else memoryview(body)
-    n = len(mv)
-    unpack = _U32.unpack_from
-    if n >= 6 and unpack(mv)[0] == n - 4:  # the usual case: one PDV filling the PDU
-        mch = mv[5]
-        return [_new_pdv(PDV, (mv[4], (mch & 1) == 1, (mch & 2) == 2, mv[6:]))]
-    off = 0
-    out: list[PDV] = []
-    while off < n:
-        if n - off < 6:
-            raise PDUError("truncated PDV item header")
-        length = unpack(mv, off)[0]
-        end = off + 4 + length
-        if length < 2 or end > n:
-            raise PDUError(f"PDV item length {length} does not fit the PDU")
-        ctx = mv[off + 4]
-        mch = mv[off + 5]
-        out.append(_new_pdv(PDV, (ctx, (mch & 1) == 1, (mch & 2) == 2, mv[off + 6 : end])))
-        off = end
-    return out
 
 
 def encode_pdata(

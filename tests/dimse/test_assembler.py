@@ -43,3 +43,23 @@ def test_framing_violations_raise(steps):
     with pytest.raises(DimseError):
         for step in steps:
             a.receive(*step)
+
+
+def test_dataset_run_takes_consecutive_fragments_up_to_the_last():
+    a = MessageAssembler()
+    pdvs = [(1, True, True, STORE_RQ), (1, False, False, b"ab"), (1, False, False, b"c"),
+            (1, False, True, b"d"), (1, True, True, ECHO_RQ)]
+    assert a.dataset_run(pdvs, 0) == (0, False)  # no command yet: nothing is a run
+    assert isinstance(a.receive(*pdvs[0]), CommandReceived)
+    assert a.dataset_run(pdvs, 1) == (4, True) and a.idle  # stops after the last fragment
+    assert a.dataset_run(pdvs, 4) == (4, False)
+    assert isinstance(a.receive(*pdvs[4]), CommandReceived)
+
+
+def test_dataset_run_leaves_a_fragment_on_another_context_to_receive():
+    a = MessageAssembler()
+    a.receive(1, True, True, STORE_RQ)
+    pdvs = [(1, False, False, b"ab"), (3, False, True, b"c")]
+    assert a.dataset_run(pdvs, 0) == (1, False) and not a.idle
+    with pytest.raises(DimseError):
+        a.receive(*pdvs[1])

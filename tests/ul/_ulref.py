@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+from hypothesis import strategies as st
 from pynetdicom import pdu as P
 from pynetdicom.pdu_primitives import (
     A_ABORT,
@@ -176,3 +177,21 @@ def decode_ref(data: bytes):
     pdu = cls()
     pdu.decode(data)
     return pdu
+
+
+@st.composite
+def mutations(draw: st.DrawFn, base: st.SearchStrategy[bytes], min_ops: int = 1) -> bytes:
+    """Bytes drawn from ``base``, then flipped, cut, grown and shrunk at random places."""
+    data = bytearray(draw(base))
+    for _ in range(draw(st.integers(min_ops, 6))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        pos = draw(st.integers(0, max(len(data) - 1, 0)))
+        if op == "flip" and data:
+            data[pos] = draw(st.integers(0, 255))
+        elif op == "cut":
+            del data[pos:]
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete" and data:
+            del data[pos : pos + draw(st.integers(1, 8))]
+    return bytes(data)

@@ -1,14 +1,16 @@
 """P-DATA throughput (not a test): ``.venv/bin/python -m tests.ul.bench_pdata``.
 
 Measures decode_pdata alone, the whole Connection.receive_data path fed in socket-sized chunks
-(framer reassembly of PDUs straddling chunks included), and send_data encoding.
+(framer reassembly of PDUs straddling chunks included) with the compiled P-DATA path and with its
+pure-Python twin side by side, and send_data encoding.
 """
 
 from __future__ import annotations
 
 import time
 
-from hpacs.ul import Connection, Role, decode_pdata, encode_pdata
+from hpacs._ext import _pdata, pdata
+from hpacs.ul import Connection, Role, connection, decode_pdata, encode_pdata
 from hpacs.ul.pdu import AssociateAccept, PresentationContextResult
 from tests.ul._ulref import a_associate_rq
 
@@ -57,9 +59,12 @@ def main() -> None:
                 for c in chunks:
                     conn.receive_data(c)
 
-            r = _rate(total, run)
             label = f"PDU {pdu >> 10:5d} KiB, {chunk >> 10:3d} KiB reads"
-            print(f"receive_data       {label}: {r:7.0f} MB/s")
+            for name, impl in (("C", _pdata.PDataFramer), ("twin", pdata.PDataFramer)):
+                connection.PDataFramer = impl  # type: ignore[misc]
+                r = _rate(total, run)
+                print(f"receive_data {name:4s}  {label}: {r:7.0f} MB/s")
+            connection.PDataFramer = _pdata.PDataFramer  # type: ignore[misc]
         payload = bytes(total)
         r = _rate(total, lambda pdu=pdu, payload=payload: encode_pdata(1, False, payload, pdu))
         print(f"encode_pdata bufs  PDU {pdu >> 10:5d} KiB: {r:9.0f} MB/s")

@@ -47,6 +47,8 @@ from tests.ul._ulref import (
     release_rq,
 )
 
+pytestmark = pytest.mark.usefixtures("framer_impl")
+
 CMD = b"\x02\x00\x00\x00" * 20
 DATASET = bytes(range(256)) * 40
 

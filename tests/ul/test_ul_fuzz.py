@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pynetdicom.presentation import StoragePresentationContexts, build_context
 
-from hpacs.ul import AcceptorPolicy, Connection, PDUFramer, Role, State, negotiate
+from hpacs.ul import AcceptorPolicy, Connection, Role, State, negotiate
 from hpacs.ul import events as E
 from hpacs.ul import pdu as U
 from tests.ul._ulref import (
@@ -18,12 +19,18 @@ from tests.ul._ulref import (
     a_associate_rj,
     a_associate_rq,
     abort,
+    mutations,
     p_data,
     release_rp,
     release_rq,
 )
 
-FUZZ = settings(max_examples=300, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+# the framer_impl fixture only selects a class: sharing it between examples is intended
+FUZZ = settings(
+    max_examples=300,
+    deadline=1000,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 SAMPLES = [
     a_associate_rq(
@@ -52,21 +59,8 @@ EVENT_TYPES = (
 )
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SAMPLES)))
-    for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "flip" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "cut":
-            del data[pos:]
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif op == "delete" and data:
-            del data[pos : pos + draw(st.integers(1, 8))]
-    return bytes(data)
+def mutated() -> st.SearchStrategy[bytes]:
+    return mutations(st.sampled_from(SAMPLES))
 
 
 def _decode_only_pdu_error(data: bytes) -> None:
@@ -100,6 +94,7 @@ def _established() -> Connection:
     return conn
 
 
+@pytest.mark.usefixtures("framer_impl")
 @FUZZ
 @given(
     st.booleans(),
@@ -134,16 +129,18 @@ def test_connection_survives_garbage(
     st.lists(st.sampled_from(SAMPLES), min_size=1, max_size=8),
     st.lists(st.integers(1, 200), min_size=1, max_size=10),
 )
-def test_framer_chunking_invariant(pdus: list[bytes], cuts: list[int]) -> None:
+def test_framer_chunking_invariant(
+    framer_impl: type, pdus: list[bytes], cuts: list[int]
+) -> None:
     stream = b"".join(pdus)
-    whole = [(t, bytes(b)) for t, b in PDUFramer(1 << 20).feed(stream)]
-    framer = PDUFramer(1 << 20)
+    whole = [(t, bytes(b)) for t, b, _ in framer_impl(1 << 20).feed(stream)]
+    framer = framer_impl(1 << 20)
     got: list[tuple[int, bytes]] = []
     off = 0
     i = 0
     while off < len(stream):
         n = cuts[i % len(cuts)]
-        got.extend((t, bytes(b)) for t, b in framer.feed(stream[off : off + n]))
+        got.extend((t, bytes(b)) for t, b, _ in framer.feed(stream[off : off + n]))
         off += n
         i += 1
     assert got == whole == [(p[0], p[6:]) for p in pdus]
