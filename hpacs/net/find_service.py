@@ -23,7 +23,7 @@ from hpacs.dimse.find import (
     too_many_matches,
 )
 from hpacs.log import get_logger
-from hpacs.ul import LocalProtocolError
+from hpacs.ul import LocalProtocolError, encode_pdata
 
 log = get_logger("hpacs.dimse")
 
@@ -76,18 +76,22 @@ class FindService:
         ae = config.server.ae_title
         sent = 0
         final: bytes | None = None
-        # the same pending command PDU for every match (framed once per page); a page's
-        # responses leave in one write (one send, one wake-up of the peer, per page of up to 64
-        # matches, not per match); each identifier is encoded from the match's index rows
+        # the same pending command PDU for every match, framed once per page through the
+        # connection (its state check holds for the page: nothing runs between the matches of a
+        # page); each identifier is encoded from the match's index rows and framed as is; a
+        # page's responses leave in one write (one send, one wake-up of the peer, per page of up
+        # to 64 matches, not per match)
         encode = MatchEncoder(req, retrieve_ae=ae).encode_rows
         pending = pending_response(request, req)
-        frame = self.conn.send_data_buffers
         pages = self.server.query_engine.row_pages(req.query)
         try:
             for page in pages:
                 batch: list = []
                 try:
-                    pending_pdu = b"".join(frame(context_id, True, pending)) if page else b""
+                    if page:
+                        pending_pdu = b"".join(
+                            self.conn.send_data_buffers(context_id, True, pending))
+                        pdu_limit = self.conn.send_limit
                     for rows in page:
                         if message_id in self._cancelled or self.conn.closed:
                             break
@@ -95,7 +99,7 @@ class FindService:
                             final = too_many_matches(request, limit)
                             break
                         batch.append(pending_pdu)
-                        batch += frame(context_id, False, encode(rows))
+                        batch += encode_pdata(context_id, False, encode(rows), pdu_limit)
                         sent += 1
                 except LocalProtocolError:
                     break  # the association went away
