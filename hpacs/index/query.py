@@ -147,12 +147,21 @@ class Matcher:
             return any(self._one(p) for p in s.split("\\"))
         return self._one(s)
 
-    def _candidates(self, s: str) -> list[str]:
-        if self.vr == "PN":
-            groups = [g.rstrip("^ ") for g in s.split("=")]
-            out = [s.rstrip("^ =")] + [g for g in groups if g]
-            return [c.casefold() for c in out] if self.fold else out
-        return [s.rstrip(" ")]
+    def _candidates(self, s: str) -> Iterator[str]:
+        """The forms of a stored value a key is tried on, lazily (most matches are decided by
+        the first): a PN's whole value, then each non-empty component group (casefolded when
+        the matching is case-insensitive); other VRs: the value without trailing spaces."""
+        if self.vr != "PN":
+            yield s.rstrip(" ")
+            return
+        fold = self.fold
+        whole = s.rstrip("^ =")
+        yield whole.casefold() if fold else whole
+        if "=" in s:  # else the only group is the whole value
+            for g in s.split("="):
+                g = g.rstrip("^ ")
+                if g:
+                    yield g.casefold() if fold else g
 
     def _one(self, s: str) -> bool:
         kind = self.kind
@@ -175,7 +184,7 @@ class Matcher:
             if self.vr == "TM":
                 return _norm_tm(s, False) == _norm_tm(want, False)
             return s.replace(".", "") == want if self.vr == "DA" else s == want
-        return want in self._candidates(s)
+        return any(c == want for c in self._candidates(s))
 
 
 def _range_bound(vr: str, v: str, high: bool, keyword: str) -> str | None:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hpacs._ext import _findenc, findenc
 from hpacs.index.query import (
     QUERY_LEVELS,
+    Matcher,
     QueryEngine,
     QueryError,
     make_matcher,
@@ -232,3 +233,19 @@ def test_row_pages_are_the_rows_of_the_pages(filled):
         rows = [r for page in filled.row_pages(q) for r in page]
         assert [merge_rows(r) for r in rows] == filled.find(q)
         assert all(len(r) == QUERY_LEVELS.index(level) + 1 for r in rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(s=st.text(alphabet="AbÄß^= x=", max_size=14), fold=st.booleans(),
+       vr=st.sampled_from(["PN", "LO"]))
+def test_a_value_is_tried_whole_and_by_component_group(s, fold, vr):
+    # what matching tries a stored value as (generated lazily): the whole value, then each
+    # non-empty component group of a PN, casefolded when names match case-insensitively
+    if vr == "PN":
+        groups = [g.rstrip("^ ") for g in s.split("=")]
+        expected = [s.rstrip("^ =")] + [g for g in groups if g]
+        expected = [c.casefold() for c in expected] if fold else expected
+    else:
+        expected = [s.rstrip(" ")]
+    m = Matcher("PatientName", vr, "single", values=("x",), fold=fold)
+    assert set(m._candidates(s)) == set(expected)
