@@ -14,8 +14,9 @@ Plan entries, in tag order: ``(kind, head, long_len, vr, payload, fast, pad, asc
 4-byte length (else 2), ``pad`` the padding byte of an odd value. ``kind``:
 
 - :data:`KEY`: a return key, ``payload`` its sources; a ``fast`` VR (text, not a number) takes
-  a string value as it is (encoded ``ascii`` when ``ascii_only``, else in the answer's codec,
-  errors replaced); anything else goes through ``slow(vr, value, codec, True)``;
+  a string value (an int as its decimal string: a count) as it is (encoded ``ascii`` when
+  ``ascii_only``, else in the answer's codec, errors replaced); anything else goes through
+  ``slow(vr, value, codec, True)``;
 - :data:`UNIQUE`: a unique key the level adds; an empty value is no value; non-strings go
   through ``slow(vr, value, codec, False)``;
 - :data:`CONST`: ``payload`` = the whole element in the ASCII and in the UTF-8 answer;
@@ -111,6 +112,8 @@ class RowEncoder:
                     out.append(payload[1])
                 continue
             value = resolve(rows, payload)
+            if fast and value.__class__ is int:
+                value = str(value)  # a count (IS): the same bytes as the slow path
             if fast and value.__class__ is str and value:
                 raw = value.encode("ascii" if ascii_only else codec, "replace")
                 if len(raw) & 1:

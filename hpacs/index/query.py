@@ -417,28 +417,29 @@ class _Children(_Source):
         self.current: bytes | None = None
         self.last: bytes | None = None  # last child dup value taken under ``current``
 
-    def _children(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
+    def _children(self, cur: Any) -> Iterator[bytes]:
         assert self.current is not None
         strip = self.depth == 3  # series_instances values: be32 order + SOP UID
-        with txn.cursor(db=dbs[_CHILD_DBS[self.depth - 1]]) as cur:
-            if self.last is None:
-                ok = cur.set_key(self.current)
-            else:
-                ok = cur.set_range_dup(self.current, self.last)
-                if ok and cur.value() == self.last:
-                    ok = cur.next_dup()
-            while ok:
-                v = cur.value()
-                self.last = v
-                yield v[4:] if strip else v
+        if self.last is None:
+            ok = cur.set_key(self.current)
+        else:
+            ok = cur.set_range_dup(self.current, self.last)
+            if ok and cur.value() == self.last:
                 ok = cur.next_dup()
+        while ok:
+            v = cur.value()
+            self.last = v
+            yield v[4:] if strip else v
+            ok = cur.next_dup()
 
     def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
-        if self.current is not None:
-            yield from self._children(txn, dbs)
-        for parent in self.parent.run(txn, dbs):
-            self.current, self.last = parent, None
-            yield from self._children(txn, dbs)
+        # one cursor for the transaction, repositioned for each parent
+        with txn.cursor(db=dbs[_CHILD_DBS[self.depth - 1]]) as cur:
+            if self.current is not None:
+                yield from self._children(cur)
+            for parent in self.parent.run(txn, dbs):
+                self.current, self.last = parent, None
+                yield from self._children(cur)
         self.current = None
 
     def describe(self) -> str:
