@@ -432,8 +432,11 @@ def hpacs(
     ae: str = "HPACS",
     ready_timeout: float = 60.0,
     extra_args: list[str] | None = None,
+    tree: Path | None = None,
 ) -> Iterator[Peer]:
-    """``hpacs serve`` with a fresh data directory; ready when C-ECHO and /healthz answer."""
+    """``hpacs serve`` with a fresh data directory; ready when C-ECHO and /healthz answer.
+    ``tree``: run the hpacs package of another source tree (an A/B reference) with this
+    repository's venv."""
     workdir = Path(workdir)
     data = workdir / "hpacs-data"
     data.mkdir(parents=True, exist_ok=True)
@@ -441,7 +444,8 @@ def hpacs(
     while http_port == dicom_port:
         http_port = free_port()
     cmd = [
-        *hpacs_command(),
+        *(hpacs_command() if tree is None else [str(REPO / ".venv" / "bin" / "python"), "-m",
+                                                "hpacs"]),
         "serve",
         "--data-dir",
         str(data),
@@ -461,7 +465,7 @@ def hpacs(
 
     info = {"command": " ".join(cmd[1:])}
     # PYTHONPATH: ``python -m hpacs`` must find the work tree even if it is not installed.
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    pythonpath = os.pathsep.join(filter(None, [str(tree or REPO), os.environ.get("PYTHONPATH")]))
     with _running(
         "hpacs",
         cmd,

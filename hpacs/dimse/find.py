@@ -29,6 +29,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
 
+from hpacs._ext.findenc import CHARSET, CHARSET_REQUESTED, CONST_NON_ASCII, KEY, LITTLE, UNIQUE
 from hpacs.dicom.elements import LONG_VRS, encode_elements, value_bytes
 from hpacs.dicom.transfer_syntax import STORABLE
 from hpacs.dimse import status
@@ -41,7 +42,17 @@ from hpacs.dimse.commands import (
     CommandField,
     response_to,
 )
-from hpacs.index.query import IMAGE, PATIENT, SERIES, STUDY, Query, QueryError, home_level
+from hpacs.index.query import (
+    IMAGE,
+    PATIENT,
+    SERIES,
+    STUDY,
+    Query,
+    QueryError,
+    home_level,
+    value_sources,
+)
+from hpacs.index.rowkernels import RowEncoder
 
 PATIENT_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.1.1"
 STUDY_ROOT_FIND: Final = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -231,7 +242,9 @@ class MatchEncoder:
     What encode_match redoes for each match (the element list and its sort, the unique keys
     the level adds, the constant values, the header structs and VR bytes) is prepared here; a
     match then costs its own values only. encode_match stays the reference it is tested
-    against (tests/dimse/test_find_encoding.py)."""
+    against (tests/dimse/test_find_encoding.py). The C-FIND SCP uses :attr:`encode_rows`: the
+    same bytes from a match's index rows, through the compiled kernel of hpacs._ext.findenc
+    (no merged dict per match, ASCII values copied as they are)."""
 
     def __init__(self, req: FindRequest, *, retrieve_ae: str = "") -> None:
         #: (tag, vr, source, payload): source "key" (payload = keyword, _element_value),
@@ -297,6 +310,33 @@ class MatchEncoder:
             pad = b"\0" if vr in ("UI", "OB", "UN") else b" "
             plan.append((kind, prefix, length, vr, payload, fast, pad, vr in _ASCII_VRS))
         self._plan = plan
+        #: RowEncoder's arguments (tests build the twin from them)
+        self.row_args = self._row_args(req, plan, const_non_ascii)
+        #: The identifier of a match from its index rows (QueryEngine.row_pages), compiled:
+        #: == encode(merge_rows(rows)), without the merged dict.
+        self.encode_rows = RowEncoder(*self.row_args).encode
+
+    def _row_args(self, req: FindRequest, plan: list[tuple], const_non_ascii: bool) -> tuple:
+        """The plan of hpacs._ext.findenc.RowEncoder: this plan with each keyword replaced by
+        where its value is in a match's rows."""
+        depth = _LEVEL_DEPTH[req.level]
+        little = req.little_endian
+        row_plan = []
+        for kind, prefix, length, vr, payload, fast, pad, ascii_only in plan:
+            if kind in (KEY, UNIQUE):
+                payload = value_sources(depth, payload)
+            elif kind == CHARSET:
+                utf8 = value_bytes("CS", "ISO_IR 192", little, "ascii")
+                payload = (prefix + length.pack(len(utf8)) + utf8, prefix + length.pack(0))
+            row_plan.append((kind, prefix, length.size == 4, vr, payload, fast, pad, ascii_only))
+        flags = ((LITTLE if little else 0) | (CONST_NON_ASCII if const_non_ascii else 0)
+                 | (CHARSET_REQUESTED if req.charset_requested else 0))
+
+        def slow(vr: str, value: Any, codec: str, convert: bool) -> bytes:
+            return value_bytes(vr, _element_value(vr, value) if convert else value, little, codec)
+
+        text_sources = tuple(value_sources(depth, kw) for kw in self._text_keys)
+        return tuple(row_plan), text_sources, flags, slow, _non_ascii
 
     def encode(self, match: dict[str, Any]) -> bytes:
         """The identifier of one pending response (== encode_match(req, match, ...))."""
@@ -343,6 +383,13 @@ class MatchEncoder:
             out.append(length.pack(len(raw)))
             out.append(raw)
         return b"".join(out)
+
+
+def _non_ascii(value: Any) -> bool:
+    """Whether a text value that is not an ASCII string (a list, a number...) is not ASCII."""
+    value = _element_value("LO", value)
+    return value is not None and not all(
+        v.isascii() for v in (value if isinstance(value, list) else [value]))
 
 
 def pending_response(request: Command, req: FindRequest) -> bytes:

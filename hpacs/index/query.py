@@ -38,7 +38,9 @@ from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
+from hpacs._ext.findenc import ATTR, FIELD, KEYS, TRUTHY
 from hpacs.index.db import _DEC, IndexDB, key, patient_key
+from hpacs.index.rowkernels import resolve
 from hpacs.index.schema import LEVEL_KEYWORDS
 
 PATIENT: Final = "PATIENT"
@@ -145,12 +147,21 @@ class Matcher:
             return any(self._one(p) for p in s.split("\\"))
         return self._one(s)
 
-    def _candidates(self, s: str) -> list[str]:
-        if self.vr == "PN":
-            groups = [g.rstrip("^ ") for g in s.split("=")]
-            out = [s.rstrip("^ =")] + [g for g in groups if g]
-            return [c.casefold() for c in out] if self.fold else out
-        return [s.rstrip(" ")]
+    def _candidates(self, s: str) -> Iterator[str]:
+        """The forms of a stored value a key is tried on, lazily (most matches are decided by
+        the first): a PN's whole value, then each non-empty component group (casefolded when
+        the matching is case-insensitive); other VRs: the value without trailing spaces."""
+        if self.vr != "PN":
+            yield s.rstrip(" ")
+            return
+        fold = self.fold
+        whole = s.rstrip("^ =")
+        yield whole.casefold() if fold else whole
+        if "=" in s:  # else the only group is the whole value
+            for g in s.split("="):
+                g = g.rstrip("^ ")
+                if g:
+                    yield g.casefold() if fold else g
 
     def _one(self, s: str) -> bool:
         kind = self.kind
@@ -173,7 +184,7 @@ class Matcher:
             if self.vr == "TM":
                 return _norm_tm(s, False) == _norm_tm(want, False)
             return s.replace(".", "") == want if self.vr == "DA" else s == want
-        return want in self._candidates(s)
+        return any(c == want for c in self._candidates(s))
 
 
 def _range_bound(vr: str, v: str, high: bool, keyword: str) -> str | None:
@@ -406,28 +417,29 @@ class _Children(_Source):
         self.current: bytes | None = None
         self.last: bytes | None = None  # last child dup value taken under ``current``
 
-    def _children(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
+    def _children(self, cur: Any) -> Iterator[bytes]:
         assert self.current is not None
         strip = self.depth == 3  # series_instances values: be32 order + SOP UID
-        with txn.cursor(db=dbs[_CHILD_DBS[self.depth - 1]]) as cur:
-            if self.last is None:
-                ok = cur.set_key(self.current)
-            else:
-                ok = cur.set_range_dup(self.current, self.last)
-                if ok and cur.value() == self.last:
-                    ok = cur.next_dup()
-            while ok:
-                v = cur.value()
-                self.last = v
-                yield v[4:] if strip else v
+        if self.last is None:
+            ok = cur.set_key(self.current)
+        else:
+            ok = cur.set_range_dup(self.current, self.last)
+            if ok and cur.value() == self.last:
                 ok = cur.next_dup()
+        while ok:
+            v = cur.value()
+            self.last = v
+            yield v[4:] if strip else v
+            ok = cur.next_dup()
 
     def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
-        if self.current is not None:
-            yield from self._children(txn, dbs)
-        for parent in self.parent.run(txn, dbs):
-            self.current, self.last = parent, None
-            yield from self._children(txn, dbs)
+        # one cursor for the transaction, repositioned for each parent
+        with txn.cursor(db=dbs[_CHILD_DBS[self.depth - 1]]) as cur:
+            if self.current is not None:
+                yield from self._children(cur)
+            for parent in self.parent.run(txn, dbs):
+                self.current, self.last = parent, None
+                yield from self._children(cur)
         self.current = None
 
     def describe(self) -> str:
@@ -513,27 +525,36 @@ class QueryEngine:
             source = _Children(source)
         return source
 
-    def pages(self, query: Query, page_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
-        """Lists of matches (merged attributes of the match and its ancestors); each ``next()``
-        runs in its own short read transaction. A page may be empty (scan budget spent)."""
+    def row_pages(self, query: Query, page_size: int | None = None) -> Iterator[list[Rows]]:
+        """Lists of matches as their rows (index = level: patient first, the match last); each
+        ``next()`` runs in its own short read transaction. A page may be empty (scan budget
+        spent). Keys are matched straight on the rows (:func:`resolve` of each key's
+        :func:`value_sources`): no merged dict is built for a candidate, so the C-FIND encoder
+        can take the rows of a match as they are."""
         size = page_size or self.page_size
         source = self.plan(query)
         depth = _DEPTH[query.level]
-        matchers = list(query.keys.values())
+        checks = [(m.match, value_sources(depth, m.keyword)) for m in query.keys.values()]
         env, dbs = self.db.env, self.db.dbs
+        tables = [(dbs[name], _DEC[name].decode) for name in _DBS]
+        budget = self.scan_budget
         while True:
-            out: list[dict[str, Any]] = []
+            out: list[Rows] = []
             examined = 0
             exhausted = True
             with env.begin() as txn:
                 cache: dict[tuple[int, bytes], Any] = {}
+                get = txn.get
                 for k in source.run(txn, dbs):
                     examined += 1
-                    attrs = _merged(txn, dbs, depth, k, cache)
-                    if attrs is not None and all(m.match(attrs.get(m.keyword))
-                                                 for m in matchers):
-                        out.append(attrs)
-                    if len(out) >= size or examined >= self.scan_budget:
+                    rows = _rows(get, tables, depth, k, cache)
+                    if rows is not None:
+                        for match, sources in checks:
+                            if not match(resolve(rows, sources)):
+                                break
+                        else:
+                            out.append(rows)
+                    if len(out) >= size or examined >= budget:
                         exhausted = False
                         break
             if out or not exhausted:
@@ -541,35 +562,92 @@ class QueryEngine:
             if exhausted:
                 return
 
+    def pages(self, query: Query, page_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
+        """As :meth:`row_pages`, each match as the merged attributes of the match and its
+        ancestors (:func:`merge_rows`)."""
+        pages = self.row_pages(query, page_size)
+        try:
+            for page in pages:
+                yield [merge_rows(rows) for rows in page]
+        finally:
+            pages.close()
+
     def find(self, query: Query) -> list[dict[str, Any]]:
         """Every match at once (tests, small queries)."""
         return [m for page in self.pages(query) for m in page]
 
 
-def _row(txn: Any, dbs: dict[bytes, Any], depth: int, k: bytes,
-         cache: dict[tuple[int, bytes], Any]) -> Any:
-    ck = (depth, k)
-    if ck in cache:
-        return cache[ck]
-    raw = txn.get(k, db=dbs[_DBS[depth]])
-    row = None if raw is None else _DEC[_DBS[depth]].decode(raw)
-    if depth < 3:  # instance rows are never shared: do not cache them
-        if len(cache) > 4096:
-            cache.clear()
-        cache[ck] = row
-    return row
+#: A match's rows, indexed by level (0 = PatientEntry ... 3 = InstanceEntry).
+Rows = list
+
+#: Derived attributes per level (DERIVED): the row field they come from and how.
+_DERIVED_FIELDS: Final[tuple[dict[str, tuple[int, str]], ...]] = (
+    {"NumberOfPatientRelatedStudies": (FIELD, "n_studies"),
+     "NumberOfPatientRelatedSeries": (FIELD, "n_series"),
+     "NumberOfPatientRelatedInstances": (FIELD, "n_instances")},
+    {"NumberOfStudyRelatedSeries": (FIELD, "n_series"),
+     "NumberOfStudyRelatedInstances": (FIELD, "n_instances"),
+     "ModalitiesInStudy": (KEYS, "modalities"), "SOPClassesInStudy": (KEYS, "sop_classes")},
+    {"NumberOfSeriesRelatedInstances": (FIELD, "n_instances")},
+    {},
+)  # fmt: skip
+_INSTANCE_FIELDS: Final = {"SOPClassUID": "sop_class_uid", "SOPInstanceUID": "sop_instance_uid"}
 
 
-def _merged(txn: Any, dbs: dict[bytes, Any], depth: int, k: bytes,
-            cache: dict[tuple[int, bytes], Any]) -> dict[str, Any] | None:
-    """The attributes of row ``k`` at ``depth`` and of all its ancestors (lower levels win)."""
-    rows = []
+def value_sources(depth: int, keyword: str) -> tuple[tuple[int, int, str], ...]:
+    """Where ``keyword``'s value is in the rows of a match at ``depth``: ``(level, how, name)``
+    tried in order, the first present wins (:func:`resolve`); none present: no value.
+
+    The same answer as :func:`merge_rows` (a test holds them equal): the identifying fields of
+    the rows win over the attributes, then the lowest level holding the keyword (derived
+    attributes included) wins, up to the patient."""
+    out: list[tuple[int, int, str]] = []
+    if keyword == "PatientID":
+        return ((0, FIELD, "patient_id"),)
+    if keyword == "IssuerOfPatientID":
+        out.append((0, TRUTHY, "issuer"))
+    elif keyword == "SeriesInstanceUID" and depth >= 2:
+        return ((2, FIELD, "series_uid"),)
+    elif keyword == "StudyInstanceUID" and depth >= 1:
+        return ((1, FIELD, "study_uid"),)
+    elif keyword == "SpecificCharacterSet" and depth == 3:
+        return ()  # dropped from the merge: a match's character set is the answer's own
+    for level in range(depth, -1, -1):
+        if level == 3 and keyword in _INSTANCE_FIELDS:
+            out.append((3, FIELD, _INSTANCE_FIELDS[keyword]))
+            break
+        derived = _DERIVED_FIELDS[level].get(keyword)
+        if derived is not None:
+            out.append((level, *derived))
+            break
+        out.append((level, ATTR, keyword))
+    return tuple(out)
+
+
+_ABSENT: Final = object()
+
+
+def _rows(get: Callable[..., bytes | None], tables: list[tuple[Any, Callable[[bytes], Any]]],
+          depth: int, k: bytes, cache: dict[tuple[int, bytes], Any]) -> Rows | None:
+    """The rows of ``k`` at ``depth`` and of its ancestors, by level; None when one is gone.
+    ``get``: the read transaction's; ``tables``: (database, row decoder) by level. Parent rows
+    are cached for the transaction (many matches share them)."""
+    rows: Rows = [None] * (depth + 1)
     d, rk = depth, k
     while d >= 0:
-        row = _row(txn, dbs, d, rk, cache)
+        ck = (d, rk)
+        row = cache.get(ck, _ABSENT)
+        if row is _ABSENT:
+            db, decode = tables[d]
+            raw = get(rk, db=db)
+            row = None if raw is None else decode(raw)
+            if d < 3:  # instance rows are never shared: do not cache them
+                if len(cache) > 4096:
+                    cache.clear()
+                cache[ck] = row
         if row is None:
             return None
-        rows.append(row)
+        rows[d] = row
         if d == 3:
             rk = row.series_uid.encode()
         elif d == 2:
@@ -577,8 +655,14 @@ def _merged(txn: Any, dbs: dict[bytes, Any], depth: int, k: bytes,
         elif d == 1:
             rk = patient_key(row.patient_id, row.issuer)
         d -= 1
+    return rows
+
+
+def merge_rows(rows: Rows) -> dict[str, Any]:
+    """The attributes of a match's rows merged (lower levels win), derived ones included."""
+    depth = len(rows) - 1
     out: dict[str, Any] = {}
-    for i, row in enumerate(reversed(rows)):
+    for i, row in enumerate(rows):
         if i == 3:
             out.update(row.attrs)
             out["SOPClassUID"] = row.sop_class_uid
@@ -587,11 +671,10 @@ def _merged(txn: Any, dbs: dict[bytes, Any], depth: int, k: bytes,
         else:
             out.update(row.query_attrs())
     if depth >= 1:
-        st = rows[-2]
-        out["StudyInstanceUID"] = st.study_uid
+        out["StudyInstanceUID"] = rows[1].study_uid
     if depth >= 2:
-        out["SeriesInstanceUID"] = rows[-3].series_uid
-    p = rows[-1]
+        out["SeriesInstanceUID"] = rows[2].series_uid
+    p = rows[0]
     out["PatientID"] = p.patient_id
     if p.issuer:
         out["IssuerOfPatientID"] = p.issuer

@@ -306,6 +306,13 @@ class Connection:
     def _receive_cap(max_pdu_length: int) -> int:
         return max_pdu_length if max_pdu_length > 0 else UNLIMITED_RECEIVE_PDU
 
+    @property
+    def send_limit(self) -> int:
+        """The largest P-DATA-TF PDU we send (the peer's maximum, within our own caps): what
+        ``encode_pdata`` needs to frame more messages after one :meth:`send_data_buffers`
+        checked the state (a C-FIND page of pending responses)."""
+        return self._send_limit
+
     def _start_artim(self) -> None:
         self.artim_running = True
         self.artim_epoch += 1

@@ -16,6 +16,9 @@ from pynetdicom.dsutils import encode
 
 from hpacs.dicom.elements import encode_elements
 from hpacs.dimse import find as f
+from hpacs.index.query import merge_rows
+from tests.dimse.find_requests import DEPTH, find_requests
+from tests.index.row_strategies import match_rows
 
 SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
 STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
@@ -163,3 +166,15 @@ def test_match_encoder_equals_encode_match(name, pid, desc, n, modalities, synta
         match = {k: v for k, v in match.items() if k not in ("PatientID", "StudyDescription")}
     encoder = f.MatchEncoder(req, retrieve_ae=retrieve_ae)
     assert encoder.encode(match) == f.encode_match(req, match, retrieve_ae=retrieve_ae)
+
+
+# MatchEncoder.encode_rows (what the C-FIND SCP sends: from a match's index rows, compiled)
+# == encode_match of the merged rows
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), req=find_requests(), retrieve_ae=st.sampled_from(["", "HPACS", "ÄE"]))
+def test_encode_rows_equals_encode_match_of_the_merged_rows(data, req, retrieve_ae):
+    rows = data.draw(match_rows(DEPTH[req.level]))
+    encoder = f.MatchEncoder(req, retrieve_ae=retrieve_ae)
+    expected = f.encode_match(req, merge_rows(rows), retrieve_ae=retrieve_ae)
+    assert encoder.encode_rows(rows) == expected
+    assert encoder.encode(merge_rows(rows)) == expected

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hpacs._ext import _findenc, findenc
+from hpacs.index.query import (
+    QUERY_LEVELS,
+    Matcher,
+    QueryEngine,
+    QueryError,
+    make_matcher,
+    merge_rows,
+    value_sources,
+)
 from hpacs.index.query import Query as Q
-from hpacs.index.query import QueryEngine, QueryError, make_matcher
 from tests.index.index_helpers import make_record
+from tests.index.row_strategies import KEYWORDS, match_rows
 
 CT, MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
 
@@ -199,3 +211,41 @@ def test_unknown_level_and_keys():
         Q.build("FRAME", {})
     q = Q.build("STUDY", {"Modality": "CT", "PatientName": "", "StudyDate": "*"})
     assert q.keys == {}  # lower-level key ignored, empty and "*" are universal
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), depth=st.integers(0, 3))
+def test_value_sources_find_what_the_merge_holds(data, depth):
+    # matching and the C-FIND encoder read values from the rows; the merged dict (QIDO,
+    # retrieve) must say the same for every keyword, twin and compiled lookups alike
+    rows = data.draw(match_rows(depth))
+    merged = merge_rows(rows)
+    for kw in KEYWORDS:
+        sources = value_sources(depth, kw)
+        expected = merged.get(kw)
+        assert findenc.resolve(rows, sources) == expected, kw
+        assert _findenc.resolve(rows, sources) == expected, kw
+
+
+def test_row_pages_are_the_rows_of_the_pages(filled):
+    for level in QUERY_LEVELS:
+        q = Q.build(level, {"PatientName": "*o*"})
+        rows = [r for page in filled.row_pages(q) for r in page]
+        assert [merge_rows(r) for r in rows] == filled.find(q)
+        assert all(len(r) == QUERY_LEVELS.index(level) + 1 for r in rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(s=st.text(alphabet="AbÄß^= x=", max_size=14), fold=st.booleans(),
+       vr=st.sampled_from(["PN", "LO"]))
+def test_a_value_is_tried_whole_and_by_component_group(s, fold, vr):
+    # what matching tries a stored value as (generated lazily): the whole value, then each
+    # non-empty component group of a PN, casefolded when names match case-insensitively
+    if vr == "PN":
+        groups = [g.rstrip("^ ") for g in s.split("=")]
+        expected = [s.rstrip("^ =")] + [g for g in groups if g]
+        expected = [c.casefold() for c in expected] if fold else expected
+    else:
+        expected = [s.rstrip(" ")]
+    m = Matcher("PatientName", vr, "single", values=("x",), fold=fold)
+    assert set(m._candidates(s)) == set(expected)
