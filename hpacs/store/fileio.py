@@ -8,26 +8,17 @@
 - ``finish_file(fd, temp, final, directory, sync)``: fdatasync + close + rename + directory
   fsync in one call that holds no GIL (``hpacs/_ext/_fileio.pyx`` says why that matters).
 
-Same scheme as ``hpacs.dicom.scan``: a missing build falls back to the twin, logs a warning and
-says so in ``COMPILED``; the test suite treats that as a failure.
+Picked by ``hpacs._ext.load``: a missing build falls back to the twin, logs a warning and says
+so in ``COMPILED``; the test suite treats that as a failure.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+from hpacs._ext import load
 
 __all__ = ["COMPILED", "finish_file", "start_writeback", "write_all"]
 
-COMPILED = False
-
-if os.environ.get("HPACS_PURE") == "1":
-    from hpacs._ext.fileio import finish_file, start_writeback, write_all
-else:
-    try:
-        from hpacs._ext._fileio import finish_file, start_writeback, write_all
-    except ImportError:  # not built: correct, just slower
-        logging.getLogger(__name__).warning("compiled file I/O not built; using the twin")
-        from hpacs._ext.fileio import finish_file, start_writeback, write_all
-    else:
-        COMPILED = True
+_impl, COMPILED = load("fileio", "file I/O")
+finish_file = _impl.finish_file
+start_writeback = _impl.start_writeback
+write_all = _impl.write_all

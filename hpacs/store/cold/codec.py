@@ -37,7 +37,6 @@ the left and one set of entropy tables per stripe (real CT: 4.68x -> ~4.6x, see 
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 import threading
@@ -45,23 +44,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import zstandard
 
+from hpacs._ext import load
 from hpacs.store.cold.dicts import Dictionaries
 from hpacs.store.cold.layout import PixelLayout, locate
 
-if os.environ.get("HPACS_PURE") == "1":
-    from hpacs._ext import predict as _filter
-
-    FILTER_COMPILED = False
-else:
-    try:
-        from hpacs._ext import _predict as _filter
-    except ImportError:  # not built: correct, just slower
-        logging.getLogger(__name__).warning("compiled prediction filter not built; using twin")
-        from hpacs._ext import predict as _filter
-
-        FILTER_COMPILED = False
-    else:
-        FILTER_COMPILED = True
+_filter, FILTER_COMPILED = load("predict", "prediction filter")
 
 __all__ = [
     "CODEC_RAW", "CODEC_SPLIT", "CODEC_ZSTD", "FILTER_COMPILED", "Codec", "parse_split",
