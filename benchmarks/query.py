@@ -566,14 +566,17 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     report = run(args)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = args.out / f"query-{stamp}"
+    write_stamped(args.out, "query", report, markdown(report))
+    return 0
+
+
+def write_stamped(out: Path, prefix: str, report: dict, md: str) -> None:
+    """OUT/PREFIX-DATE-TIME.{json,md}; the Markdown is printed too."""
+    base = out / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
-    md = markdown(report)
     base.with_suffix(".md").write_text(md)
     print(md)
     print(f"wrote {base}.json and {base}.md", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -295,12 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     report = run(args)
-    base = args.out / f"query-ab-{time.strftime('%Y%m%d-%H%M%S')}"
-    base.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
-    md = markdown(report)
-    base.with_suffix(".md").write_text(md)
-    print(md)
-    print(f"wrote {base}.json and {base}.md", file=sys.stderr)
+    query_mod.write_stamped(args.out, "query-ab", report, markdown(report))
     return 0
 
 
