@@ -143,7 +143,7 @@ def _orthanc(report: dict, opts, work: Path, bar) -> None:
     previous: Path | None = None
     for size in sizes:
         here = cache / f"seed{fill_mod.SEED}-{size}"
-        with _orthanc_at(here, previous) as (peer, f):
+        with _orthanc_at(here, size, previous) as (peer, f):
             previous = here
             how = "reused" if f.get("reused") else "filled"
             common.log(f"query: Orthanc {how} at {f['instances']} instances by REST "
@@ -159,25 +159,24 @@ def _orthanc(report: dict, opts, work: Path, bar) -> None:
 
 
 @contextlib.contextmanager
-def _orthanc_at(d: Path, previous: Path | None):
-    """Orthanc in ``d`` (``.../seedS-SIZE``) holding the fill's first studies up to SIZE
-    instances, with its fill record.
+def _orthanc_at(d: Path, size: int, previous: Path | None):
+    """Orthanc in ``d`` holding the fill's first studies up to ``size`` instances, with its
+    fill record.
 
     ``d`` keeps Orthanc's storage once the fill is complete (``fill.json`` written last); a run
     finding it starts Orthanc on it. Otherwise ``d`` is made from the previous size's directory
     (copied) and filled further. Queries leave the instances unchanged."""
-    size = int(d.name.rsplit("-", 1)[1])
     done = d / "fill.json"
     if done.exists():
         with servers.start("orthanc", d) as peer:
             yield peer, {**json.loads(done.read_text()), "reused": True}
         return
     shutil.rmtree(d, ignore_errors=True)
+    first = 0  # studies already in Orthanc
     if previous is not None and (previous / "fill.json").exists():
+        first = json.loads((previous / "fill.json").read_text())["study_count_used"]
         subprocess.run(["cp", "-a", "--sparse=always", str(previous), str(d)], check=True)
         (d / "fill.json").unlink()
-    first = json.loads((previous / "fill.json").read_text())["study_count_used"] \
-        if previous is not None and d.exists() else 0
     with servers.start("orthanc", d) as peer:
         f = qb.orthanc_fill(peer, size, first_study=first)
         done.write_text(json.dumps(f))
