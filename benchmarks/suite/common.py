@@ -183,11 +183,13 @@ def quiet(opts) -> float:
     return ingest_mod.wait_quiet(opts.quiet_wait)
 
 
-def distortion(other_cores: float | None) -> list[str]:
-    """A warning line when other work took a noticeable share of the machine."""
+def distortion(other_cores: float | None, where: str = "") -> list[str]:
+    """A warning line when other work took a noticeable share of the machine (``where``: the
+    scenario it happened in, on a page that covers several)."""
     if other_cores is None or other_cores < 0.25:
         return []
-    return [f"- **Distorted**: other processes used {other_cores:.2f} of "
+    return [f"- **Distorted**{f' ({where})' if where else ''}: other processes used "
+            f"{other_cores:.2f} of "
             f"{os.cpu_count()} cores meanwhile; these figures understate this machine. "
             "Run again on a quiet machine."]
 

@@ -11,6 +11,7 @@ from benchmarks.suite import common
 def lines(reports: dict[str, dict]) -> list[str]:
     first = next(iter(reports.values()))
     out = common.header_md(first, "hpacs sizing summary")
+    out += runs(reports)
     t = common.TARGETS
     out += [f"Targets: C-STORE p95 < {t['c_store_p95_ms']:.0f} ms, viewer series-open p95 < "
             f"{t['series_open_p95_ms']:.0f} ms, C-FIND and QIDO p95 < "
@@ -46,12 +47,24 @@ def lines(reports: dict[str, dict]) -> list[str]:
         out += [f"| largest index within query targets | {q['largest_size_within_target']} "
                 f"instances (largest measured {q['largest_size']}) | query |"]
     out += versus(reports)
-    other = max((r.get("sizing", {}).get("other_cores") or 0.0 for r in reports.values()),
-                default=0.0)
-    out += ["", *common.distortion(other)]
+    others = {n: r.get("sizing", {}).get("other_cores") or 0.0 for n, r in reports.items()}
+    worst = max(others, key=others.get)
+    out += ["", *common.distortion(others[worst], worst)]
     if any(r.get("quick") for r in reports.values()):
         out += ["", "Quick mode: tiny sizes; these answers only show the format."]
     return out
+
+
+def runs(reports: dict[str, dict]) -> list[str]:
+    """When the scenarios come from separate runs (one scenario run again into the same
+    directory), when and from which version each one is: the header above is the first's."""
+    seen = {(r.get("date"), r.get("command"), r.get("machine", {}).get("hpacs"))
+            for r in reports.values()}
+    if len(seen) < 2:
+        return []
+    return ["Scenario reports from separate runs:", "",
+            *(f"- {n}: {r.get('date', '?')}, {r.get('machine', {}).get('hpacs', '?')}, "
+              f"`{r.get('command', '?')}`" for n, r in reports.items()), ""]
 
 
 def versus(reports: dict[str, dict]) -> list[str]:

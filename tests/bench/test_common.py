@@ -150,3 +150,27 @@ def test_one_scenario_run_again_keeps_the_others_in_the_summary(tmp_path):
     got = cli.with_saved_reports(tmp_path, fresh)
     assert list(got) == ["ingest", "query"]  # scenario order
     assert got["ingest"]["old"] and not got["query"]["old"]  # the new run wins
+
+
+def test_sizing_page_says_when_each_scenario_ran(tmp_path):
+    """A scenario run again into the directory is dated on the page, and a distortion is
+    traced to the scenario it came from."""
+    from benchmarks.suite import sizing
+
+    def report(date, version, sizing_):
+        m = common.machine_info(tmp_path)
+        return {"date": date, "command": "hpacs bench x", "quick": False,
+                "machine": {**m, "hpacs": version}, "sizing": sizing_}
+
+    reports = {
+        "retrieve": report("2026-11-29T17:31:17+00:00", "hpacs 0.1.0 (aaa)", {
+            "viewers_within_target": 4, "open_ended": True, "first_to_saturate": "disk",
+            "other_cores": 0.4}),
+        "query": report("2026-11-29T20:48:20+00:00", "hpacs 0.1.0 (bbb)", {
+            "largest_size_within_target": 10000, "largest_size": 1000000})}
+    text = "\n".join(sizing.lines(reports))
+    assert "- retrieve: 2026-11-29T17:31:17+00:00, hpacs 0.1.0 (aaa)" in text
+    assert "- query: 2026-11-29T20:48:20+00:00, hpacs 0.1.0 (bbb)" in text
+    assert "**Distorted** (retrieve): other processes used 0.40" in text
+    same = {"retrieve": reports["retrieve"], "mixed": {**reports["retrieve"], "sizing": {}}}
+    assert "separate runs" not in "\n".join(sizing.lines(same))
