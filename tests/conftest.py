@@ -86,6 +86,17 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+_started: list[subprocess.Popen] = []
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Servers a failing fixture or test never stopped are killed: none outlives the run."""
+    for proc in _started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def start_server(data_dir: Path, *extra: str, ae_title: str = "HPACS",
                  env: dict[str, str] | None = None) -> ServerProcess:
     for _ in range(4):  # a port may still be taken between the check and the server's bind
@@ -114,6 +125,7 @@ def _start_server(data_dir: Path, extra: tuple[str, ...], ae_title: str,
         stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+    _started.append(proc)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if "hpacs ready" not in line:
