@@ -19,6 +19,10 @@ receiver (the report names the receiver of every number):
   (movescu moving to itself with ``--port`` takes ~1.4 s for either server: a client artefact,
   so separate destinations are used.)
 
+The C-MOVE cells also time ``dcmtk-storescu``: dcmtk's ``storescu`` sending the study's files
+straight to the same destination, no archive in between. It is the floor the destination and a
+dcmtk sender set together, the yardstick for both servers' C-MOVE (and, closely, C-GET) times.
+
 ``--move-associations 1,4`` also runs, for the C-MOVE cells, one more hpacs per value other than
 1 with ``dicom.move_associations`` set to it (its own data directory, same study).
 
@@ -49,6 +53,7 @@ GET_AE = "BENCHGET"
 MOVE_DESTINATIONS = {"ignore": "DISCARD", "ignore-128k": "DISCARD128K", "files": "FILES",
                      "discard": "FASTDISCARD"}
 RECEIVERS = ("ignore", "ignore-128k", "files", "discard")
+STORESCU = "dcmtk-storescu"  # the C-MOVE cells' reference: the files sent with no archive
 DCMTK_MAX_PDU = 131072
 
 
@@ -94,6 +99,18 @@ def retrieve_once(peer: peers_mod.Peer, study: str, mode: str, receiver: str,
     cmd = [peers_mod.dcmtk("movescu"), "-aet", GET_AE, "-aec", peer.ae_title,
            "-aem", MOVE_DESTINATIONS[receiver], *keys, peer.host, str(peer.port)]
     wall, _ = _timed(cmd)
+    return wall, _count_files(files_dest.data_dir) if receiver == "files" else None
+
+
+def store_direct(paths: list[Path], dest: peers_mod.Peer, receiver: str,
+                 files_dest: peers_mod.Peer) -> tuple[float, int | None]:
+    """(wall seconds, instances received or None) of dcmtk ``storescu`` sending ``paths`` to
+    the C-MOVE cell's destination itself: what the receiver takes with no archive in between."""
+    if receiver == "files":
+        shutil.rmtree(files_dest.data_dir)
+        files_dest.data_dir.mkdir()
+    wall, _ = _timed([peers_mod.dcmtk("storescu"), "-aet", GET_AE, "-aec", dest.ae_title,
+                      dest.host, str(dest.port), *map(str, paths)])
     return wall, _count_files(files_dest.data_dir) if receiver == "files" else None
 
 
@@ -150,15 +167,18 @@ def run(args: argparse.Namespace) -> dict:
                   f"{load(peer, paths):.1f} s", flush=True)
         cells = [(mode, receiver) for mode in ("get", "move") for receiver in RECEIVERS]
         for rnd in range(args.rounds):
-            items = list(servers.items())
+            items = [*servers.items(), (STORESCU, None)]
             order = items if rnd % 2 == 0 else items[::-1]
             # cell-major: every server runs a cell before the next cell starts (interleaved)
             for mode, receiver in cells:
                 for name, peer in order:
-                    if mode == "get" and name.startswith("hpacs-m"):
-                        continue  # move_associations only changes C-MOVE
-                    wall, n = retrieve_once(peer, uids["study"], mode, receiver, files,
-                                            len(paths))
+                    if mode == "get" and (name.startswith("hpacs-m") or peer is None):
+                        continue  # move_associations only changes C-MOVE; storescu only sends
+                    if peer is None:
+                        wall, n = store_direct(paths, dests[receiver], receiver, files)
+                    else:
+                        wall, n = retrieve_once(peer, uids["study"], mode, receiver, files,
+                                                len(paths))
                     if n is not None and n != len(paths):
                         raise RuntimeError(f"{name} {mode} {receiver}: {n} instances, "
                                            f"not {len(paths)}")
@@ -171,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(report: dict) -> str:
     servers = sorted({r["server"] for r in report["rounds"]},
-                     key=lambda s: (s == "orthanc", s != "hpacs", s))
+                     key=lambda s: (s == STORESCU, s == "orthanc", s != "hpacs", s))
     head = " | ".join(f"{s} ms" for s in servers)
     lines = [f"| operation | receiver | {head} | hpacs advantage |",
              "|---|---|" + "---|" * len(servers) + "---|"]
@@ -188,7 +208,7 @@ def markdown(report: dict) -> str:
             adv = []
             for server in servers:
                 c = cell[server]
-                if server != "orthanc" and c and o:
+                if server not in ("orthanc", STORESCU) and c and o:
                     adv.append(f"{server} {fmt_ratio(ratio(o.median, c.median))}")
             lines.append(f"| {label} study | {receiver} | {' | '.join(texts)} | "
                          f"{', '.join(adv)} |")

@@ -1,0 +1,19 @@
+"""benchmarks/retrieve.py's report: dcmtk's storescu pair is shown as the C-MOVE yardstick,
+never as a server with an advantage over Orthanc."""
+
+from benchmarks.retrieve import STORESCU, markdown
+
+
+def test_markdown_shows_the_storescu_floor_beside_the_servers():
+    rounds = [{"server": s, "round": r, "mode": m, "receiver": "ignore", "ms": ms}
+              for r in (1, 2)
+              for s, m, ms in (("hpacs", "get", 100.0), ("orthanc", "get", 150.0),
+                               ("hpacs", "move", 110.0), ("orthanc", "move", 140.0),
+                               (STORESCU, "move", 120.0))]
+    text = markdown({"rounds": rounds})
+    head, _, *rows = text.splitlines()
+    assert head.startswith("| operation | receiver | hpacs ms | orthanc ms | dcmtk-storescu ms")
+    get = next(r for r in rows if r.startswith("| C-GET study | ignore |"))
+    move = next(r for r in rows if r.startswith("| C-MOVE study | ignore |"))
+    assert get.endswith("| 100 (100-100) | 150 (150-150) | - | hpacs 1.50x |")
+    assert move.endswith("| 110 (110-110) | 140 (140-140) | 120 (120-120) | hpacs 1.27x |")
