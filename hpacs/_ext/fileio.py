@@ -128,6 +128,19 @@ class Committer:
             self._todo.append(job)
             self._cond.notify()
 
+    def writeback(self, fd: int, offset: int, length: int) -> None:
+        """Start writeback of a range of ``fd`` on a thread, through a duplicate of ``fd`` (the
+        caller may close or commit the file meanwhile). No completion is reported."""
+        if self.closed:
+            raise RuntimeError("committer is closed")
+        try:
+            copy = os.dup(fd)
+        except OSError:
+            return
+        with self._cond:
+            self._todo.append((None, copy, offset, length))
+            self._cond.notify()
+
     def drain(self) -> list[tuple[int, OSError | None]]:
         """Every completion since the last call, in completion order."""
         with contextlib.suppress(BlockingIOError):
@@ -159,7 +172,13 @@ class Committer:
                     self._cond.wait()
                 if not self._todo:
                     return
-                token, fd, temp, final, directory, sync = self._todo.popleft()
+                job = self._todo.popleft()
+            if job[0] is None:  # writeback
+                _, fd, offset, length = job
+                start_writeback(fd, offset, length)
+                os.close(fd)
+                continue
+            token, fd, temp, final, directory, sync = job
             error = None
             try:
                 finish_file(fd, temp, final, directory, sync)

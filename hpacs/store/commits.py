@@ -35,7 +35,7 @@ class Commits:
         self.hot = hot
         self.executor = executor
         self.threads = threads
-        self._impl: Committer | None = None
+        self._impl: Committer | None = Committer(threads)
         self._loop: asyncio.AbstractEventLoop | None = None
         #: token -> (future, temp path, relative path) of every job not answered yet
         self._waiting: dict[int, tuple[asyncio.Future[None], str, str]] = {}
@@ -60,6 +60,12 @@ class Commits:
             raise
         return future
 
+    def writeback(self, fd: int, offset: int, length: int) -> None:
+        """Start writing a range of ``fd`` to disk on a commit thread (never blocks; from any
+        thread). The loop would spend ~0.1 ms per 128 KiB submitting it itself."""
+        if self._impl is not None:
+            self._impl.writeback(fd, offset, length)
+
     def close(self) -> None:
         """Finish every queued commit (answering its future) and stop the threads."""
         if self._impl is None:
@@ -71,8 +77,9 @@ class Commits:
         self._loop = None
 
     def _start(self) -> asyncio.AbstractEventLoop:
+        if self._impl is None:
+            raise RuntimeError("commits are closed")
         loop = self._loop = asyncio.get_running_loop()
-        self._impl = Committer(self.threads)
         loop.add_reader(self._impl.fileno(), self._on_ready)
         return loop
 

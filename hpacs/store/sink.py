@@ -135,7 +135,10 @@ class FileSink:
     def _wrote(self, size: int) -> None:
         self._written += size
         if self.hot.fsync and self._written - self._flushed >= WRITEBACK_STEP:
-            start_writeback(self._fd, self._flushed, self._written - self._flushed)
+            if self.commits is not None:  # submitted by a commit thread, not by the loop
+                self.commits.writeback(self._fd, self._flushed, self._written - self._flushed)
+            else:
+                start_writeback(self._fd, self._flushed, self._written - self._flushed)
             self._flushed = self._written
 
     # -- worker side --------------------------------------------------------------------------

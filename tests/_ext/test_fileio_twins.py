@@ -204,3 +204,19 @@ def test_committer_eventfd_is_quiet_until_a_job_completes(tmp_path, mod):
         assert select.select([committer.fileno()], [], [], 0.05)[0] == []  # drained: quiet
     finally:
         committer.close()
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_committer_writeback_works_on_a_copy_of_the_fd(tmp_path, mod):
+    (tmp_path / "d").mkdir()
+    open_fds = len(os.listdir("/proc/self/fd"))
+    committer = mod.Committer(2)
+    token, fd, temp, final, directory, sync = _job(tmp_path, 7, "ok")
+    for _ in range(20):
+        committer.writeback(fd, 0, 8)
+    committer.writeback(-1, 0, 10)  # a bad descriptor only loses the head start
+    committer.submit(token, fd, temp, final, directory, sync)  # may close fd before they run
+    assert committer.close() == [(7, None)]
+    with open(final, "rb") as f:
+        assert f.read() == bytes([7]) * 8
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # every duplicate closed
