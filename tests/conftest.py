@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -164,15 +163,3 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> None:
             return
         time.sleep(interval)
     raise AssertionError("condition not met in time")
-
-
-def transfer_leftovers(data_dir: Path) -> list[Path]:
-    """Temp files holding data: what a transfer left behind. The empty ones are the temp files
-    the commit threads keep open ahead for the next instances (store/commits.py); every
-    transfer's temp file holds its Part 10 header from the start."""
-    out = []
-    for path in (Path(data_dir) / "tmp").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # taken and committed meanwhile
-            if path.stat().st_size:
-                out.append(path)
-    return out

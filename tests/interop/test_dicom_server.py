@@ -16,7 +16,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from hpacs.store.hot import HotStore
-from tests.conftest import require_tool, start_server, transfer_leftovers, wait_for
+from tests.conftest import require_tool, start_server, wait_for
 from tests.factories import make_ct, write
 from tests.interop.helpers import associate, open_index
 
@@ -278,7 +278,7 @@ def raw_assoc(server):
 def _no_partial_files(server) -> None:
     """Temp files of refused or broken transfers are removed (by the I/O thread, right after
     the answer); nothing of them ever reaches the hot store."""
-    wait_for(lambda: transfer_leftovers(server.data_dir) == [], timeout=5)
+    wait_for(lambda: list((server.data_dir / "tmp").iterdir()) == [], timeout=5)
 
 
 def test_truncated_dataset_is_refused_and_nothing_is_kept(server, raw_assoc):
