@@ -144,7 +144,6 @@ cdef extern from "<unistd.h>" nogil:
 
 cdef extern from "<string.h>" nogil:
     char *strdup(const char *s)
-    size_t strlen(const char *s)
 
 ctypedef unsigned long long u64
 
@@ -198,7 +197,6 @@ def finish_file(int fd, temp, final, directory, bint sync):
 
 cdef struct Job:
     Job *next
-    bint refill  # open one temp file for the pool: no completion
     bint writeback  # a sync_file_range of (fd, offset, length) only: no completion
     long long offset
     long long length
@@ -229,61 +227,6 @@ cdef struct Shared:
     bint notified  # the eventfd was written since the loop last took the completions
     bint stopping
     int efd
-    # temp files opened ahead by the threads (``take_temp``): fds and paths, a stack
-    char *tmpdir
-    int *pool_fd
-    char **pool_path
-    int pool_len
-    int pool_cap
-
-
-cdef extern from "<sys/random.h>" nogil:
-    Py_ssize_t getrandom(void *buf, size_t n, unsigned int flags)
-
-cdef extern from "<stdio.h>" nogil:
-    int snprintf(char *s, size_t n, const char *fmt, ...)
-
-cdef extern from "<unistd.h>" nogil:
-    int unlink(const char *path)
-
-cdef extern from "<fcntl.h>" nogil:
-    int O_WRONLY
-    int O_CREAT
-    int O_EXCL
-
-
-cdef void _refill(Shared *s) noexcept nogil:
-    """Open one temp file (as ``HotStore.open_temp`` names them) and push it on the pool."""
-    cdef unsigned char rnd[16]
-    cdef char *path
-    cdef size_t size
-    cdef int fd, i
-    cdef bint kept = False
-    if getrandom(rnd, 16, 0) != 16:
-        return
-    size = strlen(s.tmpdir) + 1 + 32 + 5 + 1
-    path = <char *>malloc(size)
-    if path == NULL:
-        return
-    i = snprintf(path, size, "%s/", s.tmpdir)
-    for fd in range(16):
-        i += snprintf(path + i, size - i, "%02x", rnd[fd])
-    snprintf(path + i, size - i, ".part")
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-    if fd < 0:
-        free(path)
-        return
-    pthread_mutex_lock(&s.lock)
-    if s.pool_len < s.pool_cap and not s.stopping:
-        s.pool_fd[s.pool_len] = fd
-        s.pool_path[s.pool_len] = path
-        s.pool_len += 1
-        kept = True
-    pthread_mutex_unlock(&s.lock)
-    if not kept:
-        close(fd)
-        unlink(path)
-        free(path)
 
 
 cdef void *_worker(void *arg) noexcept nogil:
@@ -305,10 +248,6 @@ cdef void *_worker(void *arg) noexcept nogil:
             s.todo_tail = NULL
         pthread_mutex_unlock(&s.lock)
 
-        if job.refill:
-            _refill(s)
-            _free_job(job)
-            continue
         if job.writeback:
             hpacs_sync_file_range(job.fd, job.offset, job.length)
             close(job.fd)
@@ -356,10 +295,6 @@ cdef class Committer:
         self.s.done_head = self.s.done_tail = NULL
         self.s.notified = False
         self.s.stopping = False
-        self.s.tmpdir = NULL
-        self.s.pool_fd = NULL
-        self.s.pool_path = NULL
-        self.s.pool_len = self.s.pool_cap = 0
         self.nthreads = 0
         self.s.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.s.efd < 0:
@@ -461,71 +396,16 @@ cdef class Committer:
             job = nxt
         return out
 
-    def set_temp_dir(self, directory, int count):
-        """Keep ``count`` temp files open ahead in ``directory`` for ``take_temp``: creating one
-        (``open(O_CREAT | O_EXCL)``) costs ~0.1 ms of kernel time, which the threads spend
-        instead of the event loop."""
-        if self.closed or self.s.tmpdir != NULL or count < 1:
-            raise RuntimeError("set_temp_dir: committer closed, or temp dir already set")
-        cdef bytes d = os.fsencode(directory)
-        self.s.pool_fd = <int *>calloc(count, sizeof(int))
-        self.s.pool_path = <char **>calloc(count, sizeof(char *))
-        self.s.tmpdir = strdup(d)
-        if self.s.pool_fd == NULL or self.s.pool_path == NULL or self.s.tmpdir == NULL:
-            raise MemoryError()
-        self.s.pool_cap = count
-        for _ in range(count):
-            self._refill_later()
-
-    def take_temp(self):
-        """``(fd, path)`` of a temp file opened ahead, or None if none is ready (the caller
-        opens one itself); each one taken is replaced in the background."""
-        cdef int fd = -1
-        cdef char *path = NULL
-        with nogil:
-            pthread_mutex_lock(&self.s.lock)
-            if self.s.pool_len:
-                self.s.pool_len -= 1
-                fd = self.s.pool_fd[self.s.pool_len]
-                path = self.s.pool_path[self.s.pool_len]
-            pthread_mutex_unlock(&self.s.lock)
-        if path == NULL:
-            return None
-        cdef bytes name
-        try:
-            name = path
-            result = (fd, os.fsdecode(name))
-        finally:
-            free(path)
-        if not self.closed:
-            self._refill_later()
-        return result
-
-    cdef void _refill_later(self) noexcept:
-        cdef Job *job = <Job *>calloc(1, sizeof(Job))
-        if job != NULL:
-            job.refill = True
-            self._queue(job)
-
     def close(self):
-        """Finish every queued job, stop the threads, close the eventfd and remove the temp
-        files opened ahead; returns the completions not drained yet (like ``drain``)."""
+        """Finish every queued job, stop the threads, close the eventfd; returns the
+        completions not drained yet (like ``drain``)."""
         if self.closed:
             return []
         self._stop()
-        self._empty_pool()
         done = self.drain()
         os.close(self.s.efd)
         self.s.efd = -1
         return done
-
-    cdef void _empty_pool(self) noexcept:
-        cdef int i
-        for i in range(self.s.pool_len):
-            close(self.s.pool_fd[i])
-            unlink(self.s.pool_path[i])
-            free(self.s.pool_path[i])
-        self.s.pool_len = 0
 
     cdef void _stop(self) noexcept:
         cdef int i
@@ -551,9 +431,5 @@ cdef class Committer:
             job = self.s.done_head
         if self.s.efd >= 0:
             close(self.s.efd)
-        self._empty_pool()
-        free(self.s.pool_fd)
-        free(self.s.pool_path)
-        free(self.s.tmpdir)
         pthread_mutex_destroy(&self.s.lock)
         pthread_cond_destroy(&self.s.work)

@@ -108,9 +108,6 @@ class Committer:
         self._notified = False
         self._stopping = False
         self.closed = False
-        self._tmpdir: str | None = None
-        self._pool: list[tuple[int, str]] = []
-        self._pool_cap = 0
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._threads = [threading.Thread(target=self._work, name="hpacs-commit", daemon=True)
                          for _ in range(threads)]
@@ -144,41 +141,6 @@ class Committer:
             self._todo.append((None, copy, offset, length))
             self._cond.notify()
 
-    def set_temp_dir(self, directory, count: int) -> None:
-        """Keep ``count`` temp files open ahead in ``directory`` for ``take_temp``."""
-        if self.closed or self._tmpdir is not None or count < 1:
-            raise RuntimeError("set_temp_dir: committer closed, or temp dir already set")
-        self._tmpdir = os.fsdecode(directory)
-        self._pool_cap = count
-        with self._cond:
-            self._todo.extend(("refill",) for _ in range(count))
-            self._cond.notify_all()
-
-    def take_temp(self) -> tuple[int, str] | None:
-        """``(fd, path)`` of a temp file opened ahead, or None if none is ready; each one
-        taken is replaced in the background."""
-        with self._cond:
-            if not self._pool:
-                return None
-            taken = self._pool.pop()
-            if not self.closed:
-                self._todo.append(("refill",))
-                self._cond.notify()
-        return taken
-
-    def _refill(self) -> None:
-        path = f"{self._tmpdir}/{os.urandom(16).hex()}.part"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError:
-            return
-        with self._cond:
-            if len(self._pool) < self._pool_cap and not self._stopping:
-                self._pool.append((fd, path))
-                return
-        os.close(fd)
-        os.unlink(path)
-
     def drain(self) -> list[tuple[int, OSError | None]]:
         """Every completion since the last call, in completion order."""
         with contextlib.suppress(BlockingIOError):
@@ -189,8 +151,8 @@ class Committer:
         return done
 
     def close(self) -> list[tuple[int, OSError | None]]:
-        """Finish every queued job, stop the threads, close the eventfd and remove the temp
-        files opened ahead; returns the completions not drained yet (like ``drain``)."""
+        """Finish every queued job, stop the threads, close the eventfd; returns the
+        completions not drained yet (like ``drain``)."""
         if self.closed:
             return []
         self.closed = True
@@ -199,10 +161,6 @@ class Committer:
             self._cond.notify_all()
         for t in self._threads:
             t.join()
-        for fd, path in self._pool:
-            os.close(fd)
-            os.unlink(path)
-        self._pool.clear()
         done = self.drain()
         os.close(self._efd)
         return done
@@ -215,9 +173,6 @@ class Committer:
                 if not self._todo:
                     return
                 job = self._todo.popleft()
-            if job[0] == "refill":
-                self._refill()
-                continue
             if job[0] is None:  # writeback
                 _, fd, offset, length = job
                 start_writeback(fd, offset, length)

@@ -26,8 +26,6 @@ from hpacs.store.hot import HotStore
 
 #: Commit threads: each one waits on one fdatasync at a time; 8 covers 8 associations.
 COMMIT_THREADS = 8
-#: Temp files the threads keep open ahead (``open_temp``): one per association in flight.
-TEMP_POOL = 16
 
 
 class Commits:
@@ -38,7 +36,6 @@ class Commits:
         self.executor = executor
         self.threads = threads
         self._impl: Committer | None = Committer(threads)
-        self._impl.set_temp_dir(hot.tmp, TEMP_POOL)
         self._loop: asyncio.AbstractEventLoop | None = None
         #: token -> (future, temp path, relative path) of every job not answered yet
         self._waiting: dict[int, tuple[asyncio.Future[None], str, str]] = {}
@@ -62,12 +59,6 @@ class Commits:
             del self._waiting[token]
             raise
         return future
-
-    def open_temp(self) -> tuple[int, str]:
-        """A new temp file of the hot store, opened ahead by a thread when one is ready (the
-        loop saves the ~0.1 ms of kernel time creating it costs), else opened now."""
-        taken = self._impl.take_temp() if self._impl is not None else None
-        return taken if taken is not None else self.hot.open_temp()
 
     def writeback(self, fd: int, offset: int, length: int) -> None:
         """Start writing a range of ``fd`` to disk on a commit thread (never blocks; from any

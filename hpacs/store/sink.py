@@ -83,7 +83,7 @@ class FileSink:
         # no thread owns the file now (_running is cleared only after its last operation)
         try:
             if self._fd is None:
-                self._fd, self._temp = self._open_temp()
+                self._fd, self._temp = self.hot.open_temp()
             write_all(self._fd, parts)
             self._wrote(size)
         except OSError as exc:
@@ -112,7 +112,7 @@ class FileSink:
         if self.error is None:
             try:
                 if self._fd is None:
-                    self._fd, self._temp = self._open_temp()
+                    self._fd, self._temp = self.hot.open_temp()
                 fd, temp = self._fd, self._temp
                 self._fd = self._temp = None  # the commit owns (and removes on failure) both
                 return self.commits.commit(fd, temp, relative)
@@ -131,9 +131,6 @@ class FileSink:
                 return
             self._running = True
         self.executor.submit(self._drain)
-
-    def _open_temp(self) -> tuple[int, str]:
-        return self.hot.open_temp() if self.commits is None else self.commits.open_temp()
 
     def _wrote(self, size: int) -> None:
         self._written += size
@@ -180,7 +177,7 @@ class FileSink:
             return size
         try:
             if self._fd is None:
-                self._fd, self._temp = self._open_temp()
+                self._fd, self._temp = self.hot.open_temp()
             write_all(self._fd, chunks)
             self._wrote(size)
         except OSError as exc:
@@ -193,7 +190,7 @@ class FileSink:
         if error is None:
             try:
                 if self._fd is None:
-                    self._fd, self._temp = self._open_temp()
+                    self._fd, self._temp = self.hot.open_temp()
                 fd, self._fd = self._fd, None
                 self.hot.commit(fd, self._temp, item.relative)
             except OSError as exc:

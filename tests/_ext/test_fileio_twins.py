@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -221,31 +220,3 @@ def test_committer_writeback_works_on_a_copy_of_the_fd(tmp_path, mod):
     with open(final, "rb") as f:
         assert f.read() == bytes([7]) * 8
     assert len(os.listdir("/proc/self/fd")) == open_fds  # every duplicate closed
-
-
-def _wait_files(directory, count, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while len(list(directory.iterdir())) != count and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return sorted(str(p) for p in directory.iterdir())
-
-
-@pytest.mark.parametrize("mod", TWINS)
-def test_committer_keeps_temp_files_open_ahead(tmp_path, mod):
-    committer = mod.Committer(2)
-    try:
-        assert committer.take_temp() is None  # no temp dir: the caller opens its own
-        committer.set_temp_dir(tmp_path, 3)
-        pooled = _wait_files(tmp_path, 3)
-        fd, path = committer.take_temp()
-        assert path in pooled and path.endswith(".part")
-        os.write(fd, b"mine")
-        assert len(_wait_files(tmp_path, 4)) == 4  # the one taken is replaced
-        with pytest.raises(RuntimeError):
-            committer.set_temp_dir(tmp_path, 3)
-    finally:
-        committer.close()
-    assert sorted(str(p) for p in tmp_path.iterdir()) == [path]  # the pooled ones removed
-    os.close(fd)
-    with open(path, "rb") as f:
-        assert f.read() == b"mine"

@@ -41,7 +41,7 @@ async def test_many_commits_land_and_resolve(hot, commits):
     await asyncio.gather(*futures)
     for n in range(50):
         assert (hot.data_dir / f"hot/aa/bb/st/se{n % 2}/{n}.dcm").read_bytes() == b"%d" % n
-    assert _temps(hot, commits) == []
+    assert list(hot.tmp.iterdir()) == []
 
 
 async def test_a_failed_commit_fails_its_future_and_removes_the_temp_file(hot, commits):
@@ -52,7 +52,7 @@ async def test_a_failed_commit_fails_its_future_and_removes_the_temp_file(hot, c
         await commits.commit(w, temp, "hot/aa/bb/st/se/1.dcm")
     assert info.value.errno == errno.EINVAL
     assert info.value.filename == temp
-    assert _temps(hot, commits) == []
+    assert list(hot.tmp.iterdir()) == []
     assert not (hot.data_dir / "hot/aa/bb/st/se/1.dcm").exists()
 
 
@@ -65,25 +65,3 @@ async def test_close_answers_the_commits_still_queued(hot):
         commits.close()  # before the loop got to read any completion
     assert [f.exception() for f in futures] == [None] * 5
     assert len(list((hot.data_dir / "hot/aa/bb/st/se").iterdir())) == 5
-
-
-def _temps(hot: HotStore, commits: Commits) -> list:
-    """Temp files left, once the pool of temp files opened ahead is closed."""
-    commits.close()
-    return list(hot.tmp.iterdir())
-
-
-async def test_temp_files_come_from_the_pool_and_close_removes_the_rest(hot):
-    with ThreadPoolExecutor(1) as io:
-        commits = Commits(hot, io, threads=2)
-        for _ in range(200):  # the threads fill the pool in the background
-            if len(list(hot.tmp.iterdir())) == 16:
-                break
-            await asyncio.sleep(0.01)
-        pooled = {str(p) for p in hot.tmp.iterdir()}
-        fd, temp = commits.open_temp()
-        assert temp in pooled
-        await commits.commit(fd, temp, "hot/aa/bb/st/se/1.dcm")
-        commits.close()
-    assert list(hot.tmp.iterdir()) == []
-    assert (hot.data_dir / "hot/aa/bb/st/se/1.dcm").exists()
