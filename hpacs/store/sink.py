@@ -29,7 +29,7 @@ from hpacs.store.fileio import start_writeback, write_all
 from hpacs.store.hot import HotStore
 
 #: Start kernel writeback every this many bytes.
-WRITEBACK_STEP = 128 * 1024
+WRITEBACK_STEP = 256 * 1024
 #: Larger fragments are written by a thread, not by the loop.
 INLINE_MAX = 1 << 20
 
