@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = REPO / "benchmarks" / "work"  # git-ignored
 DEFAULT_OUT = REPO / "benchmarks" / "reports"
 DEFAULT_PEERS = ("hpacs", "orthanc", "storescp", "storescp-ignore")
+#: The peer name of ``--reference``: hpacs at another commit, run beside this tree's (A/B).
+REF_PEER = "hpacs-ref"
 #: A run during which other processes used more than this many cores is "disturbed": it is
 #: repeated (a bounded number of times) and left out of the summary when a clean one exists.
 MAX_OTHER = 0.25
@@ -336,7 +338,7 @@ def summarize_results(results: list[RunResult]) -> list[dict]:
     by_key = {(r["peer"], r["assocs"]): r for r in out}
     for r in out:
         med = r.get("files_per_s", {}).get("median")
-        for ref in ("orthanc", "storescp"):
+        for ref in ("orthanc", "storescp", REF_PEER):
             other = by_key.get((ref, r["assocs"]), {}).get("files_per_s", {}).get("median")
             r[f"vs_{ref}"] = ratio(med, other)
     return out
@@ -349,6 +351,7 @@ def _s(d: dict, digits: int = 0) -> str:
 def markdown(report: dict) -> str:
     m = report["meta"]
     c = m["corpus"]
+    ab = any(r["peer"] == REF_PEER for r in report["summary"])
     lines = [
         f"Date: {m['date']}  ",
         f"Command: `{m['command']}`  ",
@@ -358,10 +361,18 @@ def markdown(report: dict) -> str:
         f"Corpus: {c['count']} CT files, {c['total_bytes'] / 1e6:.1f} MB "
         f"({c['total_bytes'] / c['count'] / 1e3:.0f} KB each), seed {c['seed']}, "
         f"{c['syntax']} VR LE; {m['runs']} runs per cell, fresh peer each run  ",
+    ]
+    if ab:
+        ref = m["reference"]
+        lines.append(f"Reference ({REF_PEER}): commit {ref['commit']} ({ref['ref']}), "
+                     f"extensions copied {ref['extensions_copied']}, built "
+                     f"{ref['extensions_built']}  ")
+    lines += [
         "",
         "| peer | assocs | files/s median (min-max) | MB/s median (min-max) | vs Orthanc "
-        "| vs storescp | client CPU % | peer CPU % | other CPU % | runs ok (disturbed) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs storescp " + ("| vs ref " if ab else "")
+        + "| client CPU % | peer CPU % | other CPU % | runs ok (disturbed) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if ab else ""),
     ]
     for r in sorted(report["summary"], key=lambda r: (r["assocs"], r["peer"])):
         if "files_per_s" not in r:
@@ -370,7 +381,8 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['peer']} | {r['assocs']} | {_s(r['files_per_s'])} | {_s(r['mb_per_s'], 1)} "
             f"| {fmt_ratio(r['vs_orthanc'])} | {fmt_ratio(r['vs_storescp'])} "
-            f"| {r['client_cpu_pct']['median']:.0f} | {r['server_cpu_pct']['median']:.0f} "
+            + (f"| {fmt_ratio(r['vs_' + REF_PEER])} " if ab else "")
+            + f"| {r['client_cpu_pct']['median']:.0f} | {r['server_cpu_pct']['median']:.0f} "
             f"| {r['other_cpu_pct']['median']:.0f} "
             f"| {r['ok_runs']}/{r['runs']} ({r['disturbed_runs']}) |"
         )
@@ -408,6 +420,7 @@ def run_benchmark(
     quiet_wait: float = 0.0,
     retries: int = 2,
     command: str = "",
+    reference: dict | None = None,
     log=print,
 ) -> dict:
     workdir = Path(workdir)
@@ -484,6 +497,7 @@ def run_benchmark(
             "peers": peer_names,
             "quiet_wait": quiet_wait,
             "max_other_cores": MAX_OTHER,
+            "reference": reference,
         },
         "summary": summarize_results(results),
         "runs": [r.to_json() for r in results],
@@ -542,6 +556,12 @@ def main(argv: list[str] | None = None) -> int:
         help="before each run, wait up to this many seconds for other load to drop (0: don't)",
     )
     ap.add_argument(
+        "--reference",
+        default=None,
+        help=f"git ref of an A/B reference: adds peer {REF_PEER} (that commit, its changed "
+        "extensions built), run interleaved with this tree's hpacs",
+    )
+    ap.add_argument(
         "--retries",
         type=int,
         default=2,
@@ -553,6 +573,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown peers {unknown}; known: {', '.join(peers_mod.PEERS)}")
     command = "python -m benchmarks.ingest " + " ".join(sys.argv[1:] if argv is None else argv)
+    reference = None
+    if args.reference:
+        tree = args.workdir / "reference"
+        shutil.rmtree(tree, ignore_errors=True)
+        reference = peers_mod.reference_tree(args.reference, tree, build=True)
+        peers_mod.PEERS[REF_PEER] = lambda workdir: peers_mod.hpacs(workdir, tree=tree)
+        if REF_PEER not in names:
+            names.insert(names.index("hpacs") + 1 if "hpacs" in names else 0, REF_PEER)
     report = run_benchmark(
         files=args.files,
         runs=args.runs,
@@ -567,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         retries=args.retries,
         keep=args.keep,
         command=command.strip(),
+        reference=reference,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     print(report["markdown"])

@@ -486,6 +486,47 @@ def hpacs(
         yield peer
 
 
+#: Builds one extension of a reference tree in place (its directives are setup.py's; no
+#: per-extension compiler flags).
+_BUILD_ONE = """import sys
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+stem = sys.argv[1]
+setup(script_args=["-q", "build_ext", "--inplace"], ext_modules=cythonize(
+    [Extension(f"hpacs._ext.{stem}", [f"hpacs/_ext/{stem}.pyx"])], quiet=True,
+    compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False}))
+"""
+
+
+def reference_tree(ref: str, dest: Path, *, build: bool = False) -> dict:
+    """``git archive`` of ``ref`` in ``dest`` (an A/B reference run with this repository's
+    venv), with this tree's built extensions whose .pyx is the same. With ``build``, the
+    extensions whose .pyx differs are compiled in ``dest`` (else the reference would run their
+    pure-Python twins). Returns what was copied and built."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    copied, skipped, built = [], [], []
+    for so in sorted((REPO / "hpacs" / "_ext").glob("*.so")):
+        stem = so.name.split(".")[0]
+        mine = REPO / "hpacs" / "_ext" / f"{stem}.pyx"
+        theirs = dest / "hpacs" / "_ext" / f"{stem}.pyx"
+        if theirs.exists() and mine.read_bytes() == theirs.read_bytes():
+            shutil.copy2(so, dest / "hpacs" / "_ext" / so.name)
+            copied.append(stem)
+        elif theirs.exists() and build:
+            subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", _BUILD_ONE, stem],
+                           cwd=dest, check=True, capture_output=True)
+            built.append(stem)
+        elif theirs.exists():
+            skipped.append(stem)
+    return {"ref": ref, "commit": commit, "extensions_copied": copied,
+            "extensions_built": built, "extensions_not_copied": skipped}
+
+
 PEERS = {
     "hpacs": lambda workdir: hpacs(workdir),
     "orthanc": lambda workdir: orthanc(workdir),

@@ -52,30 +52,6 @@ def p99(values: list[float]) -> float:
     return s[max(0, math.ceil(0.99 * len(s)) - 1)]
 
 
-def reference_tree(ref: str, dest: Path) -> dict:
-    """``git archive`` of ``ref`` in ``dest``, with this tree's built extensions whose .pyx is
-    the same (the reference's C-FIND path is Python; the rest must not be slower for lack of
-    a build). Returns what was copied."""
-    dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    copied, skipped = [], []
-    for so in sorted((REPO / "hpacs" / "_ext").glob("*.so")):
-        stem = so.name.split(".")[0]
-        mine = REPO / "hpacs" / "_ext" / f"{stem}.pyx"
-        theirs = dest / "hpacs" / "_ext" / f"{stem}.pyx"
-        if theirs.exists() and mine.read_bytes() == theirs.read_bytes():
-            shutil.copy2(so, dest / "hpacs" / "_ext" / so.name)
-            copied.append(stem)
-        elif theirs.exists():
-            skipped.append(stem)
-    return {"ref": ref, "commit": commit, "extensions_copied": copied,
-            "extensions_not_copied": skipped}
-
-
 def which_hpacs(tree: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     return subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c",
@@ -141,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
                     "params": {k: str(v) for k, v in vars(args).items()}}
     try:
         trees = {"A": work / "ref-tree", "B": REPO}
-        report["A"] = reference_tree(args.reference, trees["A"])
+        report["A"] = peers_mod.reference_tree(args.reference, trees["A"])
         for side in SIDES:
             if not which_hpacs(trees[side]).startswith(str(trees[side])):
                 raise RuntimeError(f"side {side} would not run the tree {trees[side]}")

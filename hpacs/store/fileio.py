@@ -7,6 +7,8 @@
   has little left to wait for. A failure only loses the head start.
 - ``finish_file(fd, temp, final, directory, sync)``: fdatasync + close + rename + directory
   fsync in one call that holds no GIL (``hpacs/_ext/_fileio.pyx`` says why that matters).
+- ``Committer(threads)``: ``finish_file`` jobs run by threads that never take the GIL, with
+  completions signalled through an eventfd (store/commits.py drives it from the event loop).
 
 Picked by ``hpacs._ext.load``: a missing build falls back to the twin, logs a warning and says
 so in ``COMPILED``; the test suite treats that as a failure.
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 from hpacs._ext import load
 
-__all__ = ["COMPILED", "finish_file", "start_writeback", "write_all"]
+__all__ = ["COMPILED", "Committer", "finish_file", "start_writeback", "write_all"]
 
 _impl, COMPILED = load("fileio", "file I/O")
+Committer = _impl.Committer
 finish_file = _impl.finish_file
 start_writeback = _impl.start_writeback
 write_all = _impl.write_all

@@ -64,16 +64,25 @@ class HotStore:
         """fsync, close and atomically rename ``temp`` into place, then fsync the directory so
         the rename survives a crash. Blocking: run in an executor. The directories are created
         only when the rename says they are missing (once per series)."""
-        final = self._data_prefix + relative
-        parent = final.rpartition("/")[0]
+        final, parent = self.final_path(relative)
         try:
             finish_file(fd, temp, final, parent, self.fsync)
             return
         except FileNotFoundError:  # a new series, or ``prune_dirs`` removed the directory
             if not os.path.exists(temp):
                 raise
-        # finish_file synced and closed ``fd`` before the rename failed; under the lock no
-        # prune can remove the directories between their creation and the rename
+        self.commit_into_new_dirs(temp, relative)
+
+    def final_path(self, relative: str) -> tuple[str, str]:
+        """The absolute path of a stored file and of its directory, as plain strings."""
+        final = self._data_prefix + relative
+        return final, final.rpartition("/")[0]
+
+    def commit_into_new_dirs(self, temp: str, relative: str) -> None:
+        """The rest of a commit whose rename found its directory missing (``temp`` is already
+        synced and closed): create the directories, rename, fsync. Blocking. Under the lock no
+        prune can remove the directories between their creation and the rename."""
+        final, parent = self.final_path(relative)
         with self._dirs_lock:
             self._make_dirs(Path(parent))
             finish_file(-1, temp, final, parent, self.fsync)

@@ -30,6 +30,7 @@ from hpacs.index.db import IndexDB
 from hpacs.index.schema import WANTED_TAGS, InstanceRecord, RecordError, record_from_scan
 from hpacs.index.writer import IndexWriteError, IndexWriter
 from hpacs.log import get_logger
+from hpacs.store.commits import Commits
 from hpacs.store.hot import HotStore
 from hpacs.store.sink import FileSink
 
@@ -91,8 +92,11 @@ class Ingestor:
         self.listeners: list[Callable[[InstanceRecord], None]] = []
         #: File I/O runs here, one file's work in order (see store/sink.py).
         self.io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="hpacs-io")
+        #: The per-instance commits: C threads answering through an eventfd (store/commits.py).
+        self.commits = Commits(hot, self.io)
 
     def close(self) -> None:
+        self.commits.close()
         self.io.shutdown(wait=True)
 
     def quiet_for(self) -> float:
@@ -245,7 +249,7 @@ class Receiver:
         self.transfer_syntax_uid = transfer_syntax_uid
         self.source = source
         self.size = 0
-        self.sink = FileSink(ingestor.hot, ingestor.io)
+        self.sink = FileSink(ingestor.hot, ingestor.io, ingestor.commits)
         self._failure: StoreResult | None = None
         self._inflater: zlib._Decompress | None = None  # type: ignore[name-defined]
         self._finished = False

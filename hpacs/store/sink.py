@@ -7,9 +7,11 @@ were the latency of the ingest path: each GIL re-acquisition in a thread can wai
 and each one in the loop (every LMDB call releases the GIL) can wait for a thread. Kernel
 writeback is started as the file grows, so the final fsync has little left to wait for.
 
-What can block for long goes to a thread, in order: the commit (fdatasync, rename, directory
-fsync: one GIL-free call, store/fileio.py) and fragments larger than ``INLINE_MAX`` (a STOW-RS
-or import data set handed over whole), after which later fragments queue behind them.
+What can block for long goes to a thread, in order: fragments larger than ``INLINE_MAX`` (a
+STOW-RS or import data set handed over whole), after which later fragments queue behind them,
+and the commit (fdatasync, rename, directory fsync: one GIL-free call, store/fileio.py). When
+nothing is queued (every fragment was written inline: the C-STORE case) the commit goes straight
+to the C commit threads of store/commits.py instead of an executor.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
+from hpacs.store.commits import Commits
 from hpacs.store.fileio import start_writeback, write_all
 from hpacs.store.hot import HotStore
 
 #: Start kernel writeback every this many bytes.
-WRITEBACK_STEP = 128 * 1024
+WRITEBACK_STEP = 256 * 1024
 #: Larger fragments are written by a thread, not by the loop.
 INLINE_MAX = 1 << 20
 
@@ -46,9 +49,10 @@ _DISCARD = object()
 class FileSink:
     """Ordered, asynchronous writes of one file. ``write`` and ``discard`` never block."""
 
-    def __init__(self, hot: HotStore, executor: Executor) -> None:
+    def __init__(self, hot: HotStore, executor: Executor, commits: Commits | None = None) -> None:
         self.hot = hot
         self.executor = executor
+        self.commits = commits
         self.error: OSError | None = None
         self.queued_bytes = 0
         self._queue: deque = deque()
@@ -100,9 +104,24 @@ class FileSink:
         """Once everything queued is written: fsync, rename to ``relative``, fsync the
         directory. The future fails with the first OSError met on the way."""
         self._closed = True
-        item = _Commit(relative, asyncio.get_running_loop())
-        self._put(item, 0)
-        return item.future
+        if self._running or self._queue or self.commits is None:
+            item = _Commit(relative, asyncio.get_running_loop())
+            self._put(item, 0)
+            return item.future
+        # no thread owns the file: hand it to the commit threads directly
+        if self.error is None:
+            try:
+                if self._fd is None:
+                    self._fd, self._temp = self.hot.open_temp()
+                fd, temp = self._fd, self._temp
+                self._fd = self._temp = None  # the commit owns (and removes on failure) both
+                return self.commits.commit(fd, temp, relative)
+            except OSError as exc:
+                self.error = exc
+                self._drop()
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(self.error)
+        return future
 
     def _put(self, item: object, size: int) -> None:
         with self._lock:
@@ -116,7 +135,10 @@ class FileSink:
     def _wrote(self, size: int) -> None:
         self._written += size
         if self.hot.fsync and self._written - self._flushed >= WRITEBACK_STEP:
-            start_writeback(self._fd, self._flushed, self._written - self._flushed)
+            if self.commits is not None:  # submitted by a commit thread, not by the loop
+                self.commits.writeback(self._fd, self._flushed, self._written - self._flushed)
+            else:
+                start_writeback(self._fd, self._flushed, self._written - self._flushed)
             self._flushed = self._written
 
     # -- worker side --------------------------------------------------------------------------

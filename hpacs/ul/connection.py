@@ -167,7 +167,9 @@ class Connection:
         """Feed bytes from the transport; ``b""`` means it closed. Returns the events caused.
 
         Consecutive P-DATA-TF PDUs are reported as one DataReceived. Payload views reference
-        ``data``, which must not be mutated afterwards (asyncio's ``bytes`` never is).
+        ``data``, which must not be mutated while they live (asyncio's ``bytes`` never is; a
+        reused receive buffer must check that no view of it is left, see net/dimse_server.py).
+        The Connection itself keeps no reference to them once this returns.
         """
         events: list[Event] = []
         self._events = events
@@ -200,6 +202,7 @@ class Connection:
         if framer.error is not None and not self._framing_failed and self.state is not State.Sta1:
             self._framing_failed = True  # the framer now ignores all input: stream unframeable
             self._peer(Evt.Evt19, framer.error)
+        self._events = []  # the caller owns the events (and the views of `data` they hold)
         return events
 
     def data_to_send(self) -> bytes:

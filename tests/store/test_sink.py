@@ -1,5 +1,6 @@
 """The per-file sink: fragments written in order (inline by the loop, or by a thread when large),
-commit, discard, and failures that fail the instance instead of hanging it."""
+commit, discard, and failures that fail the instance instead of hanging it. Every test runs with
+the commit going through an executor and through the C commit threads (store/commits.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from hpacs.store import sink as sink_module
+from hpacs.store.commits import Commits
 from hpacs.store.hot import HotStore
 from hpacs.store.sink import INLINE_MAX, FileSink
 
@@ -20,9 +22,25 @@ def io():
         yield executor
 
 
-async def test_fragments_land_in_order_and_commit_renames(tmp_path, io):
+@pytest.fixture(params=["executor", "commit-threads"])
+def make_sink(request, io):
+    made: list[Commits] = []
+
+    def make(hot: HotStore) -> FileSink:
+        commits = None
+        if request.param == "commit-threads":
+            commits = Commits(hot, io, threads=2)
+            made.append(commits)
+        return FileSink(hot, io, commits)
+
+    yield make
+    for commits in made:
+        commits.close()
+
+
+async def test_fragments_land_in_order_and_commit_renames(tmp_path, io, make_sink):
     hot = HotStore(tmp_path)
-    sink = FileSink(hot, io)
+    sink = make_sink(hot)
     parts = [bytes([i]) * (1000 + i * 37_000) for i in range(20)]
     for part in parts:
         sink.write(memoryview(part))
@@ -32,9 +50,9 @@ async def test_fragments_land_in_order_and_commit_renames(tmp_path, io):
     assert list(hot.tmp.iterdir()) == []
 
 
-async def test_large_fragments_go_to_a_thread_and_order_holds(tmp_path, io):
+async def test_large_fragments_go_to_a_thread_and_order_holds(tmp_path, io, make_sink):
     hot = HotStore(tmp_path)
-    sink = FileSink(hot, io)
+    sink = make_sink(hot)
     parts = [b"a" * 1000, b"b" * (INLINE_MAX + 1), b"c" * 5000, b"d" * 7, b"e" * (INLINE_MAX * 2)]
     for part in parts:
         sink.write(part)
@@ -43,10 +61,10 @@ async def test_large_fragments_go_to_a_thread_and_order_holds(tmp_path, io):
     assert sink.queued_bytes == 0
 
 
-async def test_commit_recreates_a_directory_removed_meanwhile(tmp_path, io):
+async def test_commit_recreates_a_directory_removed_meanwhile(tmp_path, io, make_sink):
     hot = HotStore(tmp_path)
     for n in range(2):
-        sink = FileSink(hot, io)
+        sink = make_sink(hot)
         sink.write(b"z" * 10)
         await sink.commit(f"hot/aa/bb/s/se/{n}.dcm")
         if n == 0:  # e.g. emptied by a migration
@@ -56,9 +74,9 @@ async def test_commit_recreates_a_directory_removed_meanwhile(tmp_path, io):
 
 
 @pytest.mark.parametrize("size", [200_000, INLINE_MAX + 1])
-async def test_discard_leaves_nothing(tmp_path, io, size):
+async def test_discard_leaves_nothing(tmp_path, io, make_sink, size):
     hot = HotStore(tmp_path)
-    sink = FileSink(hot, io)
+    sink = make_sink(hot)
     sink.write(b"x" * size)
     sink.discard()
     sink.write(b"y" * 10)  # ignored once discarded
@@ -68,13 +86,13 @@ async def test_discard_leaves_nothing(tmp_path, io, size):
 
 
 @pytest.mark.parametrize("size", [100_000, INLINE_MAX + 1])
-async def test_a_write_error_fails_the_commit(tmp_path, io, monkeypatch, size):
+async def test_a_write_error_fails_the_commit(tmp_path, io, make_sink, monkeypatch, size):
     def full(fd, views):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(sink_module, "write_all", full)
     hot = HotStore(tmp_path)
-    sink = FileSink(hot, io)
+    sink = make_sink(hot)
     sink.write(b"x" * size)
     with pytest.raises(OSError) as info:
         await sink.commit("hot/aa/bb/s/se/1.dcm")
@@ -82,13 +100,14 @@ async def test_a_write_error_fails_the_commit(tmp_path, io, monkeypatch, size):
     assert list(hot.tmp.iterdir()) == []
 
 
-async def test_an_unexpected_worker_error_fails_instead_of_hanging(tmp_path, io, monkeypatch):
+async def test_an_unexpected_worker_error_fails_instead_of_hanging(tmp_path, io, make_sink,
+                                                                   monkeypatch):
     def broken(fd, views):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(sink_module, "write_all", broken)
     hot = HotStore(tmp_path)
-    sink = FileSink(hot, io)
+    sink = make_sink(hot)
     sink.write(b"x" * (INLINE_MAX + 1))  # large: written by the worker, which fails
     with pytest.raises(OSError, match="I/O worker failed"):
         await sink.commit("hot/aa/bb/s/se/1.dcm")
