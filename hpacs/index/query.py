@@ -40,7 +40,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from hpacs._ext.findenc import ATTR, FIELD, KEYS, TRUTHY
 from hpacs.index.db import _DEC, IndexDB, key, patient_key
-from hpacs.index.rowkernels import resolve
+from hpacs.index.rowkernels import RowWalker, resolve
 from hpacs.index.schema import LEVEL_KEYWORDS
 
 PATIENT: Final = "PATIENT"
@@ -116,6 +116,9 @@ class Matcher:
     pattern: re.Pattern | None = None
     fold: bool = False
     alternatives: tuple[Matcher, ...] = ()
+    #: A wildcard that is a literal prefix then ``*`` (``DOE*``): the prefix (casefolded when
+    #: ``fold``), matched with ``startswith`` instead of the pattern (the same answer).
+    prefix: str | None = None
 
     def exact_values(self) -> tuple[str, ...] | None:
         """The literal values this key can only equal (for index lookups), else None."""
@@ -176,6 +179,14 @@ class Matcher:
                 v = _norm_dt(s, False)
             return (self.lo is None or v >= self.lo) and (self.hi is None or v <= self.hi)
         if kind == "wildcard":
+            pre = self.prefix
+            if pre is not None:
+                if self.vr != "PN":
+                    return s.rstrip(" ").startswith(pre)
+                if "=" not in s:  # the whole value is the only candidate
+                    c = s.rstrip("^ =")
+                    return (c.casefold() if self.fold else c).startswith(pre)
+                return any(c.startswith(pre) for c in self._candidates(s))
             pat = self.pattern
             assert pat is not None
             return any(pat.fullmatch(c) for c in self._candidates(s))
@@ -246,7 +257,10 @@ def make_matcher(
         src = value.casefold() if fold else value  # the data side is casefolded too
         rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in src)
         pattern = re.compile(rx, re.DOTALL)
-        return Matcher(keyword, vr, "wildcard", values=(value,), pattern=pattern, fold=fold)
+        head = src.rstrip("*")
+        prefix = head if head and "*" not in head and "?" not in head else None
+        return Matcher(keyword, vr, "wildcard", values=(value,), pattern=pattern, fold=fold,
+                       prefix=prefix)
     return _single(keyword, vr, value, fold)
 
 
@@ -534,29 +548,18 @@ class QueryEngine:
         size = page_size or self.page_size
         source = self.plan(query)
         depth = _DEPTH[query.level]
-        checks = [(m.match, value_sources(depth, m.keyword)) for m in query.keys.values()]
+        walker = RowWalker(tuple(_DEC[name].decode for name in _DBS[:depth + 1]), depth,
+                           tuple(_check(m, depth) for m in query.keys.values()), patient_key,
+                           resolve)
         env, dbs = self.db.env, self.db.dbs
-        tables = [(dbs[name], _DEC[name].decode) for name in _DBS]
+        tables = [dbs[name] for name in _DBS[:depth + 1]]
         budget = self.scan_budget
         while True:
             out: list[Rows] = []
-            examined = 0
-            exhausted = True
             with env.begin() as txn:
-                cache: dict[tuple[int, bytes], Any] = {}
-                get = txn.get
-                for k in source.run(txn, dbs):
-                    examined += 1
-                    rows = _rows(get, tables, depth, k, cache)
-                    if rows is not None:
-                        for match, sources in checks:
-                            if not match(resolve(rows, sources)):
-                                break
-                        else:
-                            out.append(rows)
-                    if len(out) >= size or examined >= budget:
-                        exhausted = False
-                        break
+                # a cursor per level: its get() takes the key alone (no keyword argument)
+                gets = tuple(txn.cursor(db=db).get for db in tables)
+                exhausted = walker.collect(source.run(txn, dbs), gets, out, size, budget)
             if out or not exhausted:
                 yield out
             if exhausted:
@@ -624,38 +627,11 @@ def value_sources(depth: int, keyword: str) -> tuple[tuple[int, int, str], ...]:
     return tuple(out)
 
 
-_ABSENT: Final = object()
-
-
-def _rows(get: Callable[..., bytes | None], tables: list[tuple[Any, Callable[[bytes], Any]]],
-          depth: int, k: bytes, cache: dict[tuple[int, bytes], Any]) -> Rows | None:
-    """The rows of ``k`` at ``depth`` and of its ancestors, by level; None when one is gone.
-    ``get``: the read transaction's; ``tables``: (database, row decoder) by level. Parent rows
-    are cached for the transaction (many matches share them)."""
-    rows: Rows = [None] * (depth + 1)
-    d, rk = depth, k
-    while d >= 0:
-        ck = (d, rk)
-        row = cache.get(ck, _ABSENT)
-        if row is _ABSENT:
-            db, decode = tables[d]
-            raw = get(rk, db=db)
-            row = None if raw is None else decode(raw)
-            if d < 3:  # instance rows are never shared: do not cache them
-                if len(cache) > 4096:
-                    cache.clear()
-                cache[ck] = row
-        if row is None:
-            return None
-        rows[d] = row
-        if d == 3:
-            rk = row.series_uid.encode()
-        elif d == 2:
-            rk = row.study_uid.encode()
-        elif d == 1:
-            rk = patient_key(row.patient_id, row.issuer)
-        d -= 1
-    return rows
+def _check(m: Matcher, depth: int) -> tuple:
+    """A key as ``RowWalker`` checks it: ``(match, sources, prefix)`` (hpacs._ext.findwalk);
+    ``prefix`` lets the compiled walk decide a ``DOE*`` key on an ASCII value by itself."""
+    prefix = (m.prefix, m.fold, m.vr == "PN") if m.kind == "wildcard" and m.prefix else None
+    return m.match, value_sources(depth, m.keyword), prefix
 
 
 def merge_rows(rows: Rows) -> dict[str, Any]:
