@@ -59,7 +59,6 @@ def archives(draw: st.DrawFn, depth: int) -> tuple[list[dict[bytes, bytes]], lis
         if draw(st.integers(0, 9)):  # sometimes gone
             tables[0][k] = _ENC.encode(p)
     parents = patients
-    rows_at = [patients]
     for level in range(1, depth + 1):
         made = []
         for i in range(draw(st.integers(1, 5))):
@@ -79,7 +78,6 @@ def archives(draw: st.DrawFn, depth: int) -> tuple[list[dict[bytes, bytes]], lis
             if draw(st.integers(0, 9)):
                 tables[level][k] = _ENC.encode(row)
         parents = made
-        rows_at.append(made)
     cands = draw(st.lists(st.sampled_from(keys[depth] + [b"9.9"]), max_size=12))
     return tables, cands
 
@@ -136,3 +134,93 @@ def test_the_twin_walk_is_the_engine_loop():
         assert walker.collect(iter([b"1.1", b"1.2"]), (tables[0].get, tables[1].get), out,
                               10, 10)
         assert out == [[p, st_]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(idents=st.lists(st.binary(max_size=300), max_size=6), pending=st.binary(max_size=40),
+       context_id=st.integers(1, 255), pdu_limit=st.integers(7, 400))
+def test_compiled_framing_equals_twin_and_encode_pdata(idents, pending, context_id, pdu_limit):
+    # a page of pending responses: the command PDU, then the identifier as encode_pdata frames
+    # it (fragmented when it exceeds the peer's PDU size, the last fragment flagged)
+    from hpacs.ul.pdu import encode_pdata
+
+    expected = b"".join(pending + b"".join(encode_pdata(context_id, False, i, pdu_limit))
+                        for i in idents)
+    for mod in (_findwalk, findwalk):
+        assert mod.frame_matches(bytes, idents, pending, context_id, pdu_limit) == expected
+
+
+def test_framing_refuses_what_encode_pdata_refuses():
+    import pytest
+
+    for mod in (_findwalk, findwalk):
+        for context_id, limit in ((0, 100), (256, 100), (1, 6)):
+            with pytest.raises(ValueError):
+                mod.frame_matches(bytes, [b"x"], b"", context_id, limit)
+
+
+small_keys = st.binary(min_size=1, max_size=3).map(lambda b: bytes(97 + c % 3 for c in b))
+
+
+def _walk_pages(mod, env, dbs, spec, page_sizes):
+    """Run a source chain (scan, maybe dedup, maybe children) page by page, each page in its
+    own read transaction, resuming from the states as the query engine does."""
+    from types import SimpleNamespace
+
+    dbname, dup, lo, stop, bound, deduped, child, strip = spec
+    scan_state = SimpleNamespace(lo=lo, stop=stop, bound=bound, dup=dup, last=None, done=False)
+    child_state = SimpleNamespace(current=None, last=None)
+    seen: set = set()
+    pages = []
+    sizes = iter(page_sizes)
+    while True:
+        size = next(sizes, 3)
+        with env.begin() as txn:
+            keys = mod.scan(scan_state, txn.cursor(db=dbs[dbname])) if not scan_state.done \
+                else iter(())
+            if deduped:
+                keys = mod.dedup(seen, keys)
+            if child:
+                keys = mod.children(child_state, txn.cursor(db=dbs[b"child"]), keys, strip)
+            page, ended = [], True
+            for k in keys:
+                page.append(k)
+                if len(page) >= size:
+                    ended = False
+                    break
+        pages.append(page)
+        if ended:
+            return pages
+
+
+@settings(max_examples=200, deadline=None)
+@given(ix=st.lists(st.tuples(small_keys, small_keys), max_size=12),
+       child=st.lists(st.tuples(small_keys, st.binary(min_size=4, max_size=6)), max_size=12),
+       use_table=st.booleans(), lo=st.binary(max_size=2).map(lambda b: bytes(97 + c % 3
+                                                                           for c in b)),
+       stop=st.sampled_from([findwalk.NEVER, findwalk.PREFIX, findwalk.EXACT, findwalk.ABOVE]),
+       bound=small_keys, deduped=st.booleans(), children=st.booleans(), strip=st.booleans(),
+       page_sizes=st.lists(st.integers(1, 4), max_size=8))
+def test_compiled_sources_equal_twin_and_resume_exactly(tmp_path_factory, ix, child, use_table,
+                                                        lo, stop, bound, deduped, children,
+                                                        strip, page_sizes):
+    import lmdb
+
+    env = lmdb.open(str(tmp_path_factory.mktemp("walk")), max_dbs=4, map_size=1 << 22)
+    try:
+        dbs = {b"ix": env.open_db(b"ix", dupsort=True), b"tbl": env.open_db(b"tbl"),
+               b"child": env.open_db(b"child", dupsort=True)}
+        with env.begin(write=True) as txn:
+            for k, v in ix:
+                txn.put(k, v, db=dbs[b"ix"], dupdata=True)
+                txn.put(k, v, db=dbs[b"tbl"])
+            for k, v in child:
+                txn.put(k, v, db=dbs[b"child"], dupdata=True)
+        spec = (b"tbl" if use_table else b"ix", not use_table, lo, stop,
+                None if stop == findwalk.NEVER else bound, deduped, children, strip)
+        twin = _walk_pages(findwalk, env, dbs, spec, page_sizes)
+        assert _walk_pages(_findwalk, env, dbs, spec, page_sizes) == twin
+        # paging changes nothing but where the pages end
+        assert [k for p in twin for k in p] == _walk_pages(findwalk, env, dbs, spec, [10**6])[0]
+    finally:
+        env.close()
