@@ -387,6 +387,8 @@ class MatchEncoder:
 
 def _non_ascii(value: Any) -> bool:
     """Whether a text value that is not an ASCII string (a list, a number...) is not ASCII."""
+    if value.__class__ is str:  # a string: several values or one, non-ASCII is non-ASCII
+        return not value.isascii()
     value = _element_value("LO", value)
     return value is not None and not all(
         v.isascii() for v in (value if isinstance(value, list) else [value]))

@@ -32,15 +32,16 @@ supported (sequence keys are returned empty). Unique keys of higher levels are n
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from hpacs._ext.findenc import ATTR, FIELD, KEYS, TRUTHY
+from hpacs._ext.findwalk import ABOVE, EXACT, NEVER, PREFIX
 from hpacs.index.db import _DEC, IndexDB, key, patient_key
-from hpacs.index.rowkernels import resolve
+from hpacs.index.rowkernels import RowWalker, children, dedup, resolve, scan
 from hpacs.index.schema import LEVEL_KEYWORDS
 
 PATIENT: Final = "PATIENT"
@@ -116,6 +117,9 @@ class Matcher:
     pattern: re.Pattern | None = None
     fold: bool = False
     alternatives: tuple[Matcher, ...] = ()
+    #: A wildcard that is a literal prefix then ``*`` (``DOE*``): the prefix (casefolded when
+    #: ``fold``), matched with ``startswith`` instead of the pattern (the same answer).
+    prefix: str | None = None
 
     def exact_values(self) -> tuple[str, ...] | None:
         """The literal values this key can only equal (for index lookups), else None."""
@@ -176,6 +180,14 @@ class Matcher:
                 v = _norm_dt(s, False)
             return (self.lo is None or v >= self.lo) and (self.hi is None or v <= self.hi)
         if kind == "wildcard":
+            pre = self.prefix
+            if pre is not None:
+                if self.vr != "PN":
+                    return s.rstrip(" ").startswith(pre)
+                if "=" not in s:  # the whole value is the only candidate
+                    c = s.rstrip("^ =")
+                    return (c.casefold() if self.fold else c).startswith(pre)
+                return any(c.startswith(pre) for c in self._candidates(s))
             pat = self.pattern
             assert pat is not None
             return any(pat.fullmatch(c) for c in self._candidates(s))
@@ -246,7 +258,10 @@ def make_matcher(
         src = value.casefold() if fold else value  # the data side is casefolded too
         rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in src)
         pattern = re.compile(rx, re.DOTALL)
-        return Matcher(keyword, vr, "wildcard", values=(value,), pattern=pattern, fold=fold)
+        head = src.rstrip("*")
+        prefix = head if head and "*" not in head and "?" not in head else None
+        return Matcher(keyword, vr, "wildcard", values=(value,), pattern=pattern, fold=fold,
+                       prefix=prefix)
     return _single(keyword, vr, value, fold)
 
 
@@ -341,42 +356,21 @@ class _Points(_Source):
 
 class _Scan(_Source):
     """A key range of one database. Over a dupsort index it yields the values (primary keys of
-    ``depth``); over a primary table the keys. ``stop(key)`` ends the scan."""
+    ``depth``); over a primary table the keys. ``stop`` / ``bound``: where the range ends
+    (``hpacs._ext.findwalk``: NEVER, PREFIX, EXACT, ABOVE); the walk itself is
+    ``rowkernels.scan``, which records its position here."""
 
-    def __init__(self, depth: int, dbname: bytes, lo: bytes, stop: Callable[[bytes], bool],
-                 *, dup: bool, name: str, value: Callable[[bytes], bytes] | None = None) -> None:
-        self.depth, self.dbname, self.lo, self.stop, self.dup = depth, dbname, lo, stop, dup
-        self.name = name
-        self.value = value
+    def __init__(self, depth: int, dbname: bytes, lo: bytes, stop: int = NEVER,
+                 bound: bytes | None = None, *, dup: bool, name: str) -> None:
+        self.depth, self.dbname, self.lo, self.stop, self.bound = depth, dbname, lo, stop, bound
+        self.dup, self.name = dup, name
         self.last: tuple[bytes, bytes] | None = None
         self.done = False
 
     def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
         if self.done:
-            return
-        with txn.cursor(db=dbs[self.dbname]) as cur:
-            if self.last is None:
-                ok = cur.set_range(self.lo)
-            elif self.dup:
-                k, v = self.last
-                ok = cur.set_range_dup(k, v)
-                if ok and cur.value() == v:
-                    ok = cur.next()
-                elif not ok:
-                    ok = cur.set_range(k + b"\0")
-            else:
-                ok = cur.set_range(self.last[0])
-                if ok and cur.key() == self.last[0]:
-                    ok = cur.next()
-            while ok:
-                k = cur.key()
-                if self.stop(k):
-                    break
-                v = cur.value() if self.dup else k
-                self.last = (k, v)
-                yield self.value(v) if self.value else v
-                ok = cur.next()
-        self.done = True
+            return iter(())
+        return scan(self, txn.cursor(db=dbs[self.dbname]))
 
     def describe(self) -> str:
         return f"scan:{self.name}"
@@ -400,58 +394,30 @@ class _Dedup(_Source):
         self.inner, self.depth, self.seen = inner, inner.depth, set()
 
     def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
-        for k in self.inner.run(txn, dbs):
-            if k not in self.seen:
-                self.seen.add(k)
-                yield k
+        return dedup(self.seen, self.inner.run(txn, dbs))
 
     def describe(self) -> str:
         return self.inner.describe()
 
 
 class _Children(_Source):
-    """Expands each parent key into its children (one level down) through a child dupsort db."""
+    """Expands each parent key into its children (one level down) through a child dupsort db
+    (``rowkernels.children``, which records here the parent it is in and the child it gave
+    last)."""
 
     def __init__(self, parent: _Source) -> None:
         self.parent, self.depth = parent, parent.depth + 1
         self.current: bytes | None = None
         self.last: bytes | None = None  # last child dup value taken under ``current``
 
-    def _children(self, cur: Any) -> Iterator[bytes]:
-        assert self.current is not None
-        strip = self.depth == 3  # series_instances values: be32 order + SOP UID
-        if self.last is None:
-            ok = cur.set_key(self.current)
-        else:
-            ok = cur.set_range_dup(self.current, self.last)
-            if ok and cur.value() == self.last:
-                ok = cur.next_dup()
-        while ok:
-            v = cur.value()
-            self.last = v
-            yield v[4:] if strip else v
-            ok = cur.next_dup()
-
     def run(self, txn: Any, dbs: dict[bytes, Any]) -> Iterator[bytes]:
         # one cursor for the transaction, repositioned for each parent
-        with txn.cursor(db=dbs[_CHILD_DBS[self.depth - 1]]) as cur:
-            if self.current is not None:
-                yield from self._children(cur)
-            for parent in self.parent.run(txn, dbs):
-                self.current, self.last = parent, None
-                yield from self._children(cur)
-        self.current = None
+        cur = txn.cursor(db=dbs[_CHILD_DBS[self.depth - 1]])
+        # series_instances values: be32 order + SOP UID
+        return children(self, cur, self.parent.run(txn, dbs), self.depth == 3)
 
     def describe(self) -> str:
         return self.parent.describe() + ">children"
-
-
-def _prefix_stop(prefix: bytes) -> Callable[[bytes], bool]:
-    return lambda k: not k.startswith(prefix)
-
-
-def _exact_stop(k0: bytes) -> Callable[[bytes], bool]:
-    return lambda k: k != k0
 
 
 # ---------------------------------------------------------------------------------- engine
@@ -481,46 +447,44 @@ class QueryEngine:
         if source is None and depth >= 1 and (m := k.get("AccessionNumber")) is not None:
             vals = m.exact_values()
             if vals:
-                source = _Chain([_Scan(1, b"ix_accession", key(v), _exact_stop(key(v)), dup=True,
+                source = _Chain([_Scan(1, b"ix_accession", key(v), EXACT, key(v), dup=True,
                                        name="ix_accession") for v in vals])
         if source is None and (m := k.get("PatientID")) is not None:
             vals = m.exact_values()
             if vals:
                 source = _Chain([
-                    _Scan(0, b"patients", p, _prefix_stop(p), dup=False, name="patients")
+                    _Scan(0, b"patients", p, PREFIX, p, dup=False, name="patients")
                     for p in (key(v + "\0") for v in vals)
                 ])
         date = k.get("StudyDate") if depth >= 1 else None
         if source is None and date is not None and date.kind == "single":
             dk = key(date.values[0])
-            source = _Scan(1, b"ix_study_date", dk, _exact_stop(dk), dup=True,
-                           name="ix_study_date")
+            source = _Scan(1, b"ix_study_date", dk, EXACT, dk, dup=True, name="ix_study_date")
         if source is None and (m := k.get("PatientName")) is not None:
             prefix = m.literal_prefix()
             if prefix and "=" not in prefix:
                 pk = key(prefix.upper())
-                source = _Dedup(_Scan(0, b"ix_patient_name", pk, _prefix_stop(pk), dup=True,
+                source = _Dedup(_Scan(0, b"ix_patient_name", pk, PREFIX, pk, dup=True,
                                       name="ix_patient_name"))
         if source is None and date is not None and date.kind == "range":
             lo = (date.lo or "").encode()
             hi = date.hi.encode() if date.hi else None
-            stop = (lambda kk: kk > hi) if hi else (lambda kk: False)
-            source = _Scan(1, b"ix_study_date", lo, stop, dup=True, name="ix_study_date")
+            source = _Scan(1, b"ix_study_date", lo, ABOVE if hi else NEVER, hi, dup=True,
+                           name="ix_study_date")
         if source is None and depth >= 2 and (m := k.get("Modality")) is not None:
             vals = m.exact_values()
             if vals:
-                source = _Chain([_Scan(2, b"ix_series_modality", key(v), _exact_stop(key(v)),
+                source = _Chain([_Scan(2, b"ix_series_modality", key(v), EXACT, key(v),
                                        dup=True, name="ix_series_modality") for v in vals])
         if source is None and depth == 1 and (m := k.get("ModalitiesInStudy")) is not None:
             vals = m.exact_values()
             if vals:
                 scans: list[_Source] = [
-                    _Scan(1, b"ix_study_modality", key(v), _exact_stop(key(v)), dup=True,
+                    _Scan(1, b"ix_study_modality", key(v), EXACT, key(v), dup=True,
                           name="ix_study_modality") for v in vals]
                 source = _Dedup(_Chain(scans)) if len(scans) > 1 else scans[0]
         if source is None:
-            source = _Scan(depth, _DBS[depth], b"", lambda kk: False, dup=False,
-                           name=_DBS[depth].decode())
+            source = _Scan(depth, _DBS[depth], b"", dup=False, name=_DBS[depth].decode())
         while source.depth < depth:
             source = _Children(source)
         return source
@@ -534,29 +498,18 @@ class QueryEngine:
         size = page_size or self.page_size
         source = self.plan(query)
         depth = _DEPTH[query.level]
-        checks = [(m.match, value_sources(depth, m.keyword)) for m in query.keys.values()]
+        walker = RowWalker(tuple(_DEC[name].decode for name in _DBS[:depth + 1]), depth,
+                           tuple(_check(m, depth) for m in query.keys.values()), patient_key,
+                           resolve)
         env, dbs = self.db.env, self.db.dbs
-        tables = [(dbs[name], _DEC[name].decode) for name in _DBS]
+        tables = [dbs[name] for name in _DBS[:depth + 1]]
         budget = self.scan_budget
         while True:
             out: list[Rows] = []
-            examined = 0
-            exhausted = True
             with env.begin() as txn:
-                cache: dict[tuple[int, bytes], Any] = {}
-                get = txn.get
-                for k in source.run(txn, dbs):
-                    examined += 1
-                    rows = _rows(get, tables, depth, k, cache)
-                    if rows is not None:
-                        for match, sources in checks:
-                            if not match(resolve(rows, sources)):
-                                break
-                        else:
-                            out.append(rows)
-                    if len(out) >= size or examined >= budget:
-                        exhausted = False
-                        break
+                # a cursor per level: its get() takes the key alone (no keyword argument)
+                gets = tuple(txn.cursor(db=db).get for db in tables)
+                exhausted = walker.collect(source.run(txn, dbs), gets, out, size, budget)
             if out or not exhausted:
                 yield out
             if exhausted:
@@ -624,38 +577,11 @@ def value_sources(depth: int, keyword: str) -> tuple[tuple[int, int, str], ...]:
     return tuple(out)
 
 
-_ABSENT: Final = object()
-
-
-def _rows(get: Callable[..., bytes | None], tables: list[tuple[Any, Callable[[bytes], Any]]],
-          depth: int, k: bytes, cache: dict[tuple[int, bytes], Any]) -> Rows | None:
-    """The rows of ``k`` at ``depth`` and of its ancestors, by level; None when one is gone.
-    ``get``: the read transaction's; ``tables``: (database, row decoder) by level. Parent rows
-    are cached for the transaction (many matches share them)."""
-    rows: Rows = [None] * (depth + 1)
-    d, rk = depth, k
-    while d >= 0:
-        ck = (d, rk)
-        row = cache.get(ck, _ABSENT)
-        if row is _ABSENT:
-            db, decode = tables[d]
-            raw = get(rk, db=db)
-            row = None if raw is None else decode(raw)
-            if d < 3:  # instance rows are never shared: do not cache them
-                if len(cache) > 4096:
-                    cache.clear()
-                cache[ck] = row
-        if row is None:
-            return None
-        rows[d] = row
-        if d == 3:
-            rk = row.series_uid.encode()
-        elif d == 2:
-            rk = row.study_uid.encode()
-        elif d == 1:
-            rk = patient_key(row.patient_id, row.issuer)
-        d -= 1
-    return rows
+def _check(m: Matcher, depth: int) -> tuple:
+    """A key as ``RowWalker`` checks it: ``(match, sources, prefix)`` (hpacs._ext.findwalk);
+    ``prefix`` lets the compiled walk decide a ``DOE*`` key on an ASCII value by itself."""
+    prefix = (m.prefix, m.fold, m.vr == "PN") if m.kind == "wildcard" and m.prefix else None
+    return m.match, value_sources(depth, m.keyword), prefix
 
 
 def merge_rows(rows: Rows) -> dict[str, Any]:

@@ -22,8 +22,9 @@ from hpacs.dimse.find import (
     pending_response,
     too_many_matches,
 )
+from hpacs.index.rowkernels import frame_matches
 from hpacs.log import get_logger
-from hpacs.ul import LocalProtocolError, encode_pdata
+from hpacs.ul import LocalProtocolError
 
 log = get_logger("hpacs.dimse")
 
@@ -78,34 +79,29 @@ class FindService:
         final: bytes | None = None
         # the same pending command PDU for every match, framed once per page through the
         # connection (its state check holds for the page: nothing runs between the matches of a
-        # page); each identifier is encoded from the match's index rows and framed as is; a
-        # page's responses leave in one write (one send, one wake-up of the peer, per page of up
-        # to 64 matches, not per match)
+        # page, so neither a C-CANCEL nor a close can arrive inside one); each identifier is
+        # encoded from the match's index rows and the page framed into one buffer by the
+        # compiled kernel: one write (one send, one wake-up of the peer) per page of up to 64
+        # matches
         encode = MatchEncoder(req, retrieve_ae=ae).encode_rows
         pending = pending_response(request, req)
         pages = self.server.query_engine.row_pages(req.query)
         try:
             for page in pages:
-                batch: list = []
-                try:
-                    if page:
+                if message_id in self._cancelled or self.conn.closed:
+                    break
+                if len(page) > limit - sent:
+                    page = page[:limit - sent]
+                    final = too_many_matches(request, limit)
+                if page:
+                    try:
                         pending_pdu = b"".join(
                             self.conn.send_data_buffers(context_id, True, pending))
-                        pdu_limit = self.conn.send_limit
-                    for rows in page:
-                        if message_id in self._cancelled or self.conn.closed:
-                            break
-                        if sent >= limit:
-                            final = too_many_matches(request, limit)
-                            break
-                        batch.append(pending_pdu)
-                        batch += encode_pdata(context_id, False, encode(rows), pdu_limit)
-                        sent += 1
-                except LocalProtocolError:
-                    break  # the association went away
-                finally:
-                    if batch and not self.conn.closed:
-                        self._write_buffers(batch)
+                    except LocalProtocolError:
+                        break  # the association went away
+                    self._send(frame_matches(encode, page, pending_pdu, context_id,
+                                             self.conn.send_limit))
+                    sent += len(page)
                 if final is not None or self.conn.closed:
                     break
                 if message_id in self._cancelled:

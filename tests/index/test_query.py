@@ -249,3 +249,22 @@ def test_a_value_is_tried_whole_and_by_component_group(s, fold, vr):
         expected = [s.rstrip(" ")]
     m = Matcher("PatientName", vr, "single", values=("x",), fold=fold)
     assert set(m._candidates(s)) == set(expected)
+
+
+@settings(max_examples=500, deadline=None)
+@given(pre=st.text("DoEäÄßﬁİ\u0131^= x?", min_size=1, max_size=4),
+       stars=st.sampled_from(["*", "**"]),
+       stored=st.one_of(st.text("DoEdOeäÄßﬁİ\u0131^= x\\", max_size=10),
+                        st.lists(st.text("DoEäß^=", max_size=5), max_size=3), st.none()),
+       fold=st.booleans(), vr=st.sampled_from(["PN", "LO", "LT"]))
+def test_a_literal_prefix_matches_as_its_pattern(pre, stars, stored, fold, vr):
+    # "DOE*" is tried with startswith, not the pattern: the same answer on every value
+    import dataclasses
+
+    m = make_matcher("PatientName", pre + stars, vr=vr, case_insensitive_names=fold)
+    if m is None:
+        return
+    head = m.values[0].rstrip("*")
+    if m.kind == "wildcard" and head and "?" not in head and "*" not in head:
+        assert m.prefix is not None
+    assert m.match(stored) == dataclasses.replace(m, prefix=None).match(stored)
