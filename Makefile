@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q --disable-pip-version-check
 DEPS_STAMP := $(VENV)/.deps-stamp
 EXT_STAMP := $(VENV)/.ext-stamp
-PYX := $(wildcard hpacs/_ext/*.pyx)
+PYX := $(wildcard hpacs/_ext/*.pyx hpacs/_ext/*.pxd)
 # The OHIF viewer build (npm tarball of @ohif/app, pinned in hpacs/web/viewer.py).
 OHIF_VERSION := $(shell sed -n 's/^OHIF_VERSION: Final = "\(.*\)"/\1/p' hpacs/web/viewer.py)
 OHIF_STAMP := $(VENV)/share/ohif/$(OHIF_VERSION)/.hpacs-ohif-version

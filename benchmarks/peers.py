@@ -498,9 +498,22 @@ setup(script_args=["-q", "build_ext", "--inplace"], ext_modules=cythonize(
 """
 
 
+def _same_sources(mine: Path, theirs: Path) -> bool:
+    """The same .pyx, and the same .pxd for every one it cimports (a shared inline helper)."""
+    if mine.read_bytes() != theirs.read_bytes():
+        return False
+    text = mine.read_text()
+    for pxd in mine.parent.glob("*.pxd"):
+        if pxd.stem in text:
+            other = theirs.parent / pxd.name
+            if not other.exists() or other.read_bytes() != pxd.read_bytes():
+                return False
+    return True
+
+
 def reference_tree(ref: str, dest: Path, *, build: bool = False) -> dict:
     """``git archive`` of ``ref`` in ``dest`` (an A/B reference run with this repository's
-    venv), with this tree's built extensions whose .pyx is the same. With ``build``, the
+    venv), with this tree's built extensions whose sources are the same. With ``build``, the
     extensions whose .pyx differs are compiled in ``dest`` (else the reference would run their
     pure-Python twins). Returns what was copied and built."""
     dest.mkdir(parents=True)
@@ -514,7 +527,7 @@ def reference_tree(ref: str, dest: Path, *, build: bool = False) -> dict:
         stem = so.name.split(".")[0]
         mine = REPO / "hpacs" / "_ext" / f"{stem}.pyx"
         theirs = dest / "hpacs" / "_ext" / f"{stem}.pyx"
-        if theirs.exists() and mine.read_bytes() == theirs.read_bytes():
+        if theirs.exists() and _same_sources(mine, theirs):
             shutil.copy2(so, dest / "hpacs" / "_ext" / so.name)
             copied.append(stem)
         elif theirs.exists() and build:

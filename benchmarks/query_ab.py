@@ -5,7 +5,8 @@
 One index is filled (``benchmarks.fill``, ``--instances``) and copied (LMDB's compacting copy,
 never a plain file copy of the sparse data.mdb) so each side has its own data directory; the
 reference is the ``git archive`` of ``--reference`` with this tree's compiled extensions copied
-in where their sources are identical, run with this repository's venv. Query shapes and values
+in where their sources are identical and the others compiled in it (never their twins), run
+with this repository's venv. Query shapes and values
 are ``benchmarks.query``'s (Study Root, STUDY level, 12 return keys), ``--queries`` per shape.
 Every round measures, alternating which side goes first:
 
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
                     "params": {k: str(v) for k, v in vars(args).items()}}
     try:
         trees = {"A": work / "ref-tree", "B": REPO}
-        report["A"] = peers_mod.reference_tree(args.reference, trees["A"])
+        report["A"] = peers_mod.reference_tree(args.reference, trees["A"], build=True)
         for side in SIDES:
             if not which_hpacs(trees[side]).startswith(str(trees[side])):
                 raise RuntimeError(f"side {side} would not run the tree {trees[side]}")
@@ -232,7 +233,9 @@ def markdown(report: dict) -> str:
              f"Python {m['python']}.", "",
              f"Command: `{report['command']}`", "",
              f"A = reference {a['ref']} ({a['commit']}; compiled extensions copied: "
-             f"{', '.join(a['extensions_copied']) or 'none'}); B = this tree, {report['B']}.", "",
+             f"{', '.join(a['extensions_copied']) or 'none'}; built: "
+             f"{', '.join(a.get('extensions_built', [])) or 'none'}); B = this tree, "
+             f"{report['B']}.", "",
              "ms per query, p50 / p99 over the queries of a shape (median over rounds); µs per "
              "match: median over the queries with >= 20 matches.", "",
              "| shape | side | matches (median, max) | in-process wall p50 / p99 | in-process "

@@ -10,8 +10,9 @@ caller's ``slow`` function, which the twin uses too.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.stdlib cimport free, malloc
+
+from hpacs._ext._growbuf cimport Buf, buf_put
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
@@ -60,27 +61,8 @@ def resolve(list rows, tuple sources):
     return _resolve(rows, sources)
 
 
-cdef struct Buf:
-    char* p
-    Py_ssize_t n
-    Py_ssize_t cap
-
-
-cdef int _put(Buf* b, const char* src, Py_ssize_t n) except -1:
-    cdef Py_ssize_t cap
-    cdef char* p
-    if b.n + n > b.cap:
-        cap = b.cap * 2
-        if cap < b.n + n:
-            cap = b.n + n
-        p = <char*>realloc(b.p, cap)
-        if p == NULL:
-            raise MemoryError()
-        b.p = p
-        b.cap = cap
-    memcpy(b.p + b.n, src, n)
-    b.n += n
-    return 0
+cdef inline int _put(Buf* b, const char* src, Py_ssize_t n) except -1:
+    return buf_put(b, src, n)
 
 
 cdef int _put_bytes(Buf* b, bytes data) except -1:

@@ -14,8 +14,10 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_Append
 from cpython.object cimport PyObject
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy
+
+from hpacs._ext._growbuf cimport Buf, buf_put
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object o)
@@ -177,33 +179,8 @@ cdef class RowWalker:
         return rows
 
 
-cdef struct Buf:
-    char* p
-    Py_ssize_t n
-    Py_ssize_t cap
-
-
-cdef int _reserve(Buf* b, Py_ssize_t n) except -1:
-    cdef Py_ssize_t cap
-    cdef char* p
-    if b.n + n > b.cap:
-        cap = b.cap * 2
-        if cap < b.n + n:
-            cap = b.n + n
-        p = <char*>realloc(b.p, cap)
-        if p == NULL:
-            raise MemoryError()
-        b.p = p
-        b.cap = cap
-    return 0
-
-
-cdef int _put(Buf* b, const char* src, Py_ssize_t n) except -1:
-    _reserve(b, n)
-    if n:
-        memcpy(b.p + b.n, src, n)
-    b.n += n
-    return 0
+cdef inline int _put(Buf* b, const char* src, Py_ssize_t n) except -1:
+    return buf_put(b, src, n)
 
 
 cdef int _put_pdv_header(Buf* b, Py_ssize_t n, int context_id, int flags) except -1:
