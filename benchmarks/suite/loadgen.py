@@ -1,10 +1,14 @@
-"""Load generators, each in its own process: simulated modalities (C-STORE) and viewers (HTTP).
+"""Load generators, each in its own process: simulated modalities (C-STORE), viewers (HTTP) and
+query clients (C-FIND and QIDO-RS).
 
 A modality is one association of our asyncio storage SCU (``hpacs.net.storage_scu``, the
 same one ``hpacs send`` and C-MOVE use) that times every C-STORE from the first byte of the
 request to its response: dcmtk ``storescu`` cannot give per-request latency. A viewer is an
 aiohttp client that opens studies the way OHIF does (QIDO study search, series list, series
-metadata, then the frames of a series with a few parallel requests) and times each step.
+metadata, then the frames of a series with a few parallel requests) and times each step. A
+query client sends each query shape's queries one at a time, over C-FIND
+(``benchmarks.discard_receiver.FindSCU``: counts the pending responses without decoding them)
+and then over QIDO-RS (aiohttp, keep-alive), and reports its own CPU per shape and protocol.
 
 Workers are ``spawn``ed processes (no inherited loop or threads); each associates or connects,
 reports ready, waits for the common start signal, runs, and returns its records and its own
@@ -21,6 +25,7 @@ import queue as queue_mod
 import random
 import resource
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,8 +196,93 @@ def _viewer_main(spec: dict, ready, start, results) -> None:
     results.put(res)
 
 
+# ------------------------------------------------------------------------------ queries
+#: QIDO return keys beyond the defaults, so both protocols return the same attributes.
+INCLUDE = "ModalitiesInStudy,NumberOfStudyRelatedSeries,NumberOfStudyRelatedInstances"
+
+
+def qido_params(keys: dict[str, str]) -> str:
+    params = {k: v.replace("\\", ",") for k, v in keys.items()}
+    params["includefield"] = INCLUDE
+    return urllib.parse.urlencode(params)
+
+
+async def qido_times(session, base: str, queries: list[dict[str, str]]
+                     ) -> tuple[list[float], list[int]]:
+    """Seconds and matches of each QIDO-RS study search, sequentially."""
+    times, counts = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        async with session.get(f"{base}/studies?{qido_params(q)}",
+                               headers={"Accept": DICOM_JSON}) as r:
+            body = await r.read()
+            if r.status not in (200, 204):
+                raise RuntimeError(f"QIDO {q}: HTTP {r.status}: {body[:200]!r}")
+        times.append(time.perf_counter() - t0)
+        counts.append(body.count(b'"0020000D"'))  # one StudyInstanceUID per match
+    return times, counts
+
+
+async def _query_run(spec: dict, ready, start) -> WorkerResult:
+    """spec: host, port, called_ae, calling_ae, base (DICOMweb root), warmup, timeout, ``shapes``:
+    {shape: [(keys, C-FIND identifier bytes), ...]}. One record per shape."""
+    import aiohttp
+
+    from benchmarks.discard_receiver import FindSCU
+
+    res = WorkerResult("query", spec["index"], ok=False)
+    scu = await FindSCU.connect(spec["host"], spec["port"], spec["called_ae"],
+                                calling_ae=spec.get("calling_ae", "BENCH"))
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False,
+                                         headers={"Accept-Encoding": "identity"}) as s:
+            ready.put(spec["index"])
+            spec["ready_sent"] = True
+            await asyncio.get_running_loop().run_in_executor(None, start.wait)
+            cpu0 = _cpu()
+            warm, timeout = spec.get("warmup", 5), spec.get("timeout", 600.0)
+            try:
+                for shape, queries in spec["shapes"].items():
+                    keys = [k for k, _ in queries]
+                    idents = [i for _, i in queries]
+                    await scu.timed(idents[:warm], timeout)  # untimed
+                    c0 = _cpu()
+                    t_find, n_find = await scu.timed(idents, timeout)
+                    c1 = _cpu()
+                    await qido_times(s, spec["base"], keys[:warm])  # untimed
+                    c2 = _cpu()
+                    t_qido, n_qido = await qido_times(s, spec["base"], keys)
+                    res.records.append({
+                        "shape": shape, "c_find_s": t_find, "c_find_matches": n_find,
+                        "c_find_cpu_s": c1 - c0, "qido_s": t_qido, "qido_matches": n_qido,
+                        "qido_cpu_s": _cpu() - c2})
+                res.ok = True
+            finally:
+                res.cpu_s = _cpu() - cpu0
+    finally:
+        await scu.release()
+    return res
+
+
+def _query_main(spec: dict, ready, start, results) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()  # the client's own cost per response is what it reports: keep it low
+    except ImportError:
+        pass
+    try:
+        res = asyncio.run(_query_run(spec, ready, start))
+    except BaseException as exc:
+        res = WorkerResult("query", spec["index"], ok=False,
+                           error=f"{type(exc).__name__}: {exc}")
+        if not spec.get("ready_sent"):
+            ready.put(spec["index"])
+    results.put(res)
+
+
 # ------------------------------------------------------------------------------ driver
-_TARGETS = {"store": _store_main, "viewer": _viewer_main}
+_TARGETS = {"store": _store_main, "viewer": _viewer_main, "query": _query_main}
 
 
 @dataclass

@@ -4,90 +4,65 @@ Orthanc's method (fill, measure, fill more) with the pieces of ``benchmarks.quer
 data directory is filled with synthetic index records (``benchmarks.fill``, no files) to each
 size in turn; at each size a real ``hpacs serve`` answers the query shapes of
 ``benchmarks.query`` (patient ID, name prefix, a month, modality + month, accession, 10 UIDs)
-over DIMSE (pynetdicom, one association, sequential) and over QIDO-RS (aiohttp, keep-alive,
-sequential, the same matching keys). Orthanc, with ``--against orthanc``, is filled through its
+over DIMSE (C-FIND, one association, sequential) and over QIDO-RS (aiohttp, keep-alive,
+sequential, the same matching keys), from a load-generator process that reports its own CPU
+(``loadgen``'s query client). Orthanc, with ``--against orthanc``, is filled through its
 REST API with the same studies, up to ``--orthanc-max`` instances (REST upload is slow), and
 gets the same queries at each size it reaches.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import shutil
 import subprocess
-import time
-import urllib.parse
 from pathlib import Path
 
 from benchmarks import fill as fill_mod
 from benchmarks import query as qb
-from benchmarks.suite import common, plots, servers
+from benchmarks.suite import common, loadgen, plots, servers
 
-#: QIDO return keys beyond the defaults, so both protocols return the same attributes.
-INCLUDE = "ModalitiesInStudy,NumberOfStudyRelatedSeries,NumberOfStudyRelatedInstances"
-
-
-def qido_params(keys: dict[str, str]) -> str:
-    params = {k: v.replace("\\", ",") for k, v in keys.items()}
-    params["includefield"] = INCLUDE
-    return urllib.parse.urlencode(params)
-
-
-async def _qido_times(base: str, queries: list[dict[str, str]]) -> tuple[list[float], list[int]]:
-    import aiohttp
-
-    times, counts = [], []
-    async with aiohttp.ClientSession(auto_decompress=False,
-                                     headers={"Accept-Encoding": "identity"}) as s:
-        for q in queries:
-            t0 = time.perf_counter()
-            async with s.get(f"{base}/studies?{qido_params(q)}",
-                             headers={"Accept": "application/dicom+json"}) as r:
-                body = await r.read()
-                if r.status not in (200, 204):
-                    raise RuntimeError(f"QIDO {q}: HTTP {r.status}: {body[:200]!r}")
-            times.append(time.perf_counter() - t0)
-            counts.append(body.count(b'"0020000D"'))  # one StudyInstanceUID per match
-    return times, counts
-
-
-#: Warm-up queries may take this long before a client stall is assumed (Orthanc at 1M).
-WARMUP_TIMEOUT_S = 120.0
+#: Untimed queries per shape and protocol before the timed ones.
+WARMUP_QUERIES = 5
+#: A query slower than this fails the run (Orthanc's slowest at 1M take ~3 s).
+QUERY_TIMEOUT_S = 600.0
 
 
 def measure_peer(peer, n_studies: int, opts, bar) -> dict:
-    """Per shape: C-FIND and QIDO latency summaries (ms) and matches."""
+    """Per shape: C-FIND and QIDO latency summaries (ms), matches, and the client's CPU.
+
+    The queries run in a load-generator process (``loadgen``'s query client), one at a time:
+    all C-FINDs of a shape on one association, then the same keys over QIDO-RS."""
+    shapes = {}
+    for shape in qb.SHAPES:
+        queries = qb.make_queries(shape, n_studies, opts.queries)
+        shapes[shape] = [(q, qb.encode_query(q)) for q in queries]
+    load = loadgen.Load(timeout=3600)
+    load.add("query", {"index": 0, "host": peer.host, "port": peer.port,
+                       "called_ae": peer.ae_title, "calling_ae": servers.CLIENT_AE,
+                       "base": servers.dicomweb_base(peer),
+                       "shapes": shapes, "warmup": WARMUP_QUERIES,
+                       "timeout": QUERY_TIMEOUT_S})
+    run = load.run(poll=lambda: bar.refresh())
+    if run.errors:
+        raise RuntimeError("query client: " + "; ".join(run.errors))
     out: dict = {}
-    client = qb.FindClient(peer.host, peer.port, peer.ae_title)
-    try:
-        for shape in qb.SHAPES:
-            queries = qb.make_queries(shape, n_studies, opts.queries)
-            client.set_stall_timeout(WARMUP_TIMEOUT_S)
-            warmup, _ = qb.time_dimse(client, queries[:5])  # untimed
-            client.calibrate(warmup)
-            t_dimse, n_dimse = qb.time_dimse(client, queries)
-            asyncio.run(_qido_times(servers.dicomweb_base(peer), queries[:5]))
-            t_qido, n_qido = asyncio.run(_qido_times(servers.dicomweb_base(peer), queries))
-            # pynetdicom now and then loses a pending response (~1 query in 300 here, against
-            # hpacs and Orthanc alike; never with dcmtk findscu --repeat): count it again.
-            recounted = 0
-            for i, q in enumerate(queries):
-                if n_dimse[i] != n_qido[i]:
-                    recounted += 1
-                    n_dimse[i] = max(client.find_retrying(qb.to_dataset(q))[1] for _ in (0, 1))
-            out[shape] = {
-                "c_find_ms": common.latency_summary([t * 1000 for t in t_dimse]),
-                "qido_ms": common.latency_summary([t * 1000 for t in t_qido]),
-                "matches_c_find": sum(n_dimse), "matches_qido": sum(n_qido),
-                "c_find_recounted": recounted,
-                "queries": len(queries),
-            }
-            bar.update(1)
-    finally:
-        client.close()
-        out["_stalls"] = client.stalls
+    for rec in run.records("query"):
+        n = len(rec["c_find_s"])
+        c_find_wall, qido_wall = sum(rec["c_find_s"]), sum(rec["qido_s"])
+        out[rec["shape"]] = {
+            "c_find_ms": common.latency_summary([t * 1000 for t in rec["c_find_s"]]),
+            "qido_ms": common.latency_summary([t * 1000 for t in rec["qido_s"]]),
+            "matches_c_find": sum(rec["c_find_matches"]),
+            "matches_qido": sum(rec["qido_matches"]),
+            "client_cpu_ms": {"c_find": rec["c_find_cpu_s"] * 1000 / n,
+                              "qido": rec["qido_cpu_s"] * 1000 / n},
+            "client_cpu_share": {"c_find": rec["c_find_cpu_s"] / max(c_find_wall, 1e-9),
+                                 "qido": rec["qido_cpu_s"] / max(qido_wall, 1e-9)},
+            "queries": n,
+        }
+        bar.update(1)
     return out
 
 
@@ -115,8 +90,7 @@ def run(opts) -> dict:
                 row = measure_peer(peer, res.studies, opts, bar)
                 stored = servers.instance_count(peer)
             report["hpacs"].append({"instances": res.instances, "studies": res.studies,
-                                    "index_count": stored, "stalls": row.pop("_stalls"),
-                                    "shapes": row})
+                                    "index_count": stored, "shapes": row})
             _check(report, "hpacs", report["hpacs"][-1])
         if "orthanc" in opts.servers:
             _orthanc(report, opts, work, bar)
@@ -154,7 +128,7 @@ def _orthanc(report: dict, opts, work: Path, bar) -> None:
                                       "index_count": servers.instance_count(peer),
                                       "fill_per_s": f["instances_per_s"],
                                       "fill_reused": bool(f.get("reused")),
-                                      "stalls": row.pop("_stalls"), "shapes": row})
+                                      "shapes": row})
             _check(report, "orthanc", report["orthanc"][-1])
 
 
@@ -189,10 +163,6 @@ def _check(report: dict, server: str, row: dict) -> None:
         report["errors"].append(f"{server}: index holds {row['index_count']} instances, "
                                 f"filled {row['instances']}")
     for shape, c in row["shapes"].items():
-        if c["c_find_recounted"]:
-            report["notes"].append(f"{server} {row['instances']} {shape}: "
-                                   f"{c['c_find_recounted']} C-FIND answer(s) short of QIDO's, "
-                                   "counted again")
         if c["matches_c_find"] != c["matches_qido"]:  # the servers' own semantics differ
             report["notes"].append(f"{server} {row['instances']} {shape}: C-FIND matched "
                                    f"{c['matches_c_find']}, QIDO {c['matches_qido']}")
@@ -226,9 +196,11 @@ def sizing(report: dict) -> dict:
     first = report["hpacs"][0]
     growth = {s: common.ratio(last["shapes"][s]["c_find_ms"]["p95"],
                               first["shapes"][s]["c_find_ms"]["p95"]) for s in qb.SHAPES}
+    shares = [v for server in ("hpacs", "orthanc") for row in report[server]
+              for c in row["shapes"].values() for v in c["client_cpu_share"].values()]
     return {"largest_size": last["instances"], "worst_p95_ms": worst,
             "largest_size_within_target": max(ok_sizes) if ok_sizes else 0,
-            "c_find_p95_growth": growth}
+            "c_find_p95_growth": growth, "client_cpu_share_max": max(shares)}
 
 
 def make_plots(report: dict, out: Path) -> dict[str, str]:
@@ -259,12 +231,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| {f['target']} | {f['instances']} | {f['studies']} "
                      f"| {f['records_per_s']:.0f} |")
     lines += ["", f"{report['params']['queries']} queries per shape and size, sequential, "
-              "after 5 untimed; latency in ms, p50 / p95 / p99. C-FIND times include the "
-              "pynetdicom client's own cost (several ms per query: `python -m "
-              "benchmarks.query --findscu-repeat N` measures without it).", "",
+              f"after {WARMUP_QUERIES} untimed, from a load-generator process (C-FIND: "
+              "`benchmarks.discard_receiver.FindSCU`, which counts responses without decoding "
+              "them; QIDO-RS: aiohttp); latency in ms, p50 / p95 / p99. \"client CPU\" is that "
+              "process's own CPU per query, and its share of the queries' wall time (how much of "
+              "the latency is the client's).", "",
               "| server | instances | shape | matches/query | C-FIND p50 / p95 / p99 "
-              "| QIDO p50 / p95 / p99 | Orthanc p95 / hpacs p95 (C-FIND, QIDO) |",
-              "|---|---:|---|---:|---:|---:|---:|"]
+              "| QIDO p50 / p95 / p99 | client CPU ms/query (share): C-FIND, QIDO "
+              "| Orthanc p95 / hpacs p95 (C-FIND, QIDO) |",
+              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for server in ("hpacs", "orthanc"):
         for row in report[server]:
             for shape in qb.SHAPES:
@@ -273,7 +248,7 @@ def markdown(report: dict) -> str:
                 lines.append(
                     f"| {server} | {row['instances']} | {shape} "
                     f"| {c['matches_c_find'] / c['queries']:.1f} | {_pq(c['c_find_ms'])} "
-                    f"| {_pq(c['qido_ms'])} | "
+                    f"| {_pq(c['qido_ms'])} | {_client(c)} | "
                     + (f"{common.fmt_ratio(sp['c_find_ms'])}, {common.fmt_ratio(sp['qido_ms'])}"
                        if sp else "-") + " |")
     if report["errors"]:
@@ -295,8 +270,18 @@ def markdown(report: dict) -> str:
                   f"{s['largest_size_within_target']} instances.",
                   "- C-FIND p95 growth from the smallest to the largest index: "
                   + ", ".join(f"{k} {common.fmt_ratio(v)}"
-                              for k, v in s["c_find_p95_growth"].items()) + "."]
+                              for k, v in s["c_find_p95_growth"].items()) + ".",
+                  f"- The load generator's own CPU was at most {s['client_cpu_share_max']:.0%} "
+                  "of a query's wall time (C-FIND and QIDO-RS, any shape, size and server); "
+                  "the latencies above include it, so they overstate the servers' own by up "
+                  "to that share."]
     return "\n".join(lines) + "\n"
+
+
+def _client(c: dict) -> str:
+    ms, share = c["client_cpu_ms"], c["client_cpu_share"]
+    return (f"{ms['c_find']:.2f} ({share['c_find']:.0%}), "
+            f"{ms['qido']:.2f} ({share['qido']:.0%})")
 
 
 def _pq(d: dict) -> str:

@@ -106,7 +106,12 @@ def test_query_quick(tmp_path, workdir):
         for shape in h["shapes"].values():
             assert shape["c_find_ms"]["n"] == shape["qido_ms"]["n"] == 5
             assert shape["matches_c_find"] == shape["matches_qido"]  # same engine behind both
+            for proto in ("c_find", "qido"):  # the load generator reports its own CPU
+                assert 0 < shape["client_cpu_ms"][proto] <= 1.5 * shape[f"{proto}_ms"]["mean"]
+                assert 0 < shape["client_cpu_share"][proto] <= 1.5
     assert data["hpacs"][0]["instances"] < data["hpacs"][1]["instances"]
+    assert 0 < data["sizing"]["client_cpu_share_max"] <= 1.5
+    assert "load generator's own CPU was at most" in md
     assert "## Sizing (query)" in md
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import time
 
 import pydicom
 
+from benchmarks.discard_receiver import STUDY_ROOT_FIND, FindSCU, identifier, response_status
+from hpacs.dimse import commands as cmd
 from tests.conftest import free_port, start_server
 from tests.factories import make_ct, write
 from tests.interop.helpers import send_files
@@ -45,3 +48,47 @@ def test_discard_receiver_gets_and_receives_a_move(tmp_path):
         scp.wait(10)
         assert srv.stop() == 0, srv.log()
     assert '"move.done"' in srv.log() and '"completed": 5' in srv.log()
+
+
+def test_response_status_reads_field_and_status_without_decoding():
+    for field, code in ((cmd.CommandField.C_FIND_RSP, 0xFF00), (cmd.CommandField.C_FIND_RSP, 0),
+                        (cmd.CommandField.C_GET_RSP, 0xFF01)):
+        encoded = cmd.encode_command({
+            cmd.COMMAND_FIELD: int(field), cmd.AFFECTED_SOP_CLASS_UID: STUDY_ROOT_FIND,
+            cmd.MESSAGE_ID_BEING_RESPONDED_TO: 7, cmd.COMMAND_DATA_SET_TYPE: 0x0101,
+            cmd.STATUS: code})
+        assert response_status(encoded) == (field, code)
+    assert response_status(b"\x08\x00\x00\x01\x02\x00\x00\x00\x20\x80") == (-1, -1)  # not 0000
+    assert response_status(b"\x00\x00\x00\x01\x08\x00\x00\x00") == (-1, -1)  # overruns
+
+
+def test_find_scu_counts_what_findscu_counts(tmp_path):
+    srv = start_server(tmp_path / "data")
+    try:
+        paths = [write(make_ct(s, 1, 1, 1, size=16), tmp_path / "files") for s in range(1, 4)]
+        assert set(send_files(srv, paths).values()) == {0}
+        ds = pydicom.Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = ""
+        ds.PatientID = ""
+
+        async def run() -> tuple[list[float], list[int]]:
+            scu = await FindSCU.connect("127.0.0.1", srv.dicom_port, srv.ae_title)
+            try:
+                return await scu.timed([identifier(ds)] * 3)
+            finally:
+                await scu.release()
+
+        times, counts = asyncio.run(run())
+        out = tmp_path / "rsp"
+        out.mkdir()
+        found = subprocess.run(
+            ["/usr/bin/findscu", "-S", "-X", "-od", str(out), "-aec", srv.ae_title,
+             "127.0.0.1", str(srv.dicom_port), "-k", "QueryRetrieveLevel=STUDY",
+             "-k", "StudyInstanceUID", "-k", "PatientID"],
+            capture_output=True, text=True, timeout=60)
+        assert found.returncode == 0, found.stderr
+    finally:
+        assert srv.stop() == 0, srv.log()
+    assert counts == [3, 3, 3] == [len(list(out.glob("rsp*.dcm")))] * 3
+    assert all(t > 0 for t in times)
