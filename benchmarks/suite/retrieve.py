@@ -46,31 +46,34 @@ def catalogue(studies: list[list[Path]]) -> list[dict]:
     return out
 
 
-def _dimse_fetch(tool: str, peer, study: dict, outdir: Path) -> dict:
-    """One study by getscu (files written to ``outdir``) or movescu (to MOVE_AE, whose
-    storescp writes into ``outdir``); wall time of the whole command, files counted."""
+def _dimse_fetch(tool: str, peer, study: dict, outdir: Path, dest=None) -> dict:
+    """One study by getscu (files written to ``outdir``) or movescu (to MOVE_AE, the ``dest``
+    storescp writing into ``outdir``); wall time of the whole command, files counted, and the
+    CPU of the client side (the dcmtk tool, and the destination for a move)."""
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
     cmd = [peers_mod.dcmtk(tool), "-S", "-aet", servers.CLIENT_AE, "-aec", peer.ae_title,
            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study['study']}"]
     cmd += ["-aem", MOVE_AE] if tool == "movescu" else ["-od", str(outdir)]
     cmd += [peer.host, str(peer.port)]
+    cpu0 = common.rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0)
     t0 = time.perf_counter()
     r = common.run_checked(cmd, timeout=600)
     seconds = time.perf_counter() - t0
+    cpu = common.rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0) - cpu0
     got = peers_mod.count_part10_files(outdir)
     nbytes = sum(p.stat().st_size for p in outdir.rglob("*") if p.is_file())
     err = "" if r.returncode == 0 and got == study["files"] else \
         f"{tool}: exit {r.returncode}, {got}/{study['files']} files: {r.stderr[-300:]}"
-    return {"seconds": seconds, "files": got, "bytes": nbytes, "error": err}
+    return {"seconds": seconds, "files": got, "bytes": nbytes, "client_cpu_s": cpu, "error": err}
 
 
-def dimse_retrieve(tool: str, peer, cat: list[dict], work: Path, bar,
-                   dest_dir: Path | None = None) -> dict:
-    """Every study in turn; ``dest_dir``: the C-MOVE destination's output directory."""
+def dimse_retrieve(tool: str, peer, cat: list[dict], work: Path, bar, dest=None) -> dict:
+    """Every study in turn; ``dest``: the C-MOVE destination (its output directory is used)."""
     rows = []
     for i, study in enumerate(cat):
-        rows.append(_dimse_fetch(tool, peer, study, dest_dir or work / f"{tool}-{i}"))
+        rows.append(_dimse_fetch(tool, peer, study,
+                                 dest.data_dir if dest else work / f"{tool}-{i}", dest))
         bar.update(1)
     shutil.rmtree(work, ignore_errors=True)
     total_s = sum(r["seconds"] for r in rows) or 1e-9
@@ -78,6 +81,7 @@ def dimse_retrieve(tool: str, peer, cat: list[dict], work: Path, bar,
             "instances_per_s": sum(r["files"] for r in rows) / total_s,
             "mb_per_s": sum(r["bytes"] for r in rows) / 1e6 / total_s,
             "study_ms": common.latency_summary([r["seconds"] * 1000 for r in rows]),
+            "client_cpu_share": sum(r["client_cpu_s"] for r in rows) / total_s,
             "errors": [r["error"] for r in rows if r["error"]]}
 
 
@@ -125,14 +129,16 @@ def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work
                 raise RuntimeError(f"loading: {res['stored']}/{n_files} stored; {lr.errors}")
             res["metadata_wait_s"] = servers.wait_metadata(peer, n_files)
             res["c_get"] = dimse_retrieve("getscu", peer, cat, rundir / "get", bar)
-            res["c_move"] = dimse_retrieve("movescu", peer, cat, rundir / "move", bar,
-                                           dest_dir=dest.data_dir)
+            res["c_move"] = dimse_retrieve("movescu", peer, cat, rundir / "move", bar, dest)
             big = max(cat, key=lambda s: max(len(v) for v in s["series"].values()))
             series_uid, sops = max(big["series"].items(), key=lambda kv: len(kv[1]))
             uids = {"study": big["study"], "series": series_uid, "patient": big["patient"]}
+            cpu0, t0 = common.rusage_cpu(), time.perf_counter()
             res["dicomweb"] = asyncio.run(dw.measure(
                 servers.dicomweb_base(peer), uids, sops, requests=opts.requests,
                 clients=opts.parallel, first=True))
+            res["dicomweb"]["client_cpu_share"] = ((common.rusage_cpu() - cpu0)
+                                                   / (time.perf_counter() - t0))
             res["dicomweb"]["series_instances"] = len(sops)
             bar.update(1)
             res["viewers"] = []
@@ -293,6 +299,14 @@ def markdown(report: dict) -> str:
                 f"| {v['frames_per_s']:.0f} | {v['mb_per_s']:.1f} "
                 f"| {u['server_cores']:.2f} | {u['client_cores']:.2f} "
                 f"| {u['other_cores']:.2f} |")
+    shares = [f"{n}: C-GET {srv[n]['c_get']['client_cpu_share']:.0%}, C-MOVE "
+              f"{srv[n]['c_move']['client_cpu_share']:.0%}, DICOMweb "
+              f"{srv[n]['dicomweb']['client_cpu_share']:.0%}"
+              for n in names if "dicomweb" in srv[n]]
+    if shares:
+        lines += ["", "Load generators' own CPU as a share of the wall time (getscu; movescu "
+                  "and its storescp destination; the in-process aiohttp client): "
+                  + "; ".join(shares) + ". Viewer processes: the viewer cores column."]
     errs = [(n, e) for n in names for e in srv[n]["errors"]]
     if errs:
         lines += ["", "Errors:"] + [f"- {n}: {e[:300]}" for n, e in errs]

@@ -148,6 +148,9 @@ def test_retrieve_quick(tmp_path, workdir):
     assert [v["sessions"] for v in res["viewers"]] == [1, 2]
     assert all(v["frames_per_s"] > 0 for v in res["viewers"])
     assert res["dicomweb"]["retrieve_bytes"] > 0
+    for part in (res["c_get"], res["c_move"], res["dicomweb"]):  # the clients' own CPU
+        assert 0 < part["client_cpu_share"] <= 2.5  # getscu/movescu + destination, 2 cores
+    assert "Load generators' own CPU" in md
     assert "## Sizing (retrieve)" in md
 
 
