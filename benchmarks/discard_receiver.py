@@ -7,10 +7,13 @@ server. This receiver (asyncio on uvloop, one process, ``hpacs.ul.Connection``) 
 answers each C-STORE-RQ with success the moment that fragment arrives:
 
 - ``python -m benchmarks.discard_receiver scp --port P [--ae AE]``: storage SCP (any storage SOP
-  class, any transfer syntax, C-ECHO too), many associations at once: a C-MOVE destination;
+  class, any transfer syntax, C-ECHO too), many associations at once: a C-MOVE destination
+  (``--count-file F`` keeps the number of data sets received in F);
 - ``python -m benchmarks.discard_receiver get HOST PORT --aec AE --study UID``: C-GET SCU (Study
-  Root, STUDY level) proposing SCP role for ``--sop-class`` in the uncompressed syntaxes; prints
-  the final counts as JSON and exits 0 only if the C-GET succeeded with the expected count;
+  Root, STUDY level) proposing SCP role for ``--sop-class`` in the uncompressed syntaxes (and
+  each ``--syntax``); prints
+  the final counts, bytes, its own clock and CPU as JSON, and exits 0 only if the C-GET
+  succeeded with the expected count;
 - :class:`FindSCU` (used by ``benchmarks.query`` and ``hpacs bench query``): sequential C-FINDs on
   one association that count the pending responses and never decode an identifier, so a query
   with 1,000 matches costs the client a few µs per match (pynetdicom: ~1 ms, dcmtk findscu ~26 µs).
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import struct
 import sys
@@ -80,6 +84,21 @@ def response_status(data) -> tuple[int, int]:
     return field, code
 
 
+class Tally:
+    """The SCP's count of data sets received over all associations, kept in a file (rewritten
+    before each C-STORE-RSP goes out) so a benchmark can check a C-MOVE delivered them all."""
+
+    def __init__(self, path: str | None) -> None:
+        self.count = 0
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if path else None
+        self.add(0)
+
+    def add(self, n: int = 1) -> None:
+        self.count += n
+        if self.fd is not None:
+            os.pwrite(self.fd, b"%20d\n" % self.count, 0)
+
+
 class Receiver(asyncio.Protocol):
     """One association: answers C-STORE (and C-ECHO) requests, discards every data set.
 
@@ -88,10 +107,12 @@ class Receiver(asyncio.Protocol):
     and finishes ``done`` with the final response's command."""
 
     def __init__(self, conn: Connection, policy: AcceptorPolicy | None = None,
-                 get_identifier: bytes | None = None) -> None:
+                 get_identifier: bytes | None = None, tally: Tally | None = None) -> None:
         self.conn = conn
         self.policy = policy
         self.get_identifier = get_identifier
+        self.tally = tally
+        self.data_bytes = 0
         self.transport: asyncio.Transport | None = None
         self.command = bytearray()
         self.pending: dict | None = None  # the C-STORE-RQ whose data set is arriving
@@ -134,9 +155,12 @@ class Receiver(asyncio.Protocol):
 
     def _pdv(self, pdv) -> None:
         if not pdv.is_command:
+            self.data_bytes += len(pdv.data)
             if pdv.is_last and self.pending is not None:
                 request, self.pending = self.pending, None
                 self.stored += 1
+                if self.tally is not None:
+                    self.tally.add()
                 self._reply(pdv.context_id, cmd.response_to(
                     request, cmd.CommandField.C_STORE_RSP, status.SUCCESS))
             return
@@ -214,12 +238,13 @@ class Receiver(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def serve(port: int, ae: str) -> None:
+async def serve(port: int, ae: str, count_file: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     policy = AcceptorPolicy(ae_title=ae, max_pdu_length=MAX_PDU)
+    tally = Tally(count_file)
 
     def factory() -> Receiver:
-        return Receiver(Connection(Role.ACCEPTOR, max_pdu_length=MAX_PDU), policy)
+        return Receiver(Connection(Role.ACCEPTOR, max_pdu_length=MAX_PDU), policy, tally=tally)
 
     server = await loop.create_server(factory, "127.0.0.1", port, reuse_address=True)
     async with server:
@@ -308,12 +333,13 @@ def identifier(ds: Dataset) -> bytes:
 
 
 async def get(host: str, port: int, aec: str, aet: str, study: str, sop_classes: list[str],
-              expect: int | None, max_pdu: int = MAX_PDU) -> int:
+              expect: int | None, max_pdu: int = MAX_PDU, syntaxes: tuple[str, ...] = ()) -> int:
     loop = asyncio.get_running_loop()
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), time.process_time()
     conn = Connection(Role.REQUESTOR, max_pdu_length=max_pdu)
     contexts = [PresentationContext(1, STUDY_ROOT_GET, UNCOMPRESSED[:1])]
-    contexts += [PresentationContext(3 + 2 * i, uid, UNCOMPRESSED)
+    offered = tuple(dict.fromkeys((*syntaxes, *UNCOMPRESSED)))
+    contexts += [PresentationContext(3 + 2 * i, uid, offered)
                  for i, uid in enumerate(sop_classes)]
     receiver = Receiver(conn, get_identifier=_study_identifier(study))
     transport, _ = await loop.create_connection(lambda: receiver, host, port)
@@ -329,8 +355,9 @@ async def get(host: str, port: int, aec: str, aet: str, study: str, sop_classes:
     completed = final.get(cmd.COMPLETED_SUBOPERATIONS, 0)
     print(json.dumps({"status": hex(final.get(cmd.STATUS, -1)), "completed": completed,
                       "failed": final.get(cmd.FAILED_SUBOPERATIONS, 0),
-                      "received": receiver.stored,
-                      "ms": round((time.perf_counter() - started) * 1000, 2)}))
+                      "received": receiver.stored, "bytes": receiver.data_bytes,
+                      "ms": round((time.perf_counter() - started) * 1000, 2),
+                      "cpu_ms": round((time.process_time() - cpu0) * 1000, 2)}))
     ok = final.get(cmd.STATUS) == status.SUCCESS and (expect is None or receiver.stored == expect)
     return 0 if ok else 1
 
@@ -341,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("scp")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--ae", default="DISCARD")
+    s.add_argument("--count-file", help="keep the number of data sets received in this file")
     g = sub.add_parser("get")
     g.add_argument("host")
     g.add_argument("port", type=int)
@@ -350,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--sop-class", action="append", default=None)
     g.add_argument("--expect", type=int)
     g.add_argument("--max-pdu", type=int, default=MAX_PDU)
+    g.add_argument("--syntax", action="append", default=[],
+                   help="transfer syntax to accept besides the uncompressed ones")
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -359,10 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         pass
     if args.mode == "scp":
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args.port, args.ae))
+            asyncio.run(serve(args.port, args.ae, args.count_file))
         return 0
     return asyncio.run(get(args.host, args.port, args.aec, args.aet, args.study,
-                           args.sop_class or [CT_IMAGE_STORAGE], args.expect, args.max_pdu))
+                           args.sop_class or [CT_IMAGE_STORAGE], args.expect, args.max_pdu,
+                           tuple(args.syntax)))
 
 
 if __name__ == "__main__":

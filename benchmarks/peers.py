@@ -559,14 +559,23 @@ def start(name: str, workdir: Path) -> contextlib.AbstractContextManager[Peer]:
 @contextlib.contextmanager
 def discard_receiver(workdir: Path, *, ae: str = "FASTDISCARD",
                      ready_timeout: float = 20.0) -> Iterator[Peer]:
-    """benchmarks/discard_receiver.py as a storage SCP: 1 MiB PDUs, discards every data set."""
+    """benchmarks/discard_receiver.py as a storage SCP: 1 MiB PDUs, discards every data set;
+    ``peer.stored_count()`` is the number of data sets it has received."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    count_file = workdir / "received"
     cmd = [sys.executable, "-m", "benchmarks.discard_receiver", "scp", "--port", str(port),
-           "--ae", ae]
+           "--ae", ae, "--count-file", str(count_file)]
     env = nodelay_env(PYTHONPATH=str(REPO))
+
+    def counter(p: Peer) -> int | None:
+        try:
+            return int(count_file.read_text())
+        except (OSError, ValueError):
+            return None
+
     with _running("discard-receiver", cmd, workdir=workdir, data_dir=workdir, port=port, ae=ae,
-                  http_port=None, counter=lambda p: None, ready_timeout=ready_timeout, env=env,
+                  http_port=None, counter=counter, ready_timeout=ready_timeout, env=env,
                   info={"command": "python -m benchmarks.discard_receiver scp"}) as peer:
         yield peer

@@ -279,8 +279,10 @@ def rusage_cpu(children: bool = False) -> float:
 
 
 def run_checked(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=peers_mod.nodelay_env(), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    """``cmd`` with Nagle off (dcmtk) and this repository importable (``-m benchmarks...``)."""
+    return subprocess.run(cmd, env=peers_mod.nodelay_env(PYTHONPATH=str(peers_mod.REPO)),
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
 
 
 # ---------------------------------------------------------------------------- corpus

@@ -4,7 +4,9 @@ A fresh server is loaded with the corpus (our storage SCU, 2 associations; the c
 checked). Then, sequentially: every study is fetched by dcmtk ``getscu`` (C-GET) and by
 ``movescu`` (C-MOVE to a dcmtk ``storescp`` writing files, one association at a time; movescu
 moving to its own ``--port`` takes ~1.4 s a study for either server, a client artefact), each
-received file counted; the largest series
+received file counted; then again through the fast discarding receiver
+(``benchmarks.discard_receiver``: as C-GET SCU, and as movescu's destination), so that neither
+dcmtk's parsing nor the client's disk is what is timed; the largest series
 goes through ``benchmarks.dicomweb.measure`` (QIDO, series metadata first and warm, WADO-RS
 series retrieve, frames/s); then N viewer processes at once (``--viewers`` sweep) each open
 ``--sessions`` series the way OHIF does (see ``loadgen.open_series``): series-open latency
@@ -15,8 +17,10 @@ store (no cold tier on this branch).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,15 +34,26 @@ from benchmarks.suite.ingest import store_load
 from benchmarks.suite.loadgen import Load
 
 MOVE_AE = "BENCHMOVE"
+#: C-MOVE destination AE of the fast discarding receiver (``benchmarks.discard_receiver``).
+FAST_AE = "BENCHFAST"
+#: C-GET/C-MOVE results: through dcmtk (getscu; movescu to storescp writing files) and
+#: through the fast receiver (discards; neither the client's disk nor dcmtk's parsing).
+DIMSE_PARTS = ("c_get", "c_move", "c_get_fast", "c_move_fast")
 
 
 def catalogue(studies: list[list[Path]]) -> list[dict]:
-    """Per corpus study: patient, study UID, series UID -> SOP UIDs (in order), bytes."""
+    """Per corpus study: patient, study UID, series UID -> SOP UIDs (in order), bytes, and the
+    SOP classes and transfer syntaxes in it (what a C-GET SCU must accept)."""
     out = []
     for files in studies:
-        entry: dict = {"series": {}, "bytes": 0, "files": len(files)}
+        entry: dict = {"series": {}, "bytes": 0, "files": len(files), "sop_classes": [],
+                       "syntaxes": []}
         for p in files:
             ds = pydicom.dcmread(p, stop_before_pixels=True)
+            for key, uid in (("sop_classes", ds.SOPClassUID),
+                             ("syntaxes", ds.file_meta.TransferSyntaxUID)):
+                if uid not in entry[key]:
+                    entry[key].append(str(uid))
             entry["patient"], entry["study"] = ds.PatientID, ds.StudyInstanceUID
             entry["series"].setdefault(ds.SeriesInstanceUID, []).append(ds.SOPInstanceUID)
             entry["bytes"] += p.stat().st_size
@@ -47,22 +62,46 @@ def catalogue(studies: list[list[Path]]) -> list[dict]:
 
 
 def _dimse_fetch(tool: str, peer, study: dict, outdir: Path, dest=None) -> dict:
-    """One study by getscu (files written to ``outdir``) or movescu (to MOVE_AE, the ``dest``
-    storescp writing into ``outdir``); wall time of the whole command, files counted, and the
-    CPU of the client side (the dcmtk tool, and the destination for a move)."""
+    """One study by ``tool``: dcmtk getscu (files written to ``outdir``), movescu (to the
+    ``dest`` peer: dcmtk storescp writing into ``outdir``, or the fast discarding receiver,
+    whose own count is checked), or ``fast-get`` (``benchmarks.discard_receiver get``: C-GET
+    SCU on hpacs's upper layer that discards what it receives; its own clock and CPU, from
+    connect to release, since its Python start-up is not retrieval). Wall time, files, bytes,
+    and the CPU of the client side (the tool, and the destination for a move)."""
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
-    cmd = [peers_mod.dcmtk(tool), "-S", "-aet", servers.CLIENT_AE, "-aec", peer.ae_title,
-           "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study['study']}"]
-    cmd += ["-aem", MOVE_AE] if tool == "movescu" else ["-od", str(outdir)]
-    cmd += [peer.host, str(peer.port)]
+    if tool == "fast-get":
+        cmd = [sys.executable, "-m", "benchmarks.discard_receiver", "get", peer.host,
+               str(peer.port), "--aec", peer.ae_title, "--aet", servers.CLIENT_AE,
+               "--study", study["study"], "--expect", str(study["files"])]
+        for uid in study["sop_classes"]:
+            cmd += ["--sop-class", uid]
+        for uid in study["syntaxes"]:
+            cmd += ["--syntax", uid]
+    else:
+        cmd = [peers_mod.dcmtk(tool), "-S", "-aet", servers.CLIENT_AE, "-aec", peer.ae_title,
+               "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study['study']}"]
+        cmd += ["-aem", dest.ae_title] if tool == "movescu" else ["-od", str(outdir)]
+        cmd += [peer.host, str(peer.port)]
+    counted = dest is not None and dest.stored_count() is not None  # the fast receiver
+    before = dest.stored_count() if counted else 0
     cpu0 = common.rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0)
     t0 = time.perf_counter()
     r = common.run_checked(cmd, timeout=600)
     seconds = time.perf_counter() - t0
     cpu = common.rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0) - cpu0
-    got = peers_mod.count_part10_files(outdir)
-    nbytes = sum(p.stat().st_size for p in outdir.rglob("*") if p.is_file())
+    if tool == "fast-get":
+        try:
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+            seconds, cpu = res["ms"] / 1000, res["cpu_ms"] / 1000
+            got, nbytes = res["received"], res["bytes"]
+        except (ValueError, IndexError, KeyError):
+            got, nbytes = 0, 0
+    elif counted:
+        got, nbytes = dest.stored_count() - before, study["bytes"]  # data sets, not files
+    else:
+        got = peers_mod.count_part10_files(outdir)
+        nbytes = sum(p.stat().st_size for p in outdir.rglob("*") if p.is_file())
     err = "" if r.returncode == 0 and got == study["files"] else \
         f"{tool}: exit {r.returncode}, {got}/{study['files']} files: {r.stderr[-300:]}"
     return {"seconds": seconds, "files": got, "bytes": nbytes, "client_cpu_s": cpu, "error": err}
@@ -72,8 +111,8 @@ def dimse_retrieve(tool: str, peer, cat: list[dict], work: Path, bar, dest=None)
     """Every study in turn; ``dest``: the C-MOVE destination (its output directory is used)."""
     rows = []
     for i, study in enumerate(cat):
-        rows.append(_dimse_fetch(tool, peer, study,
-                                 dest.data_dir if dest else work / f"{tool}-{i}", dest))
+        out = dest.data_dir if dest and dest.stored_count() is None else work / f"{tool}-{i}"
+        rows.append(_dimse_fetch(tool, peer, study, out, dest))
         bar.update(1)
     shutil.rmtree(work, ignore_errors=True)
     total_s = sum(r["seconds"] for r in rows) or 1e-9
@@ -116,11 +155,13 @@ def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work
     rundir = work / f"retrieve-{name}"
     shutil.rmtree(rundir, ignore_errors=True)
     n_files = sum(s["files"] for s in cat)
-    steps = 2 * len(cat) + 1 + len(opts.viewers)
+    steps = 4 * len(cat) + 1 + len(opts.viewers)
     bar = common.progress(steps, f"retrieve {name}", opts.no_progress, unit="step")
     try:
         with peers_mod.storescp(rundir / "move-dest", fork=False, ae=MOVE_AE) as dest, \
-                servers.start(name, rundir, remotes={MOVE_AE: dest.port}) as peer:
+                peers_mod.discard_receiver(rundir / "fast-dest", ae=FAST_AE) as fast, \
+                servers.start(name, rundir, remotes={MOVE_AE: dest.port,
+                                                     FAST_AE: fast.port}) as peer:
             t0 = time.perf_counter()
             lr = store_load(peer, common.deal(studies, 2), timeout=opts.timeout).run()
             res["load_s"] = time.perf_counter() - t0
@@ -130,6 +171,9 @@ def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work
             res["metadata_wait_s"] = servers.wait_metadata(peer, n_files)
             res["c_get"] = dimse_retrieve("getscu", peer, cat, rundir / "get", bar)
             res["c_move"] = dimse_retrieve("movescu", peer, cat, rundir / "move", bar, dest)
+            res["c_get_fast"] = dimse_retrieve("fast-get", peer, cat, rundir / "fast-get", bar)
+            res["c_move_fast"] = dimse_retrieve("movescu", peer, cat, rundir / "fast-move", bar,
+                                                fast)
             big = max(cat, key=lambda s: max(len(v) for v in s["series"].values()))
             series_uid, sops = max(big["series"].items(), key=lambda kv: len(kv[1]))
             uids = {"study": big["study"], "series": series_uid, "patient": big["patient"]}
@@ -145,7 +189,7 @@ def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work
             for n in opts.viewers:
                 res["viewers"].append(viewer_cell(peer, cat, n, opts, disk))
                 bar.update(1)
-            for part in ("c_get", "c_move"):
+            for part in DIMSE_PARTS:
                 res["errors"] += res[part]["errors"]
             for v in res["viewers"]:
                 res["errors"] += v["errors"]
@@ -231,6 +275,11 @@ def make_plots(report: dict, out: Path) -> dict[str, str]:
     return made
 
 
+#: Client-CPU shares listed under the table: result part -> label.
+CLIENT_LABELS = {"c_get": "C-GET", "c_move": "C-MOVE", "c_get_fast": "C-GET fast",
+                 "c_move_fast": "C-MOVE fast", "dicomweb": "DICOMweb"}
+
+
 def comparison_rows(report: dict) -> list[tuple[str, Callable[[dict], float], bool]]:
     """(label, value from one server's result, higher is better) of the hpacs/Orthanc table."""
     return [
@@ -239,6 +288,14 @@ def comparison_rows(report: dict) -> list[tuple[str, Callable[[dict], float], bo
         ("C-GET study p95 ms", lambda r: r["c_get"]["study_ms"]["p95"], False),
         ("C-MOVE study: instances/s", lambda r: r["c_move"]["instances_per_s"], True),
         ("C-MOVE study p95 ms", lambda r: r["c_move"]["study_ms"]["p95"], False),
+        ("C-GET study, fast receiver: instances/s",
+         lambda r: r["c_get_fast"]["instances_per_s"], True),
+        ("C-GET study, fast receiver p95 ms", lambda r: r["c_get_fast"]["study_ms"]["p95"],
+         False),
+        ("C-MOVE study, fast receiver: instances/s",
+         lambda r: r["c_move_fast"]["instances_per_s"], True),
+        ("C-MOVE study, fast receiver p95 ms", lambda r: r["c_move_fast"]["study_ms"]["p95"],
+         False),
         ("QIDO /studies?PatientID ms", lambda r: r["dicomweb"]["qido_studies_ms"], False),
         ("series /metadata first ms", lambda r: r["dicomweb"]["metadata_first_ms"], False),
         ("series /metadata ms", lambda r: r["dicomweb"]["metadata_ms"], False),
@@ -299,14 +356,16 @@ def markdown(report: dict) -> str:
                 f"| {v['frames_per_s']:.0f} | {v['mb_per_s']:.1f} "
                 f"| {u['server_cores']:.2f} | {u['client_cores']:.2f} "
                 f"| {u['other_cores']:.2f} |")
-    shares = [f"{n}: C-GET {srv[n]['c_get']['client_cpu_share']:.0%}, C-MOVE "
-              f"{srv[n]['c_move']['client_cpu_share']:.0%}, DICOMweb "
-              f"{srv[n]['dicomweb']['client_cpu_share']:.0%}"
-              for n in names if "dicomweb" in srv[n]]
+    shares = [f"{n}: " + ", ".join(f"{label} {srv[n][part]['client_cpu_share']:.0%}"
+                                   for part, label in CLIENT_LABELS.items())
+              for n in names if all(part in srv[n] for part in CLIENT_LABELS)]
     if shares:
         lines += ["", "Load generators' own CPU as a share of the wall time (getscu; movescu "
-                  "and its storescp destination; the in-process aiohttp client): "
-                  + "; ".join(shares) + ". Viewer processes: the viewer cores column."]
+                  "and its storescp destination; the fast receiver as C-GET SCU; movescu and "
+                  "the fast receiver as destination; the in-process aiohttp client): "
+                  + "; ".join(shares) + ". Viewer processes: the viewer cores column. The fast "
+                  "receiver (`benchmarks.discard_receiver`: hpacs's upper layer, 1 MiB PDUs, "
+                  "data sets discarded undecoded) keeps the client from being what is measured."]
     errs = [(n, e) for n in names for e in srv[n]["errors"]]
     if errs:
         lines += ["", "Errors:"] + [f"- {n}: {e[:300]}" for n, e in errs]

@@ -144,11 +144,13 @@ def test_retrieve_quick(tmp_path, workdir):
     res = data["servers"]["hpacs"]
     assert res["ok"], res["errors"]
     assert res["stored"] == data["corpus"]["count"] == 8
-    assert res["c_get"]["files"] == res["c_move"]["files"] == 8  # every instance came back
+    for part in ("c_get", "c_move", "c_get_fast", "c_move_fast"):  # every instance came back
+        assert res[part]["files"] == 8, part
     assert [v["sessions"] for v in res["viewers"]] == [1, 2]
     assert all(v["frames_per_s"] > 0 for v in res["viewers"])
     assert res["dicomweb"]["retrieve_bytes"] > 0
-    for part in (res["c_get"], res["c_move"], res["dicomweb"]):  # the clients' own CPU
+    for part in (res["c_get"], res["c_move"], res["c_get_fast"], res["c_move_fast"],
+                 res["dicomweb"]):  # the clients' own CPU
         assert 0 < part["client_cpu_share"] <= 2.5  # getscu/movescu + destination, 2 cores
     assert "Load generators' own CPU" in md
     assert "## Sizing (retrieve)" in md
