@@ -225,42 +225,46 @@ async def qido_times(session, base: str, queries: list[dict[str, str]]
 
 async def _query_run(spec: dict, ready, start) -> WorkerResult:
     """spec: host, port, called_ae, calling_ae, base (DICOMweb root), warmup, timeout, ``shapes``:
-    {shape: [(keys, C-FIND identifier bytes), ...]}. One record per shape."""
+    {shape: [(keys, C-FIND identifier bytes), ...]}. One record per shape.
+
+    Each shape's C-FINDs get an association of their own (set up before the clock starts):
+    while the QIDO queries run, a DIMSE association would sit idle for minutes against a slow
+    server, and servers close idle associations (Orthanc after 30 s)."""
     import aiohttp
 
     from benchmarks.discard_receiver import FindSCU
 
     res = WorkerResult("query", spec["index"], ok=False)
-    scu = await FindSCU.connect(spec["host"], spec["port"], spec["called_ae"],
-                                calling_ae=spec.get("calling_ae", "BENCH"))
-    try:
-        async with aiohttp.ClientSession(auto_decompress=False,
-                                         headers={"Accept-Encoding": "identity"}) as s:
-            ready.put(spec["index"])
-            spec["ready_sent"] = True
-            await asyncio.get_running_loop().run_in_executor(None, start.wait)
-            cpu0 = _cpu()
-            warm, timeout = spec.get("warmup", 5), spec.get("timeout", 600.0)
-            try:
-                for shape, queries in spec["shapes"].items():
-                    keys = [k for k, _ in queries]
-                    idents = [i for _, i in queries]
+    warm, timeout = spec.get("warmup", 5), spec.get("timeout", 600.0)
+    async with aiohttp.ClientSession(auto_decompress=False,
+                                     headers={"Accept-Encoding": "identity"}) as s:
+        ready.put(spec["index"])
+        spec["ready_sent"] = True
+        await asyncio.get_running_loop().run_in_executor(None, start.wait)
+        cpu0 = _cpu()
+        try:
+            for shape, queries in spec["shapes"].items():
+                keys = [k for k, _ in queries]
+                idents = [i for _, i in queries]
+                scu = await FindSCU.connect(spec["host"], spec["port"], spec["called_ae"],
+                                            calling_ae=spec.get("calling_ae", "BENCH"))
+                try:
                     await scu.timed(idents[:warm], timeout)  # untimed
                     c0 = _cpu()
                     t_find, n_find = await scu.timed(idents, timeout)
                     c1 = _cpu()
-                    await qido_times(s, spec["base"], keys[:warm])  # untimed
-                    c2 = _cpu()
-                    t_qido, n_qido = await qido_times(s, spec["base"], keys)
-                    res.records.append({
-                        "shape": shape, "c_find_s": t_find, "c_find_matches": n_find,
-                        "c_find_cpu_s": c1 - c0, "qido_s": t_qido, "qido_matches": n_qido,
-                        "qido_cpu_s": _cpu() - c2})
-                res.ok = True
-            finally:
-                res.cpu_s = _cpu() - cpu0
-    finally:
-        await scu.release()
+                finally:
+                    await scu.release()
+                await qido_times(s, spec["base"], keys[:warm])  # untimed
+                c2 = _cpu()
+                t_qido, n_qido = await qido_times(s, spec["base"], keys)
+                res.records.append({
+                    "shape": shape, "c_find_s": t_find, "c_find_matches": n_find,
+                    "c_find_cpu_s": c1 - c0, "qido_s": t_qido, "qido_matches": n_qido,
+                    "qido_cpu_s": _cpu() - c2})
+            res.ok = True
+        finally:
+            res.cpu_s = _cpu() - cpu0
     return res
 
 
