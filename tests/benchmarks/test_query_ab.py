@@ -1,5 +1,6 @@
 """The C-FIND A/B benchmark runs end to end on a tiny index: reference tree, index copy, both
-servers, findscu, the servers' logs, the report; and its work directory is removed."""
+servers, findscu, the servers' logs, the fast client, the report; and its work directory is
+removed."""
 
 from __future__ import annotations
 
@@ -25,5 +26,6 @@ def test_query_ab_runs_end_to_end(tmp_path):
             assert side["inproc_cpu_ms"]["p50"] > 0
             # every findscu run left its find.done line: 2 + K per query
             assert side["server_ms"]["n"] == 2 * (2 + 1)
+            assert side["fast_ms"]["p50"] > 0 and side["fast_client_cpu_ms"] > 0
     assert next(out.glob("query-ab-*.md")).read_text().startswith("# C-FIND A/B")
     assert list(work.iterdir()) == []
