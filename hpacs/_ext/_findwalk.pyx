@@ -118,16 +118,31 @@ cdef class RowWalker:
         self.decoders, self.depth, self.checks = decoders, depth, checks
         self.patient_key, self.resolve = patient_key, resolve
 
-    def collect(self, keys, tuple gets, list out, Py_ssize_t size, Py_ssize_t budget):
+    def collect(self, keys, tuple gets, list out, Py_ssize_t size, Py_ssize_t budget,
+                tuple having=None):
         """See findwalk.RowWalker.collect."""
         cdef list caches = [{} for _ in range(self.depth + 1)]
         cdef Py_ssize_t examined = 0
-        cdef tuple check, prefix
+        cdef tuple check, prefix, probe_values = None
         cdef int r
         cdef str pre
+        cdef bint kept
         resolve = self.resolve
+        probe = None
+        if having is not None:
+            probe, probe_values = having[0], <tuple?>having[1]
         for k in keys:
             examined += 1
+            if probe is not None:
+                kept = False
+                for v in probe_values:
+                    if probe(v, k):
+                        kept = True
+                        break
+                if not kept:
+                    if examined >= budget:
+                        return False
+                    continue
             rows = self._rows(gets, k, caches)
             if rows is not None:
                 for check in self.checks:

@@ -35,6 +35,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "ATTR",
     "CHARSET",
@@ -48,6 +50,7 @@ __all__ = [
     "TRUTHY",
     "UNIQUE",
     "RowEncoder",
+    "raw_attrs",
     "resolve",
 ]
 
@@ -58,12 +61,26 @@ LITTLE, CONST_NON_ASCII, CHARSET_REQUESTED = 1, 2, 4
 _ABSENT = object()
 
 
+#: A view row's raw attrs decoded as the entry's own field would be (str | int | list[int]).
+_RAW_ATTRS = msgspec.msgpack.Decoder(dict[str, str | int | list[int]])
+
+
+def raw_attrs(raw: Any) -> dict:
+    """The attrs of a view row (``hpacs.index.db.PatientView`` ...: msgpack left raw) as the
+    entry's dict; the compiled kernel's fallback for values it does not read in place."""
+    return _RAW_ATTRS.decode(raw)
+
+
 def resolve(rows: list, sources: tuple[tuple[int, int, str], ...]) -> Any:
-    """The value ``sources`` point at in ``rows`` (None when there is none)."""
+    """The value ``sources`` point at in ``rows`` (None when there is none). A row's attrs are
+    a dict (an entry) or raw msgpack (a view row: decoded here, read in place when compiled)."""
     for level, how, name in sources:
         row = rows[level]
         if how == ATTR:
-            v = row.attrs.get(name, _ABSENT)
+            attrs = row.attrs
+            if attrs.__class__ is not dict:
+                attrs = raw_attrs(attrs)
+            v = attrs.get(name, _ABSENT)
             if v is not _ABSENT:
                 return v
         elif how == FIELD:

@@ -59,13 +59,23 @@ class RowWalker:
         self.patient_key, self.resolve = patient_key, resolve
 
     def collect(self, keys: Iterable[bytes], gets: tuple, out: list, size: int,
-                budget: int) -> bool:
+                budget: int, having: tuple | None = None) -> bool:
         """Append to ``out`` the rows (patient first) of each candidate of ``keys`` that
         passes every check, until ``out`` holds ``size`` matches or ``budget`` candidates were
-        examined (False: more may follow) or ``keys`` ends (True)."""
+        examined (False: more may follow) or ``keys`` ends (True).
+
+        ``having``: ``(probe, values)``, a filter tried before any row is read: a candidate
+        ``k`` is kept when ``probe(v, k)`` is true for one of ``values`` (a cursor's
+        ``set_key_dup`` on an index whose values are the candidates' keys: the studies of a
+        modality). It must keep every candidate that can pass the checks (the checks still
+        decide); a rejected candidate costs one probe per value instead of its rows."""
         caches: list[dict[bytes, Any]] = [{} for _ in range(self.depth + 1)]
         resolve, checks = self.resolve, self.checks
         for examined, k in enumerate(keys, 1):
+            if having is not None and not any(having[0](v, k) for v in having[1]):
+                if examined >= budget:
+                    return False
+                continue
             rows = self._rows(gets, k, caches)
             if rows is not None:
                 for match, sources, _prefix in checks:
