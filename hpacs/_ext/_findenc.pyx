@@ -12,6 +12,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdlib cimport free, malloc
+from libc.stdio cimport snprintf
 from libc.string cimport memcmp
 
 from hpacs._ext._growbuf cimport Buf, buf_put
@@ -21,6 +22,7 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(object o)
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
     const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
     object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
 
 from hpacs._ext.findenc import (
@@ -253,7 +255,12 @@ cdef object _resolve_span(list rows, tuple sources, RawMap* maps,
             if v:
                 return v
         else:
-            return "\\".join(sorted(getattr(row, src[2])))
+            keys = getattr(row, src[2])
+            if type(keys) is dict and len(<dict>keys) == 1:  # one modality: no sort, no join
+                for k in <dict>keys:
+                    if type(k) is str:
+                        return k
+            return "\\".join(sorted(keys))
     return None
 
 
@@ -352,6 +359,9 @@ cdef class RowEncoder:
         cdef const unsigned char* vp = NULL
         cdef Py_ssize_t vn = 0
         cdef RawMap maps[4]
+        cdef char num[32]
+        cdef int overflow = 0
+        cdef long long iv
         maps[0].state = maps[1].state = maps[2].state = maps[3].state = 0
         if not non_ascii:
             for sources in self.text_sources:
@@ -397,7 +407,13 @@ cdef class RowEncoder:
                         continue
                     value = _resolve(rows, <tuple>entry[4], maps)
                 if fast and type(value) is int:
-                    value = str(value)  # a count (IS): what the slow path writes, faster
+                    # a count (IS): its decimal digits, as str(value) and the slow path write
+                    iv = PyLong_AsLongLongAndOverflow(value, &overflow)
+                    if overflow == 0:
+                        n = snprintf(num, sizeof(num), "%lld", iv)
+                        _put_element(&b, head, num, n, long_len, little, pad)
+                        continue
+                    value = str(value)
                 if fast and type(value) is str and PyUnicode_GET_LENGTH(value) > 0:
                     if PyUnicode_IS_ASCII(value):
                         _put_element(&b, head, <const char*>PyUnicode_DATA(value),

@@ -1,7 +1,9 @@
 """C-FIND matches read and encoded straight from their index rows: the twin of ``_findenc.pyx``.
 
 A match is its rows, indexed by level (0 = patient ... 3 = instance; msgspec structs of
-``hpacs.index.db``). A value is found by its *sources* (built once per query by
+``hpacs.index.db``: the entries, or the C-FIND walk's view rows whose ``attrs`` are still
+msgpack, ``msgspec.Raw``: the compiled kernel reads their values in place, this twin decodes
+them). A value is found by its *sources* (built once per query by
 ``hpacs.index.query.value_sources``): ``(level, how, name)`` tried in order, the first present
 wins; ``how`` is :data:`ATTR` (``row.attrs[name]`` when present), :data:`FIELD` (a row field,
 always present), :data:`TRUTHY` (a row field when truthy) or :data:`KEYS` (a dict field's keys,

@@ -13,6 +13,9 @@ the rows of the candidate and of its ancestors (``gets[level](key)``: a cursor's
 level's table, ``decoders[level]`` decodes the row; the parents of a candidate are cached for the
 call, since many candidates share them) and keeps the rows that pass every check.
 
+A ``having`` filter (``(probe, values)``) may drop a candidate before its rows are read: the
+modality index probed for the candidate's key (``hpacs.index.query.QueryEngine.having``).
+
 A check is ``(match, sources, prefix)``: the value ``resolve(rows, sources)`` must satisfy
 ``match`` (``Matcher.match``). ``prefix`` is ``(literal, fold, pn)`` when the key is a literal
 prefix followed by ``*`` (``DOE*``, the name-prefix query), else None: the compiled kernel then
