@@ -12,7 +12,6 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdlib cimport free, malloc
-from libc.stdio cimport snprintf
 from libc.string cimport memcmp
 
 from hpacs._ext._growbuf cimport Buf, buf_put
@@ -264,6 +263,28 @@ cdef object _resolve_span(list rows, tuple sources, RawMap* maps,
     return None
 
 
+cdef Py_ssize_t _digits(long long v, char* out):
+    """``str(v)`` of an integer into ``out`` (at least 21 bytes): its length."""
+    cdef char tmp[24]
+    cdef Py_ssize_t n = 0, i = 0
+    cdef unsigned long long u = <unsigned long long>v
+    if v < 0:
+        out[0] = 45  # "-"
+        i = 1
+        u = <unsigned long long>0 - u
+    while True:
+        tmp[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if u == 0:
+            break
+    while n > 0:
+        n -= 1
+        out[i] = tmp[n]
+        i += 1
+    return i
+
+
 cdef inline bint _ascii_bytes(const unsigned char* p, Py_ssize_t n):
     cdef Py_ssize_t i
     for i in range(n):
@@ -410,7 +431,7 @@ cdef class RowEncoder:
                     # a count (IS): its decimal digits, as str(value) and the slow path write
                     iv = PyLong_AsLongLongAndOverflow(value, &overflow)
                     if overflow == 0:
-                        n = snprintf(num, sizeof(num), "%lld", iv)
+                        n = _digits(iv, num)
                         _put_element(&b, head, num, n, long_len, little, pad)
                         continue
                     value = str(value)

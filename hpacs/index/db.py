@@ -159,8 +159,8 @@ class StudyView(msgspec.Struct, array_like=True, gc=False):
     n_instances: int = 0
     modalities: dict[str, int] = msgspec.field(default_factory=dict)
     sop_classes: dict[str, int] = msgspec.field(default_factory=dict)
-    last_stored: float = 0.0
-    last_access: float = 0.0
+    # the lifecycle clocks that follow are not read by a query: left undecoded (msgspec skips
+    # an array's trailing elements the struct does not name)
 
 
 class SeriesView(msgspec.Struct, array_like=True, gc=False):

@@ -113,3 +113,20 @@ def test_both_reject_an_overlong_short_length():
     for mod in (_findenc, findenc):
         with pytest.raises(OverflowError):
             mod.RowEncoder(*args).encode(rows)
+
+
+@pytest.mark.parametrize("count", [0, 7, -1, -(2**63), 2**63 - 1, 2**63, -(2**63) - 1, 10**30])
+def test_counts_are_written_as_their_digits_like_the_twin(count):
+    # a count goes straight into the answer as digits; beyond 64 bits through str()
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import encode
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.NumberOfStudyRelatedSeries = None
+    req = f.parse_find(f.STUDY_ROOT_FIND, encode(ds, False, True), "1.2.840.10008.1.2.1")
+    rows = [PatientEntry("P", "", {}), StudyEntry("1.2", "P", "", {}, count)]
+    args = f.MatchEncoder(req).row_args
+    got = _findenc.RowEncoder(*args).encode(rows)
+    assert got == findenc.RowEncoder(*args).encode(rows)
+    assert str(count).encode() in got
