@@ -393,8 +393,11 @@ cdef class RowEncoder:
                     value = _resolve(rows, sources, maps)
                 if value is None:
                     continue
-                if type(value) is str and PyUnicode_IS_ASCII(value):
-                    continue
+                if type(value) is str:
+                    if PyUnicode_IS_ASCII(value):
+                        continue
+                    non_ascii = True  # what non_ascii_of answers for a non-ASCII string
+                    break
                 if self.non_ascii_of(value):
                     non_ascii = True
                     break

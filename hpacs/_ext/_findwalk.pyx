@@ -77,6 +77,19 @@ cdef int _prefix_match(object value, str pre, bint fold, bint pn):
     return 1
 
 
+cdef int _prefix_match_str(str value, str pre, bint fold, bint pn):
+    """:func:`_prefix_match` for any string (non-ASCII: casefolded by Python, as the matcher
+    does); -1 when the matcher must decide (several values, PN component groups)."""
+    if "\\" in value or (pn and "=" in value):
+        return -1
+    if not value:
+        return 0
+    c = value.rstrip("^ =") if pn else value.rstrip(" ")
+    if fold:
+        c = c.casefold()
+    return 1 if c.startswith(pre) else 0
+
+
 cdef object _patient_key(object pkey, object row):
     """``pkey(row.patient_id, row.issuer)``, the bytes built in place when both are ASCII."""
     cdef object pid = row.patient_id
@@ -153,6 +166,9 @@ cdef class RowWalker:
                         pre = <str>prefix[0]
                         if PyUnicode_IS_ASCII(pre):
                             r = _prefix_match(value, pre, bool(prefix[1]), bool(prefix[2]))
+                        if r < 0 and type(value) is str:
+                            r = _prefix_match_str(<str>value, pre, bool(prefix[1]),
+                                                  bool(prefix[2]))
                     if r < 0:
                         r = 1 if check[0](value) else 0
                     if r == 0:
