@@ -77,6 +77,19 @@ cdef int _prefix_match(object value, str pre, bint fold, bint pn):
     return 1
 
 
+cdef int _prefix_match_str(str value, str pre, bint fold, bint pn):
+    """:func:`_prefix_match` for any string (non-ASCII: casefolded by Python, as the matcher
+    does); -1 when the matcher must decide (several values, PN component groups)."""
+    if "\\" in value or (pn and "=" in value):
+        return -1
+    if not value:
+        return 0
+    c = value.rstrip("^ =") if pn else value.rstrip(" ")
+    if fold:
+        c = c.casefold()
+    return 1 if c.startswith(pre) else 0
+
+
 cdef object _patient_key(object pkey, object row):
     """``pkey(row.patient_id, row.issuer)``, the bytes built in place when both are ASCII."""
     cdef object pid = row.patient_id
@@ -118,16 +131,31 @@ cdef class RowWalker:
         self.decoders, self.depth, self.checks = decoders, depth, checks
         self.patient_key, self.resolve = patient_key, resolve
 
-    def collect(self, keys, tuple gets, list out, Py_ssize_t size, Py_ssize_t budget):
+    def collect(self, keys, tuple gets, list out, Py_ssize_t size, Py_ssize_t budget,
+                tuple having=None):
         """See findwalk.RowWalker.collect."""
         cdef list caches = [{} for _ in range(self.depth + 1)]
         cdef Py_ssize_t examined = 0
-        cdef tuple check, prefix
+        cdef tuple check, prefix, probe_values = None
         cdef int r
         cdef str pre
+        cdef bint kept
         resolve = self.resolve
+        probe = None
+        if having is not None:
+            probe, probe_values = having[0], <tuple?>having[1]
         for k in keys:
             examined += 1
+            if probe is not None:
+                kept = False
+                for v in probe_values:
+                    if probe(v, k):
+                        kept = True
+                        break
+                if not kept:
+                    if examined >= budget:
+                        return False
+                    continue
             rows = self._rows(gets, k, caches)
             if rows is not None:
                 for check in self.checks:
@@ -138,6 +166,9 @@ cdef class RowWalker:
                         pre = <str>prefix[0]
                         if PyUnicode_IS_ASCII(pre):
                             r = _prefix_match(value, pre, bool(prefix[1]), bool(prefix[2]))
+                        if r < 0 and type(value) is str:
+                            r = _prefix_match_str(<str>value, pre, bool(prefix[1]),
+                                                  bool(prefix[2]))
                     if r < 0:
                         r = 1 if check[0](value) else 0
                     if r == 0:

@@ -1,7 +1,9 @@
 """C-FIND matches read and encoded straight from their index rows: the twin of ``_findenc.pyx``.
 
 A match is its rows, indexed by level (0 = patient ... 3 = instance; msgspec structs of
-``hpacs.index.db``). A value is found by its *sources* (built once per query by
+``hpacs.index.db``: the entries, or the C-FIND walk's view rows whose ``attrs`` are still
+msgpack, ``msgspec.Raw``: the compiled kernel reads their values in place, this twin decodes
+them). A value is found by its *sources* (built once per query by
 ``hpacs.index.query.value_sources``): ``(level, how, name)`` tried in order, the first present
 wins; ``how`` is :data:`ATTR` (``row.attrs[name]`` when present), :data:`FIELD` (a row field,
 always present), :data:`TRUTHY` (a row field when truthy) or :data:`KEYS` (a dict field's keys,
@@ -35,6 +37,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "ATTR",
     "CHARSET",
@@ -48,6 +52,7 @@ __all__ = [
     "TRUTHY",
     "UNIQUE",
     "RowEncoder",
+    "raw_attrs",
     "resolve",
 ]
 
@@ -58,12 +63,26 @@ LITTLE, CONST_NON_ASCII, CHARSET_REQUESTED = 1, 2, 4
 _ABSENT = object()
 
 
+#: A view row's raw attrs decoded as the entry's own field would be (str | int | list[int]).
+_RAW_ATTRS = msgspec.msgpack.Decoder(dict[str, str | int | list[int]])
+
+
+def raw_attrs(raw: Any) -> dict:
+    """The attrs of a view row (``hpacs.index.db.PatientView`` ...: msgpack left raw) as the
+    entry's dict; the compiled kernel's fallback for values it does not read in place."""
+    return _RAW_ATTRS.decode(raw)
+
+
 def resolve(rows: list, sources: tuple[tuple[int, int, str], ...]) -> Any:
-    """The value ``sources`` point at in ``rows`` (None when there is none)."""
+    """The value ``sources`` point at in ``rows`` (None when there is none). A row's attrs are
+    a dict (an entry) or raw msgpack (a view row: decoded here, read in place when compiled)."""
     for level, how, name in sources:
         row = rows[level]
         if how == ATTR:
-            v = row.attrs.get(name, _ABSENT)
+            attrs = row.attrs
+            if attrs.__class__ is not dict:
+                attrs = raw_attrs(attrs)
+            v = attrs.get(name, _ABSENT)
             if v is not _ABSENT:
                 return v
         elif how == FIELD:

@@ -13,6 +13,9 @@ the rows of the candidate and of its ancestors (``gets[level](key)``: a cursor's
 level's table, ``decoders[level]`` decodes the row; the parents of a candidate are cached for the
 call, since many candidates share them) and keeps the rows that pass every check.
 
+A ``having`` filter (``(probe, values)``) may drop a candidate before its rows are read: the
+modality index probed for the candidate's key (``hpacs.index.query.QueryEngine.having``).
+
 A check is ``(match, sources, prefix)``: the value ``resolve(rows, sources)`` must satisfy
 ``match`` (``Matcher.match``). ``prefix`` is ``(literal, fold, pn)`` when the key is a literal
 prefix followed by ``*`` (``DOE*``, the name-prefix query), else None: the compiled kernel then
@@ -59,13 +62,23 @@ class RowWalker:
         self.patient_key, self.resolve = patient_key, resolve
 
     def collect(self, keys: Iterable[bytes], gets: tuple, out: list, size: int,
-                budget: int) -> bool:
+                budget: int, having: tuple | None = None) -> bool:
         """Append to ``out`` the rows (patient first) of each candidate of ``keys`` that
         passes every check, until ``out`` holds ``size`` matches or ``budget`` candidates were
-        examined (False: more may follow) or ``keys`` ends (True)."""
+        examined (False: more may follow) or ``keys`` ends (True).
+
+        ``having``: ``(probe, values)``, a filter tried before any row is read: a candidate
+        ``k`` is kept when ``probe(v, k)`` is true for one of ``values`` (a cursor's
+        ``set_key_dup`` on an index whose values are the candidates' keys: the studies of a
+        modality). It must keep every candidate that can pass the checks (the checks still
+        decide); a rejected candidate costs one probe per value instead of its rows."""
         caches: list[dict[bytes, Any]] = [{} for _ in range(self.depth + 1)]
         resolve, checks = self.resolve, self.checks
         for examined, k in enumerate(keys, 1):
+            if having is not None and not any(having[0](v, k) for v in having[1]):
+                if examined >= budget:
+                    return False
+                continue
             rows = self._rows(gets, k, caches)
             if rows is not None:
                 for match, sources, _prefix in checks:

@@ -22,12 +22,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any, Final
-
-from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.filereader import read_dataset
-from pydicom.multival import MultiValue
 
 from hpacs._ext.findenc import CHARSET, CHARSET_REQUESTED, CONST_NON_ASCII, KEY, LITTLE, UNIQUE
 from hpacs.dicom.elements import LONG_VRS, encode_elements, value_bytes
@@ -42,6 +37,7 @@ from hpacs.dimse.commands import (
     CommandField,
     response_to,
 )
+from hpacs.dimse.identifier import read_plain, read_pydicom
 from hpacs.index.query import (
     IMAGE,
     PATIENT,
@@ -117,17 +113,19 @@ def parse_find(
         raise FindError(STATUS_UNABLE_TO_PROCESS, f"transfer syntax {transfer_syntax} for a query")
     if len(identifier) > MAX_IDENTIFIER_BYTES:
         raise FindError(status.OUT_OF_RESOURCES, "identifier larger than 1 MiB")
-    try:
-        ds = read_dataset(BytesIO(identifier), not enc.explicit_vr, enc.little_endian)
-        elements = list(ds)  # converts the raw elements: may raise
-    except Exception as exc:  # pydicom raises many types on garbage
-        raise FindError(STATUS_UNABLE_TO_PROCESS, f"undecodable identifier: {exc}"[:64]) from None
+    elements = read_plain(identifier, enc.explicit_vr, enc.little_endian)
+    if elements is None:  # not a plain identifier: pydicom reads it
+        try:
+            elements = read_pydicom(identifier, enc.explicit_vr, enc.little_endian)
+        except Exception as exc:  # pydicom raises many types on garbage
+            raise FindError(STATUS_UNABLE_TO_PROCESS,
+                            f"undecodable identifier: {exc}"[:64]) from None
 
-    level_elem = next((e for e in elements if e.tag == _QR_LEVEL), None)
+    level_elem = next((e for e in elements if e[0] == _QR_LEVEL), None)
     if level_elem is None:
         raise FindError(status.DATASET_MISMATCH, "QueryRetrieveLevel (0008,0052) missing",
                         _QR_LEVEL)
-    level = str(level_elem.value or "").strip().upper()
+    level = level_elem[3].strip().upper()
     if level not in levels:
         raise FindError(status.DATASET_MISMATCH,
                         f"QueryRetrieveLevel {level!r} not valid for this model", _QR_LEVEL)
@@ -136,19 +134,15 @@ def parse_find(
     keys: list[tuple[int, str, str]] = []
     unsupported: list[str] = []
     charset_requested = False
-    for e in elements:
-        tag = int(e.tag)
+    for tag, vr, kw, raw in elements:
         if tag == _CHARSET:
             charset_requested = True
             continue
         if tag == _QR_LEVEL or (tag >> 16) == 0x0002 or (tag & 0xFFFF) == 0:
             continue
-        vr = e.VR if e.VR not in ("UN", None) else _dictionary_vr(tag)
-        kw = e.keyword or keyword_for_tag(tag) or ""
         keys.append((tag, vr, kw))
         if vr == "SQ" or not kw:
             continue  # sequence matching is not supported: returned empty
-        raw = _as_text(e.value)
         if home_level(kw, level) is None:
             if raw.strip(" *\\") and tag not in (_RETRIEVE_AE, _AVAILABILITY):
                 unsupported.append(kw)
@@ -163,24 +157,6 @@ def parse_find(
                         tag_for_keyword(exc.keyword) if exc.keyword else None) from None
     return FindRequest(sop_class, level, query, keys, unsupported, enc.explicit_vr,
                        enc.little_endian, charset_requested)
-
-
-def _dictionary_vr(tag: int) -> str:
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-    return vr.split(" or ")[0]
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    if isinstance(value, list | tuple | MultiValue):
-        return "\\".join(_as_text(v) for v in value)
-    return str(value)
 
 
 def _element_value(vr: str, value: Any) -> Any:

@@ -135,6 +135,58 @@ class InstanceEntry(msgspec.Struct, array_like=True, gc=False):
     cold: list[Any] | None = None
 
 
+class PatientView(msgspec.Struct, array_like=True, gc=False):
+    """A :class:`PatientEntry` as the C-FIND walk reads it: ``attrs`` left as msgpack
+    (``msgspec.Raw``), so a match costs the values its answer needs, not a dict of every
+    attribute (``hpacs._ext.findenc`` looks them up in the raw map). Same fields, same order."""
+
+    patient_id: str
+    issuer: str
+    attrs: msgspec.Raw
+    n_studies: int = 0
+    n_series: int = 0
+    n_instances: int = 0
+
+
+class StudyView(msgspec.Struct, array_like=True, gc=False):
+    """A :class:`StudyEntry` with ``attrs`` left as msgpack (see :class:`PatientView`)."""
+
+    study_uid: str
+    patient_id: str
+    issuer: str
+    attrs: msgspec.Raw
+    n_series: int = 0
+    n_instances: int = 0
+    modalities: dict[str, int] = msgspec.field(default_factory=dict)
+    sop_classes: dict[str, int] = msgspec.field(default_factory=dict)
+    # the lifecycle clocks that follow are not read by a query: left undecoded (msgspec skips
+    # an array's trailing elements the struct does not name)
+
+
+class SeriesView(msgspec.Struct, array_like=True, gc=False):
+    """A :class:`SeriesEntry` with ``attrs`` left as msgpack (see :class:`PatientView`)."""
+
+    series_uid: str
+    study_uid: str
+    attrs: msgspec.Raw
+    n_instances: int = 0
+    sop_classes: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class InstanceView(msgspec.Struct, array_like=True, gc=False):
+    """An :class:`InstanceEntry` with ``attrs`` left as msgpack (see :class:`PatientView`)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    path: str
+    size: int
+    stored_at: float
+    attrs: msgspec.Raw
+    cold: list[Any] | None = None
+
+
 _ENC = msgspec.msgpack.Encoder()
 _DEC = {
     b"patients": msgspec.msgpack.Decoder(PatientEntry),
@@ -143,6 +195,13 @@ _DEC = {
     b"instances": msgspec.msgpack.Decoder(InstanceEntry),
 }
 _DEC_ANY = msgspec.msgpack.Decoder()
+#: The rows of the C-FIND walk: attrs left raw (:class:`PatientView` ...).
+_DEC_VIEW = {
+    b"patients": msgspec.msgpack.Decoder(PatientView),
+    b"studies": msgspec.msgpack.Decoder(StudyView),
+    b"series": msgspec.msgpack.Decoder(SeriesView),
+    b"instances": msgspec.msgpack.Decoder(InstanceView),
+}
 
 _PLAIN_DBS: Final = (b"meta", b"patients", b"studies", b"series", b"instances")
 _DUP_DBS: Final = (

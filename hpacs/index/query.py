@@ -40,7 +40,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from hpacs._ext.findenc import ATTR, FIELD, KEYS, TRUTHY
 from hpacs._ext.findwalk import ABOVE, EXACT, NEVER, PREFIX
-from hpacs.index.db import _DEC, IndexDB, key, patient_key
+from hpacs.index.db import _DEC, _DEC_VIEW, IndexDB, key, patient_key
 from hpacs.index.rowkernels import RowWalker, children, dedup, resolve, scan
 from hpacs.index.schema import LEVEL_KEYWORDS
 
@@ -489,27 +489,68 @@ class QueryEngine:
             source = _Children(source)
         return source
 
-    def row_pages(self, query: Query, page_size: int | None = None) -> Iterator[list[Rows]]:
+    def having(self, query: Query, source: _Source) -> tuple[bytes, tuple[bytes, ...]] | None:
+        """A filter for the candidates of ``source`` (``RowWalker.collect``'s ``having``): the
+        index listing the query level's keys by the value of a key of the query (the studies
+        by modality for ModalitiesInStudy, the series by modality for Modality), and the index
+        keys whose value the key's matcher accepts. A candidate under none of them cannot
+        pass that check, so it is dropped for one probe per key instead of reading its rows
+        (a month's studies of one modality: most candidates are of another). Exact, multi-
+        valued index keys included: a candidate passes the check iff one of its index keys
+        matches. None when no such key, when ``source`` is that index already, or when a key
+        of the index is not a plain UTF-8 value (clamped)."""
+        depth = _DEPTH[query.level]
+        spec = _FILTERS.get(depth)
+        if spec is None:
+            return None
+        keyword, dbname = spec
+        m = query.keys.get(keyword)
+        if m is None or dbname.decode() in source.describe():
+            return None
+        with self.db.env.begin() as txn:
+            cur = txn.cursor(db=self.db.dbs[dbname])
+            keys = list(cur.iternext_nodup(keys=True, values=False))
+        values = []
+        for k in keys:
+            try:
+                v = k.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            if key(v) != k:
+                return None
+            if m.match(v):
+                values.append(k)
+        return dbname, tuple(values)
+
+    def row_pages(self, query: Query, page_size: int | None = None, *,
+                  views: bool = True) -> Iterator[list[Rows]]:
         """Lists of matches as their rows (index = level: patient first, the match last); each
         ``next()`` runs in its own short read transaction. A page may be empty (scan budget
         spent). Keys are matched straight on the rows (:func:`resolve` of each key's
         :func:`value_sources`): no merged dict is built for a candidate, so the C-FIND encoder
-        can take the rows of a match as they are."""
+        can take the rows of a match as they are. ``views``: the rows are the view structs
+        (``hpacs.index.db.PatientView`` ...: attrs left as msgpack, read in place by the
+        kernels, ~2 µs less per study row than decoding every attribute); else the entries."""
         size = page_size or self.page_size
         source = self.plan(query)
         depth = _DEPTH[query.level]
-        walker = RowWalker(tuple(_DEC[name].decode for name in _DBS[:depth + 1]), depth,
+        decoders = _DEC_VIEW if views else _DEC
+        walker = RowWalker(tuple(decoders[name].decode for name in _DBS[:depth + 1]), depth,
                            tuple(_check(m, depth) for m in query.keys.values()), patient_key,
                            resolve)
         env, dbs = self.db.env, self.db.dbs
         tables = [dbs[name] for name in _DBS[:depth + 1]]
         budget = self.scan_budget
+        having = self.having(query, source)
         while True:
             out: list[Rows] = []
             with env.begin() as txn:
                 # a cursor per level: its get() takes the key alone (no keyword argument)
                 gets = tuple(txn.cursor(db=db).get for db in tables)
-                exhausted = walker.collect(source.run(txn, dbs), gets, out, size, budget)
+                probe = None if having is None else (
+                    txn.cursor(db=dbs[having[0]]).set_key_dup, having[1])
+                exhausted = walker.collect(source.run(txn, dbs), gets, out, size, budget,
+                                           probe)
             if out or not exhausted:
                 yield out
             if exhausted:
@@ -518,7 +559,7 @@ class QueryEngine:
     def pages(self, query: Query, page_size: int | None = None) -> Iterator[list[dict[str, Any]]]:
         """As :meth:`row_pages`, each match as the merged attributes of the match and its
         ancestors (:func:`merge_rows`)."""
-        pages = self.row_pages(query, page_size)
+        pages = self.row_pages(query, page_size, views=False)
         try:
             for page in pages:
                 yield [merge_rows(rows) for rows in page]
@@ -529,6 +570,10 @@ class QueryEngine:
         """Every match at once (tests, small queries)."""
         return [m for page in self.pages(query) for m in page]
 
+
+#: Per query level: the key whose index lists that level's keys by value (QueryEngine.having).
+_FILTERS: Final = {1: ("ModalitiesInStudy", b"ix_study_modality"),
+                   2: ("Modality", b"ix_series_modality")}
 
 #: A match's rows, indexed by level (0 = PatientEntry ... 3 = InstanceEntry).
 Rows = list

@@ -110,13 +110,37 @@ def test_compiled_walk_equals_twin(data, depth, size, budget):
     decoders = tuple(_DEC[name].decode for name in _DBS[:depth + 1])
     checks = tuple(_check(m, depth) for m in query.keys.values())
     gets = tuple(t.get for t in tables)
+    having = None
+    if data.draw(st.booleans()):  # a filter: (value, key) pairs an index would hold
+        pairs = data.draw(st.sets(st.tuples(st.sampled_from([b"CT", b"MR", b"US"]),
+                                            st.sampled_from([*cands, b"9.9"]))))
+        values = tuple(data.draw(st.lists(st.sampled_from([b"CT", b"MR", b"US"]),
+                                          max_size=3, unique=True)))
+        having = (lambda v, k: (v, k) in pairs, values)
     got = []
     for mod in (_findwalk, findwalk):
         walker = mod.RowWalker(decoders, depth, checks, patient_key, findenc.resolve)
         out: list = []
-        done = walker.collect(iter(cands), gets, out, size, budget)
+        done = walker.collect(iter(cands), gets, out, size, budget, having)
         got.append((done, out))
     assert got[0] == got[1]
+    if having is not None:  # the filter only drops candidates: the kept ones are a subset
+        walker = findwalk.RowWalker(decoders, depth, checks, patient_key, findenc.resolve)
+        unfiltered: list = []
+        walker.collect(iter(cands), gets, unfiltered, len(cands) + 1, len(cands) + 1)
+        assert all(rows in unfiltered for rows in got[1][1])
+
+
+def test_a_filtered_candidate_counts_against_the_budget():
+    # a page that only rejects still ends at the budget (the read transaction stays short)
+    decoders = (_DEC[b"patients"].decode, _DEC[b"studies"].decode)
+    for mod in (_findwalk, findwalk):
+        walker = mod.RowWalker(decoders, 1, (), patient_key, findenc.resolve)
+        out: list = []
+        keys = iter([b"1", b"2", b"3", b"4"])
+        assert not walker.collect(keys, ({}.get, {}.get), out, 10, 3,
+                                  (lambda v, k: False, (b"CT",)))
+        assert out == [] and next(keys) == b"4"
 
 
 def test_the_twin_walk_is_the_engine_loop():
