@@ -114,11 +114,14 @@ def _pwrite_all(fd: int, views: list, offset: int) -> None:
 
 
 class _FileState:
-    __slots__ = ("deferred", "err", "pending")
+    __slots__ = ("deferred", "err", "fd", "path", "pending")
 
-    def __init__(self) -> None:
+    def __init__(self, fd: int, path: str | None) -> None:
         self.pending = 0
         self.err: OSError | None = None
+        #: -1 until the first write job creates ``path`` (a ``stream_at`` stream)
+        self.fd = fd
+        self.path = path
         #: jobs waiting for pending == 0, in order (an early datasync, then commit/discard)
         self.deferred: deque = deque()
 
@@ -127,10 +130,10 @@ class Stream:
     """The writes of one temp file on the commit threads, then its commit or discard (the
     compiled one's docstring says why). Buffers are held until the committer's next drain."""
 
-    def __init__(self, owner: Committer, fd: int) -> None:
+    def __init__(self, owner: Committer, fd: int, path: str | None = None) -> None:
         self._owner = owner
         self._fd = fd
-        self._state: _FileState | None = _FileState()
+        self._state: _FileState | None = _FileState(fd, path)
 
     def write(self, parts: Sequence, offset: int, wb_offset: int = 0, wb_length: int = 0) -> int:
         """Queue ``pwritev(fd, parts, offset)``, then ``sync_file_range`` of
@@ -236,6 +239,13 @@ class Committer:
             raise RuntimeError("committer is closed")
         return Stream(self, fd)
 
+    def stream_at(self, path) -> Stream:
+        """A :class:`Stream` of a new file at ``path``, created (O_EXCL) by the thread of its
+        first write; a failure to create it fails the commit like a failed write."""
+        if self.closed:
+            raise RuntimeError("committer is closed")
+        return Stream(self, -1, os.fsdecode(path))
+
     def drain(self) -> list[tuple[int, OSError | None]]:
         """Every completion since the last call, in completion order."""
         with contextlib.suppress(BlockingIOError):
@@ -277,8 +287,9 @@ class Committer:
                 self._write(job)
                 continue
             if job[0] == "datasync":
-                _, state, fd = job
-                if state.err is None:
+                _, state, _fd = job
+                fd = state.fd
+                if state.err is None and fd >= 0:
                     with contextlib.suppress(OSError):
                         os.fdatasync(fd)
                 with self._cond:
@@ -288,15 +299,19 @@ class Committer:
             if job[0] == "end":  # a stream's commit or discard: its writes are all done
                 state, job = job[1], job[2:]
             token, fd, temp, final, directory, sync = job
+            if state is not None:
+                fd = state.fd
             error = None
             if state is not None and state.err is not None:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
                 if token < 0:
                     with contextlib.suppress(OSError):
                         os.unlink(temp)
                 error = _named(state.err, temp)
             elif token < 0:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
             else:
@@ -313,7 +328,14 @@ class Committer:
 
     def _write(self, job: tuple) -> None:
         _, state, fd, views, offset, total, wb_offset, wb_length = job
-        error = state.err
+        with self._cond:  # the first write creates the file (once: writes run on any thread)
+            if state.fd < 0 and state.path is not None and state.err is None:
+                try:
+                    state.fd = os.open(state.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                       | os.O_CLOEXEC, 0o644)
+                except OSError as exc:
+                    state.err = exc
+            fd, error = state.fd, state.err
         if error is None:  # after a failed write, later ones are skipped
             try:
                 _pwrite_all(fd, views, offset)

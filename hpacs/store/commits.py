@@ -48,6 +48,13 @@ class Commits:
             raise RuntimeError("commits are closed")
         return self._impl.stream(fd)
 
+    def stream_at(self, temp: str) -> Stream:
+        """The same for a new temp file that the writer thread creates (O_EXCL) before its
+        first write: the inode allocation leaves the loop too."""
+        if self._impl is None:
+            raise RuntimeError("commits are closed")
+        return self._impl.stream_at(temp)
+
     @property
     def pending_bytes(self) -> int:
         """Bytes of stream writes not written yet (every file)."""

@@ -9,8 +9,9 @@
   fsync in one call that holds no GIL (``hpacs/_ext/_fileio.pyx`` says why that matters).
 - ``Committer(threads)``: ``finish_file`` jobs run by threads that never take the GIL, with
   completions signalled through an eventfd (store/commits.py drives it from the event loop);
-  ``Committer.stream(fd)`` gives a ``Stream``: the data writes of one file on those threads
-  (``pwritev`` at offsets, then its commit or discard once they are done).
+  ``Committer.stream(fd)`` (or ``stream_at(path)``, the file then created by the writer thread)
+  gives a ``Stream``: the data writes of one file on its writer thread (``pwritev`` at offsets),
+  then its commit or discard once they are done.
 
 Picked by ``hpacs._ext.load``: a missing build falls back to the twin, logs a warning and says
 so in ``COMPILED``; the test suite treats that as a failure.

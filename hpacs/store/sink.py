@@ -1,9 +1,10 @@
 """One temp file of the hot store, written while the data set is still arriving.
 
 With the C commit threads (``commits``, every C-STORE and STOW), each batch of fragments is one
-write job of a ``Stream`` on those threads (``pwritev`` at its offset, plus the writeback of the
-range it completes): the event loop spends neither the page-cache copy (~0.25 ms per 526 KB
-slice, the largest kernel item on the loop) nor a wake-up per writeback step, and no Python
+write job of a ``Stream`` on their writer thread (``pwritev`` at its offset, plus the writeback
+of the range it completes; the first one also creates the temp file): the event loop spends
+neither the page-cache copy (~0.25 ms per 526 KB slice, the largest kernel item on the loop),
+nor the inode allocation of the temp file, nor a wake-up per writeback step, and no Python
 thread takes the GIL. The buffers stay referenced until written (the receive buffer's reference
 check in net/dimse_server.py then hands the transport another one).
 
@@ -90,9 +91,9 @@ class FileSink:
             return size
         if self.commits is not None and not self._running and not self._queue:
             try:
-                if self._stream is None:
-                    self._fd, self._temp = self.hot.open_temp()
-                    self._stream = self.commits.stream(self._fd)
+                if self._stream is None:  # the writer thread creates the file
+                    self._temp = self.hot.temp_name()
+                    self._stream = self.commits.stream_at(self._temp)
                 written = self._written + size
                 wb_offset = wb_length = 0
                 if self.hot.fsync and written - self._flushed >= WRITEBACK_STEP:
@@ -148,12 +149,12 @@ class FileSink:
         # no thread owns the file: hand it to the commit threads directly
         if self.error is None:
             try:
-                if self._fd is None:
+                if self._fd is None and self._stream is None:  # nothing was written
                     self._fd, self._temp = self.hot.open_temp()
                 fd, temp, stream = self._fd, self._temp, self._stream
                 # the commit owns (and removes on failure) both
                 self._fd = self._temp = self._stream = None
-                return self.commits.commit(fd, temp, relative, stream)
+                return self.commits.commit(-1 if fd is None else fd, temp, relative, stream)
             except OSError as exc:
                 self.error = exc
                 self._drop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -228,12 +229,17 @@ def _stream_file(committer, root, token, kind, pieces):
     """Write ``pieces`` (lists of chunk sizes, one write job each) to a temp file through a
     stream, then commit or discard it as ``kind`` says; returns the expected content."""
     temp = root / f"s{token}.part"
-    if kind == "bad-fd":  # a read-only fd: every write of some bytes fails (EBADF)
-        temp.touch()
-        fd = os.open(temp, os.O_RDONLY)
+    if kind.startswith("at"):  # created by the first write job (in a missing directory: fails)
+        if kind == "at-missing":
+            temp = root / "missing" / f"s{token}.part"
+        stream = committer.stream_at(str(temp))
     else:
-        fd = _open(temp)
-    stream = committer.stream(fd)
+        if kind == "bad-fd":  # a read-only fd: every write of some bytes fails (EBADF)
+            temp.touch()
+            fd = os.open(temp, os.O_RDONLY)
+        else:
+            fd = _open(temp)
+        stream = committer.stream(fd)
     expected = bytearray()
     for n, sizes in enumerate(pieces):
         chunks = [bytes([(token + n + i) % 256]) * size for i, size in enumerate(sizes)]
@@ -256,7 +262,7 @@ def _stream_file(committer, root, token, kind, pieces):
 
 @settings(max_examples=15, deadline=None)
 @given(files=st.lists(st.tuples(
-    st.sampled_from(["ok", "discard", "bad-fd"]),
+    st.sampled_from(["ok", "discard", "bad-fd", "at", "at-missing"]),
     st.lists(st.lists(st.integers(0, 90_000), max_size=4), max_size=5)),
     min_size=1, max_size=8), threads=st.integers(1, 4))
 def test_stream_twins_agree(tmp_path_factory, files, threads):
@@ -277,14 +283,17 @@ def test_stream_twins_agree(tmp_path_factory, files, threads):
         written = {p.name: p.read_bytes() for p in sorted((root / "d").iterdir())}
         temps = sorted(p.name for p in root.glob("*.part"))
         results.append((_outcomes(done), written, temps))
-        for token, (kind, _) in enumerate(files):
-            if kind == "ok" or (kind == "bad-fd" and not expected[token]):
+        for token, (kind, pieces) in enumerate(files):
+            created = kind == "ok" or (kind == "at" and pieces)  # "at": by a write job
+            if created or (kind == "bad-fd" and not expected[token]):
                 assert dict(done)[token] is None
                 assert written[f"f{token}.dcm"] == expected[token]
             elif kind == "bad-fd":  # nothing renamed; the temp file left for the caller
                 assert dict(done)[token].errno == errno.EBADF
                 assert dict(done)[token].filename == str(root / f"s{token}.part")
                 assert f"s{token}.part" in temps
+            elif kind.startswith("at"):  # not created (no write, or no directory): ENOENT
+                assert dict(done)[token].errno == errno.ENOENT
             else:
                 assert token not in dict(done) and f"s{token}.part" not in temps
     assert results[0] == results[1]
@@ -358,3 +367,26 @@ def test_stream_presync_runs_between_the_writes_and_the_end(tmp_path, mod, end):
     else:
         assert [(t, e.errno) for t, e in done] == [(3, errno.EBADF)]
         assert temp.exists() and not (tmp_path / "d" / "f.dcm").exists()
+
+
+def test_stream_wakes_the_loop_when_written_buffers_pile_up(tmp_path):
+    """The compiled writer holds written buffers until a drain (the twin drops them at once):
+    past 16 MiB of them it wakes the loop itself, so a huge data set is not kept in memory
+    until its commit."""
+    committer = _fileio.Committer(1)
+    buf = bytearray(1 << 20)
+    try:
+        stream = committer.stream(_open(tmp_path / "big.part"))
+        for k in range(20):
+            stream.write([memoryview(buf)], k << 20)
+        ready, _, _ = select.select([committer.fileno()], [], [], 10.0)
+        assert ready, "no wake-up for the held buffers"
+        deadline = time.monotonic() + 10
+        while committer.pending_bytes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert committer.drain() == []  # write completions are not reported
+        buf.extend(b"x")  # every view released: the bytearray can be resized again
+        stream.discard(str(tmp_path / "big.part"))
+    finally:
+        committer.close()
+    assert not (tmp_path / "big.part").exists()
