@@ -11,6 +11,14 @@ a whole step list runs in one ``nogil`` block, so a thread takes the GIL once pe
 all, fed through a mutex-protected list (``submit`` wakes one with a condition variable instead
 of an executor's ``SimpleQueue.put`` + Python thread) and answering through an eventfd the event
 loop watches, written once per batch of completions.
+
+``Committer.stream(fd)`` also takes the data writes off the loop: each received chunk becomes one
+write job (``pwritev`` at its offset, plus the ``sync_file_range`` of the range it completes), so
+the event loop no longer spends the page-cache copy (~0.25 ms of kernel time per 526 KB slice).
+The job holds the Python buffers (``PyObject_GetBuffer``) until the loop takes its completion
+back in ``drain`` (releasing a buffer needs the GIL); write completions do not wake the loop on
+their own, the file's commit does. The file's commit (or discard) is held back until its last
+write finished, and a failed write fails the commit.
 """
 
 import os
@@ -18,7 +26,7 @@ import os
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.errno cimport EINTR, errno
 from libc.stdlib cimport calloc, free, malloc
-from posix.fcntl cimport O_CLOEXEC, O_DIRECTORY, O_RDONLY, open
+from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_DIRECTORY, O_EXCL, O_RDONLY, O_WRONLY, open
 from posix.unistd cimport close, fdatasync, fsync
 from posix.uio cimport iovec, writev
 
@@ -40,7 +48,12 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<stdio.h>" nogil:
     int rename(const char *old, const char *new)
 
+cdef extern from "<sys/uio.h>" nogil:
+    Py_ssize_t pwritev(int fd, const iovec *iov, int iovcnt, long long offset)
+
 DEF IOV_MAX_ = 1024
+#: Written bytes whose buffers may wait for the loop's next drain before the writer wakes it.
+DEF HELD_MAX = 16 << 20
 
 
 cdef int _writev_all(int fd, iovec *iov, int count) noexcept nogil:
@@ -57,6 +70,37 @@ cdef int _writev_all(int fd, iovec *iov, int count) noexcept nogil:
             if errno == EINTR:
                 continue
             return errno
+        while done > 0 and first < count:
+            if <size_t>done >= iov[first].iov_len:
+                done -= iov[first].iov_len
+                first += 1
+            else:
+                iov[first].iov_base = <char *>iov[first].iov_base + done
+                iov[first].iov_len -= done
+                done = 0
+        while first < count and iov[first].iov_len == 0:
+            first += 1
+    return 0
+
+
+cdef int _pwritev_all(int fd, iovec *iov, int count, long long offset) noexcept nogil:
+    """``_writev_all`` at an explicit file offset (writes of one file may run on several
+    threads); 0 or an errno."""
+    cdef Py_ssize_t done
+    cdef int first = 0
+    cdef int batch
+    while first < count and iov[first].iov_len == 0:  # nothing to write: no system call
+        first += 1
+    while first < count:
+        batch = count - first
+        if batch > IOV_MAX_:
+            batch = IOV_MAX_
+        done = pwritev(fd, iov + first, batch, offset)
+        if done < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        offset += done
         while done > 0 and first < count:
             if <size_t>done >= iov[first].iov_len:
                 done -= iov[first].iov_len
@@ -141,6 +185,7 @@ cdef extern from "<unistd.h>" nogil:
     Py_ssize_t c_read "read"(int fd, void *buf, size_t n)
     Py_ssize_t c_write "write"(int fd, const void *buf, size_t n)
     int dup(int fd)
+    int unlink(const char *path)
 
 cdef extern from "<string.h>" nogil:
     char *strdup(const char *s)
@@ -195,9 +240,32 @@ def finish_file(int fd, temp, final, directory, bint sync):
         raise OSError(err, os.strerror(err), str(where))
 
 
+cdef enum:
+    JOB_COMMIT = 0  # finish_file; completion reported
+    JOB_WRITEBACK = 1  # a sync_file_range of (fd, offset, length) only: no completion
+    JOB_WRITE = 2  # pwritev of a stream's buffers at offset, then an optional writeback
+    JOB_DISCARD = 3  # close a stream's fd and unlink its temp file; not reported
+    JOB_DATASYNC = 4  # fdatasync of a stream's fd ahead of its commit; not reported
+
+
+cdef struct FileState:
+    int pending  # write (or early datasync) jobs of the file queued or running
+    int err  # the first write (or open) error
+    Job *deferred_head  # jobs waiting for pending == 0, in order: datasync, commit/discard
+    Job *deferred_tail
+    int fd  # -1 until the writer thread opened ``path``
+    char *path  # a stream made by ``stream_at``: created by its first write job; else NULL
+
+
+cdef void _free_state(FileState *f) noexcept nogil:
+    if f != NULL:
+        free(f.path)
+        free(f)
+
+
 cdef struct Job:
     Job *next
-    bint writeback  # a sync_file_range of (fd, offset, length) only: no completion
+    int kind
     long long offset
     long long length
     long long token
@@ -208,13 +276,30 @@ cdef struct Job:
     char *directory
     int err
     int step
+    FileState *file
+    Py_buffer *views  # JOB_WRITE: released by drain (under the GIL)
+    iovec *iov
+    int count
+    long long wb_offset
+    long long wb_length
 
 
 cdef void _free_job(Job *job) noexcept nogil:
     free(job.temp)
     free(job.final)
     free(job.directory)
+    free(job.iov)
     free(job)
+
+
+cdef void _release_job(Job *job) noexcept:
+    """Free a finished job, releasing the buffers a write job held (needs the GIL)."""
+    cdef int i
+    if job.views != NULL:
+        for i in range(job.count):
+            PyBuffer_Release(&job.views[i])
+        free(job.views)
+    _free_job(job)
 
 
 cdef struct Shared:
@@ -227,12 +312,73 @@ cdef struct Shared:
     bint notified  # the eventfd was written since the loop last took the completions
     bint stopping
     int efd
+    long long pending_bytes  # bytes of write jobs not written yet
+    long long held_bytes  # bytes of written jobs whose buffers wait for a drain
+    # the write jobs, for the one writer thread: writes of one file never run on two threads
+    # at once (they would contend for the inode lock, spinning), and a slow fdatasync never
+    # holds a write back
+    pthread_cond_t wwork
+    Job *wtodo_head
+    Job *wtodo_tail
+    bint wstopping
+
+
+cdef inline void _append_todo(Shared *s, Job *job) noexcept nogil:
+    job.next = NULL
+    if s.todo_tail == NULL:
+        s.todo_head = job
+    else:
+        s.todo_tail.next = job
+    s.todo_tail = job
+
+
+cdef inline void _append_done(Shared *s, Job *job) noexcept nogil:
+    job.next = NULL
+    if s.done_tail == NULL:
+        s.done_head = job
+    else:
+        s.done_tail.next = job
+    s.done_tail = job
+
+
+cdef void _defer_or_queue(Shared *s, FileState *f, Job *job) noexcept nogil:
+    """(Lock held.) Queue ``job`` to the commit threads once ``f`` has nothing pending and
+    nothing deferred before it."""
+    if f.pending > 0 or f.deferred_head != NULL:
+        job.next = NULL
+        if f.deferred_tail == NULL:
+            f.deferred_head = job
+        else:
+            f.deferred_tail.next = job
+        f.deferred_tail = job
+        return
+    if job.kind == JOB_DATASYNC:
+        f.pending += 1  # the commit waits for it
+    _append_todo(s, job)
+    pthread_cond_signal(&s.work)
+
+
+cdef void _settled(Shared *s, FileState *f) noexcept nogil:
+    """(Lock held.) One job of ``f`` finished: release what was waiting for it."""
+    cdef Job *job
+    f.pending -= 1
+    if f.pending == 0 and f.deferred_head != NULL:
+        job = f.deferred_head
+        f.deferred_head = job.next
+        if f.deferred_head == NULL:
+            f.deferred_tail = NULL
+        if job.kind == JOB_DATASYNC:
+            f.pending += 1  # what is deferred behind it waits for it in turn
+        _append_todo(s, job)
+        pthread_cond_signal(&s.work)
 
 
 cdef void *_worker(void *arg) noexcept nogil:
     cdef Shared *s = <Shared *>arg
     cdef Job *job
+    cdef FileState *f
     cdef bint notify
+    cdef int err
     cdef u64 one = 1
     pthread_setname_np(pthread_self(), "hpacs-commit")  # for top, perf and the CPU split
     while True:
@@ -246,29 +392,103 @@ cdef void *_worker(void *arg) noexcept nogil:
         s.todo_head = job.next
         if s.todo_head == NULL:
             s.todo_tail = NULL
+        err = 0
+        if job.file != NULL:  # a stream's job: its fd is known once its writes are done
+            err = job.file.err
+            job.fd = job.file.fd
         pthread_mutex_unlock(&s.lock)
 
-        if job.writeback:
+        if job.kind == JOB_WRITEBACK:
             hpacs_sync_file_range(job.fd, job.offset, job.length)
             close(job.fd)
             _free_job(job)
             continue
-        job.err = _finish(job.fd, job.temp, job.final, job.directory, job.sync, &job.step)
+        if job.kind == JOB_DATASYNC:
+            if err == 0 and job.fd >= 0:  # a failure only loses the head start
+                fdatasync(job.fd)
+            pthread_mutex_lock(&s.lock)
+            _settled(s, job.file)
+            pthread_mutex_unlock(&s.lock)
+            _free_job(job)
+            continue
+        if err:  # a write (or the open) of this file failed: nothing to commit
+            if job.fd >= 0:
+                close(job.fd)
+            if job.kind == JOB_DISCARD:
+                unlink(job.temp)
+            job.err = err
+            job.step = 0
+        elif job.kind == JOB_DISCARD:
+            if job.fd >= 0:
+                close(job.fd)
+            unlink(job.temp)
+        else:
+            job.err = _finish(job.fd, job.temp, job.final, job.directory, job.sync, &job.step)
         job.fd = -1
-        job.next = NULL
 
         pthread_mutex_lock(&s.lock)
-        if s.done_tail == NULL:
-            s.done_head = job
-        else:
-            s.done_tail.next = job
-        s.done_tail = job
+        _append_done(s, job)
         notify = not s.notified
         s.notified = True
         pthread_mutex_unlock(&s.lock)
         if notify:  # one wake-up of the loop per batch of completions
             while c_write(s.efd, &one, 8) < 0 and errno == EINTR:
                 pass
+
+
+cdef void *_writer(void *arg) noexcept nogil:
+    cdef Shared *s = <Shared *>arg
+    cdef Job *job
+    cdef FileState *f
+    cdef int err
+    cdef bint notify
+    cdef u64 one = 1
+    pthread_setname_np(pthread_self(), "hpacs-commit-w")
+    while True:
+        pthread_mutex_lock(&s.lock)
+        while s.wtodo_head == NULL and not s.wstopping:
+            pthread_cond_wait(&s.wwork, &s.lock)
+        job = s.wtodo_head
+        if job == NULL:  # stopping, and nothing left to write
+            pthread_mutex_unlock(&s.lock)
+            return NULL
+        s.wtodo_head = job.next
+        if s.wtodo_head == NULL:
+            s.wtodo_tail = NULL
+        f = job.file
+        err = f.err
+        pthread_mutex_unlock(&s.lock)
+
+        if err == 0 and f.fd < 0 and f.path != NULL:  # the first write creates the file
+            # (only this thread sets f.fd; the commit threads read it after a locked hand-off)
+            f.fd = open(f.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            if f.fd < 0:
+                err = errno
+        job.fd = f.fd
+        if err == 0:  # after a failed write (or open), later ones are skipped
+            err = _pwritev_all(job.fd, job.iov, job.count, job.offset)
+            if err == 0 and job.wb_length > 0:
+                hpacs_sync_file_range(job.fd, job.wb_offset, job.wb_length)
+        pthread_mutex_lock(&s.lock)
+        if err and f.err == 0:
+            f.err = err
+        s.pending_bytes -= job.length
+        _settled(s, f)
+        job.file = NULL
+        _append_done(s, job)  # its buffers go back at the next drain
+        s.held_bytes += job.length
+        # no wake-up of its own (the file's commit brings one), unless the buffers add up:
+        # a data set of gigabytes must not stay in memory until its commit
+        notify = s.held_bytes >= HELD_MAX and not s.notified
+        if notify:
+            s.notified = True
+        pthread_mutex_unlock(&s.lock)
+        if notify:
+            while c_write(s.efd, &one, 8) < 0 and errno == EINTR:
+                pass
+
+
+cdef class Stream
 
 
 cdef class Committer:
@@ -284,6 +504,8 @@ cdef class Committer:
     cdef Shared s
     cdef pthread_t *threads
     cdef int nthreads
+    cdef pthread_t wthread
+    cdef bint wstarted
     cdef bint closed
 
     def __cinit__(self, int threads=4):
@@ -291,6 +513,10 @@ cdef class Committer:
             raise ValueError("threads must be >= 1")
         pthread_mutex_init(&self.s.lock, NULL)
         pthread_cond_init(&self.s.work, NULL)
+        pthread_cond_init(&self.s.wwork, NULL)
+        self.s.wtodo_head = self.s.wtodo_tail = NULL
+        self.s.wstopping = False
+        self.wstarted = False
         self.s.todo_head = self.s.todo_tail = NULL
         self.s.done_head = self.s.done_tail = NULL
         self.s.notified = False
@@ -309,6 +535,11 @@ cdef class Committer:
                 self._stop()
                 raise OSError(err, os.strerror(err))
             self.nthreads += 1
+        err = pthread_create(&self.wthread, NULL, _writer, &self.s)
+        if err:
+            self._stop()
+            raise OSError(err, os.strerror(err))
+        self.wstarted = True
 
     def fileno(self):
         """The eventfd that becomes readable when completions are waiting."""
@@ -325,6 +556,7 @@ cdef class Committer:
         cdef Job *job = <Job *>calloc(1, sizeof(Job))
         if job == NULL:
             raise MemoryError()
+        job.kind = JOB_COMMIT
         job.token = token
         job.fd = fd
         job.sync = sync
@@ -353,7 +585,7 @@ cdef class Committer:
         if job == NULL:
             close(copy)
             raise MemoryError()
-        job.writeback = True
+        job.kind = JOB_WRITEBACK
         job.fd = copy
         job.offset = offset
         job.length = length
@@ -362,13 +594,49 @@ cdef class Committer:
     cdef void _queue(self, Job *job) noexcept:
         with nogil:
             pthread_mutex_lock(&self.s.lock)
-            if self.s.todo_tail == NULL:
-                self.s.todo_head = job
-            else:
-                self.s.todo_tail.next = job
-            self.s.todo_tail = job
+            _append_todo(&self.s, job)
             pthread_cond_signal(&self.s.work)
             pthread_mutex_unlock(&self.s.lock)
+
+    def stream(self, int fd):
+        """A :class:`Stream` writing ``fd`` on these threads (the caller keeps ``fd`` open
+        until it hands it to the stream's ``commit`` or ``discard``)."""
+        if self.closed:
+            raise RuntimeError("committer is closed")
+        cdef Stream st = Stream.__new__(Stream)
+        st.state = <FileState *>calloc(1, sizeof(FileState))
+        if st.state == NULL:
+            raise MemoryError()
+        st.owner = self
+        st.fd = fd
+        st.state.fd = fd
+        return st
+
+    def stream_at(self, path):
+        """A :class:`Stream` of a new file at ``path``, created (O_EXCL) by the writer thread
+        before its first write: the inode allocation (0.07-0.26 ms here) leaves the loop too.
+        A failure to create it fails the commit like a failed write."""
+        if self.closed:
+            raise RuntimeError("committer is closed")
+        cdef bytes p = os.fsencode(path)
+        cdef Stream st = Stream.__new__(Stream)
+        st.state = <FileState *>calloc(1, sizeof(FileState))
+        if st.state == NULL:
+            raise MemoryError()
+        st.state.path = strdup(p)
+        if st.state.path == NULL:
+            free(st.state)
+            st.state = NULL
+            raise MemoryError()
+        st.owner = self
+        st.fd = -1
+        st.state.fd = -1
+        return st
+
+    @property
+    def pending_bytes(self):
+        """Bytes handed to stream writes and not written yet (all streams)."""
+        return self.s.pending_bytes
 
     def drain(self):
         """Every completion since the last call, in completion order."""
@@ -382,10 +650,21 @@ cdef class Committer:
             job = self.s.done_head
             self.s.done_head = self.s.done_tail = NULL
             self.s.notified = False
+            self.s.held_bytes = 0
             pthread_mutex_unlock(&self.s.lock)
         out = []
         while job != NULL:
             nxt = job.next
+            if job.kind == JOB_WRITE:
+                _release_job(job)
+                job = nxt
+                continue
+            _free_state(job.file)  # a stream's commit or discard: its writes are all done
+            job.file = NULL
+            if job.token < 0:
+                _free_job(job)
+                job = nxt
+                continue
             if job.err:
                 where = (job.temp, job.temp, job.final, job.directory)[job.step]
                 error = OSError(job.err, os.strerror(job.err), os.fsdecode(where))
@@ -411,6 +690,13 @@ cdef class Committer:
         cdef int i
         self.closed = True
         with nogil:
+            # the writer first: a write finishing may still queue its file's commit
+            pthread_mutex_lock(&self.s.lock)
+            self.s.wstopping = True
+            pthread_cond_broadcast(&self.s.wwork)
+            pthread_mutex_unlock(&self.s.lock)
+            if self.wstarted:
+                pthread_join(self.wthread, NULL)
             pthread_mutex_lock(&self.s.lock)
             self.s.stopping = True
             pthread_cond_broadcast(&self.s.work)
@@ -418,6 +704,7 @@ cdef class Committer:
             for i in range(self.nthreads):
                 pthread_join(self.threads[i], NULL)
         self.nthreads = 0
+        self.wstarted = False
 
     def __dealloc__(self):
         cdef Job *job
@@ -427,9 +714,141 @@ cdef class Committer:
         job = self.s.done_head
         while job != NULL:
             self.s.done_head = job.next
-            _free_job(job)
+            if job.kind != JOB_WRITE:
+                _free_state(job.file)
+            _release_job(job)
             job = self.s.done_head
         if self.s.efd >= 0:
             close(self.s.efd)
         pthread_mutex_destroy(&self.s.lock)
         pthread_cond_destroy(&self.s.work)
+        pthread_cond_destroy(&self.s.wwork)
+
+
+cdef class Stream:
+    """The writes of one temp file on the commit threads, then its commit or discard.
+
+    ``write`` queues the buffers (held, unchanged, until written: the caller must not modify
+    them) at an explicit offset; ``commit`` and ``discard`` run once every write of the file
+    finished. After either, the stream is spent."""
+
+    cdef Committer owner
+    cdef FileState *state
+    cdef int fd
+
+    def write(self, parts, long long offset, long long wb_offset=0, long long wb_length=0):
+        """Queue ``pwritev(fd, parts, offset)``, then ``sync_file_range`` of
+        ``(wb_offset, wb_length)`` if ``wb_length``; returns the byte count."""
+        if self.state == NULL:
+            raise RuntimeError("stream is committed or discarded")
+        if self.owner.closed:
+            raise RuntimeError("committer is closed")
+        cdef Py_ssize_t n = len(parts)
+        cdef Py_ssize_t i, got = 0
+        cdef long long total = 0
+        cdef Job *job = <Job *>calloc(1, sizeof(Job))
+        if job == NULL:
+            raise MemoryError()
+        job.views = <Py_buffer *>malloc((n if n else 1) * sizeof(Py_buffer))
+        job.iov = <iovec *>malloc((n if n else 1) * sizeof(iovec))
+        if job.views == NULL or job.iov == NULL:
+            free(job.views)
+            job.views = NULL
+            _free_job(job)
+            raise MemoryError()
+        try:
+            for i in range(n):
+                PyObject_GetBuffer(parts[i], &job.views[i], PyBUF_SIMPLE)
+                got += 1
+                job.iov[i].iov_base = job.views[i].buf
+                job.iov[i].iov_len = job.views[i].len
+                total += job.views[i].len
+        except BaseException:
+            job.count = <int>got
+            _release_job(job)
+            raise
+        job.kind = JOB_WRITE
+        job.count = <int>n
+        job.fd = self.fd
+        job.offset = offset
+        job.length = total
+        job.wb_offset = wb_offset
+        job.wb_length = wb_length
+        job.file = self.state
+        cdef Shared *s = &self.owner.s
+        with nogil:
+            pthread_mutex_lock(&s.lock)
+            self.state.pending += 1
+            s.pending_bytes += total
+            job.next = NULL
+            if s.wtodo_tail == NULL:
+                s.wtodo_head = job
+            else:
+                s.wtodo_tail.next = job
+            s.wtodo_tail = job
+            pthread_cond_signal(&s.wwork)
+            pthread_mutex_unlock(&s.lock)
+        return total
+
+    def commit(self, long long token, temp, final, directory, bint sync):
+        """Once every write finished: ``finish_file(fd, temp, final, directory, sync)``,
+        reported by ``drain`` under ``token`` (>= 0); a failed write is reported instead
+        (named after ``temp``), nothing renamed. The fd now belongs to the job."""
+        if token < 0:
+            raise ValueError("token must be >= 0")
+        self._end(token, temp, final, directory, sync)
+
+    def discard(self, temp):
+        """Once every write finished: close the fd and unlink ``temp``; not reported."""
+        self._end(-1, temp, b"", b"", False)
+
+    cdef _end(self, long long token, temp, final, directory, bint sync):
+        if self.state == NULL:
+            raise RuntimeError("stream is committed or discarded")
+        if self.owner.closed:
+            raise RuntimeError("committer is closed")
+        cdef bytes t = os.fsencode(temp)
+        cdef bytes f = os.fsencode(final)
+        cdef bytes d = os.fsencode(directory)
+        cdef Job *job = <Job *>calloc(1, sizeof(Job))
+        if job == NULL:
+            raise MemoryError()
+        job.kind = JOB_COMMIT if token >= 0 else JOB_DISCARD
+        job.token = token
+        job.fd = self.fd
+        job.sync = sync
+        job.temp = strdup(t)
+        job.final = strdup(f)
+        job.directory = strdup(d)
+        if job.temp == NULL or job.final == NULL or job.directory == NULL:
+            _free_job(job)
+            raise MemoryError()
+        job.file = self.state
+        self.state = NULL  # the job owns it now (freed by drain)
+        cdef Shared *s = &self.owner.s
+        with nogil:
+            pthread_mutex_lock(&s.lock)
+            _defer_or_queue(s, job.file, job)
+            pthread_mutex_unlock(&s.lock)
+
+    def presync(self):
+        """Once the writes so far are done, ``fdatasync`` the file on a commit thread, ahead
+        of the commit (which waits for it, then syncs again: nearly nothing left): the data
+        goes to disk while the loop still validates and indexes the instance. Not reported; a
+        failure only loses the head start."""
+        if self.state == NULL:
+            raise RuntimeError("stream is committed or discarded")
+        if self.owner.closed:
+            raise RuntimeError("committer is closed")
+        cdef Job *job = <Job *>calloc(1, sizeof(Job))
+        if job == NULL:
+            raise MemoryError()
+        job.kind = JOB_DATASYNC
+        job.token = -1
+        job.fd = self.fd
+        job.file = self.state
+        cdef Shared *s = &self.owner.s
+        with nogil:
+            pthread_mutex_lock(&s.lock)
+            _defer_or_queue(s, job.file, job)
+            pthread_mutex_unlock(&s.lock)

@@ -95,6 +95,95 @@ def _named(exc: OSError, path) -> OSError:
     """``exc`` as ``OSError(errno, strerror, path)`` (the subclass follows the errno)."""
     return OSError(exc.errno, exc.strerror, str(path))
 
+def _pwrite_all(fd: int, views: list, offset: int) -> None:
+    """``write_all`` at an explicit offset (os.pwritev, short writes resumed)."""
+    views = [v for v in views if len(v)]
+    while views:
+        try:
+            written = os.pwritev(fd, views[:_IOV_MAX], offset)
+        except InterruptedError:
+            continue
+        offset += written
+        while written and views:
+            if written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][written:]
+                written = 0
+
+
+class _FileState:
+    __slots__ = ("deferred", "err", "fd", "path", "pending")
+
+    def __init__(self, fd: int, path: str | None) -> None:
+        self.pending = 0
+        self.err: OSError | None = None
+        #: -1 until the first write job creates ``path`` (a ``stream_at`` stream)
+        self.fd = fd
+        self.path = path
+        #: jobs waiting for pending == 0, in order (an early datasync, then commit/discard)
+        self.deferred: deque = deque()
+
+
+class Stream:
+    """The writes of one temp file on the commit threads, then its commit or discard (the
+    compiled one's docstring says why). Buffers are held until the committer's next drain."""
+
+    def __init__(self, owner: Committer, fd: int, path: str | None = None) -> None:
+        self._owner = owner
+        self._fd = fd
+        self._state: _FileState | None = _FileState(fd, path)
+
+    def write(self, parts: Sequence, offset: int, wb_offset: int = 0, wb_length: int = 0) -> int:
+        """Queue ``pwritev(fd, parts, offset)``, then ``sync_file_range`` of
+        ``(wb_offset, wb_length)`` if ``wb_length``; returns the byte count."""
+        state = self._live()
+        views = [memoryview(p).cast("B") for p in parts]
+        total = sum(len(v) for v in views)
+        job = ("write", state, self._fd, views, offset, total, wb_offset, wb_length)
+        with self._owner._cond:
+            state.pending += 1
+            self._owner.pending_bytes += total
+            self._owner._todo.append(job)
+            self._owner._cond.notify()
+        return total
+
+    def commit(self, token: int, temp, final, directory, sync: bool) -> None:
+        """Once every write finished: ``finish_file(fd, temp, final, directory, sync)``,
+        reported by ``drain`` under ``token`` (>= 0); a failed write is reported instead
+        (named after ``temp``), nothing renamed. The fd now belongs to the job."""
+        if token < 0:
+            raise ValueError("token must be >= 0")
+        self._end((token, self._fd, os.fsdecode(temp), os.fsdecode(final),
+                   os.fsdecode(directory), sync))
+
+    def discard(self, temp) -> None:
+        """Once every write finished: close the fd and unlink ``temp``; not reported."""
+        self._end((-1, self._fd, os.fsdecode(temp), "", "", False))
+
+    def _live(self) -> _FileState:
+        if self._state is None:
+            raise RuntimeError("stream is committed or discarded")
+        if self._owner.closed:
+            raise RuntimeError("committer is closed")
+        return self._state
+
+    def presync(self) -> None:
+        """Once the writes so far are done, ``fdatasync`` the file on a commit thread, ahead
+        of the commit (which waits for it). Not reported; a failure only loses the head
+        start."""
+        state = self._live()
+        with self._owner._cond:
+            self._owner._defer_or_queue(state, ("datasync", state, self._fd))
+
+    def _end(self, job: tuple) -> None:
+        state = self._live()
+        self._state = None
+        with self._owner._cond:
+            self._owner._defer_or_queue(state, ("end", state, *job))
+
+
 class Committer:
     """``finish_file`` jobs run by ``threads`` threads; completions come back through an eventfd
     (the compiled version's threads never take the GIL; these take it per system call)."""
@@ -108,6 +197,8 @@ class Committer:
         self._notified = False
         self._stopping = False
         self.closed = False
+        #: Bytes handed to stream writes and not written yet (all streams).
+        self.pending_bytes = 0
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._threads = [threading.Thread(target=self._work, name="hpacs-commit", daemon=True)
                          for _ in range(threads)]
@@ -141,6 +232,20 @@ class Committer:
             self._todo.append((None, copy, offset, length))
             self._cond.notify()
 
+    def stream(self, fd: int) -> Stream:
+        """A :class:`Stream` writing ``fd`` on these threads (the caller keeps ``fd`` open
+        until it hands it to the stream's ``commit`` or ``discard``)."""
+        if self.closed:
+            raise RuntimeError("committer is closed")
+        return Stream(self, fd)
+
+    def stream_at(self, path) -> Stream:
+        """A :class:`Stream` of a new file at ``path``, created (O_EXCL) by the thread of its
+        first write; a failure to create it fails the commit like a failed write."""
+        if self.closed:
+            raise RuntimeError("committer is closed")
+        return Stream(self, -1, os.fsdecode(path))
+
     def drain(self) -> list[tuple[int, OSError | None]]:
         """Every completion since the last call, in completion order."""
         with contextlib.suppress(BlockingIOError):
@@ -148,7 +253,7 @@ class Committer:
         with self._cond:
             done, self._done = self._done, []
             self._notified = False
-        return done
+        return [d for d in done if d[0] >= 0]  # discards are not reported
 
     def close(self) -> list[tuple[int, OSError | None]]:
         """Finish every queued job, stop the threads, close the eventfd; returns the
@@ -178,15 +283,88 @@ class Committer:
                 start_writeback(fd, offset, length)
                 os.close(fd)
                 continue
+            if job[0] == "write":
+                self._write(job)
+                continue
+            if job[0] == "datasync":
+                _, state, _fd = job
+                fd = state.fd
+                if state.err is None and fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.fdatasync(fd)
+                with self._cond:
+                    self._settled(state)
+                continue
+            state = None
+            if job[0] == "end":  # a stream's commit or discard: its writes are all done
+                state, job = job[1], job[2:]
             token, fd, temp, final, directory, sync = job
+            if state is not None:
+                fd = state.fd
             error = None
-            try:
-                finish_file(fd, temp, final, directory, sync)
-            except OSError as exc:
-                error = exc
+            if state is not None and state.err is not None:
+                if fd >= 0:
+                    os.close(fd)
+                if token < 0:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temp)
+                error = _named(state.err, temp)
+            elif token < 0:
+                if fd >= 0:
+                    os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+            else:
+                try:
+                    finish_file(fd, temp, final, directory, sync)
+                except OSError as exc:
+                    error = exc
             with self._cond:
                 self._done.append((token, error))
                 notify = not self._notified
                 self._notified = True
             if notify:
                 os.eventfd_write(self._efd, 1)
+
+    def _write(self, job: tuple) -> None:
+        _, state, fd, views, offset, total, wb_offset, wb_length = job
+        with self._cond:  # the first write creates the file (once: writes run on any thread)
+            if state.fd < 0 and state.path is not None and state.err is None:
+                try:
+                    state.fd = os.open(state.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                       | os.O_CLOEXEC, 0o644)
+                except OSError as exc:
+                    state.err = exc
+            fd, error = state.fd, state.err
+        if error is None:  # after a failed write, later ones are skipped
+            try:
+                _pwrite_all(fd, views, offset)
+                if wb_length:
+                    start_writeback(fd, wb_offset, wb_length)
+            except OSError as exc:
+                error = exc
+        with self._cond:
+            if error is not None and state.err is None:
+                state.err = error
+            self.pending_bytes -= total
+            self._settled(state)
+
+    def _defer_or_queue(self, state: _FileState, job: tuple) -> None:
+        """(Condition held.) Queue ``job`` once ``state`` has nothing pending or deferred."""
+        if state.pending or state.deferred:
+            state.deferred.append(job)
+            return
+        if job[0] == "datasync":
+            state.pending += 1  # the commit waits for it
+        self._todo.append(job)
+        self._cond.notify()
+
+    def _settled(self, state: _FileState) -> None:
+        """(Condition held.) One job of ``state`` finished: release what waited for it."""
+        state.pending -= 1
+        if not state.pending and state.deferred:
+            job = state.deferred.popleft()
+            if job[0] == "datasync":
+                state.pending += 1  # what is deferred behind it waits for it in turn
+            self._todo.append(job)
+            self._cond.notify()

@@ -64,6 +64,20 @@ def _free_refs() -> int:
 _FREE_REFS = _free_refs()
 
 
+def _held_free_refs() -> int:
+    """The same for a buffer read as ``held[i]`` into a local (list + local + argument)."""
+    held = [bytearray(1)]
+    for i in range(len(held)):
+        buf = held[i]
+        return sys.getrefcount(buf)
+    return 0
+
+
+_HELD_FREE_REFS = _held_free_refs()
+#: Receive buffers still referenced by queued writes, kept for reuse (beyond: left to the GC).
+MAX_HELD_BUFFERS = 16
+
+
 class DimseServer:
     """Listens for associations; owns the set of live ones (for limits and shutdown)."""
 
@@ -114,10 +128,12 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
     A BufferedProtocol: the transport reads straight into one receive buffer per association
     instead of into a loop-wide buffer copied into a new ``bytes`` per read (~0.5 MB of extra
     memcpy and a large allocation per CT slice). The PDVs handed on are views of that buffer;
-    every consumer writes or copies them before returning (file writes are inline, commands and
-    identifiers are copied). One that keeps one (a queued file write) keeps the buffer alive:
-    ``get_buffer`` then sees an extra reference and hands the transport a fresh buffer, so data
-    still referenced is never overwritten.
+    every consumer writes or copies them before returning (commands and identifiers are
+    copied), or keeps them until written: a data set's fragments are written by the C commit
+    threads, which hold them until the loop takes their completion back. ``get_buffer`` sees
+    the extra references and hands the transport another buffer, so data still referenced is
+    never overwritten; buffers set aside that way are reused once nothing references them (a
+    fresh 256 KiB bytearray per read would be zero-filled each time).
     """
 
     #: Bytes one read may take.
@@ -159,6 +175,7 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
         self._streaming = False
         self._deferred: list = []
         self._recv = bytearray(self.RECV_BUFFER)
+        self._held: list[bytearray] = []
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -173,8 +190,22 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
         # the attribute and the argument are the only references unless a view of the last
         # read's data is still alive somewhere (then that data must stay as it is)
         if sys.getrefcount(self._recv) > _FREE_REFS:
-            self._recv = bytearray(self.RECV_BUFFER)
+            self._recv = self._free_buffer()
         return self._recv
+
+    def _free_buffer(self) -> bytearray:
+        """Set the referenced receive buffer aside; reuse one set aside earlier that nothing
+        references any more, else a new one."""
+        held = self._held
+        held.append(self._recv)
+        for i in range(len(held) - 1):
+            buf = held[i]
+            if sys.getrefcount(buf) <= _HELD_FREE_REFS:
+                del held[i]
+                return buf
+        if len(held) > MAX_HELD_BUFFERS:
+            del held[0]
+        return bytearray(self.RECV_BUFFER)
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_activity = time.monotonic()

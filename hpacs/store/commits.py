@@ -21,7 +21,7 @@ import functools
 import os
 from concurrent.futures import Executor
 
-from hpacs.store.fileio import Committer
+from hpacs.store.fileio import Committer, Stream
 from hpacs.store.hot import HotStore
 
 #: Commit threads: each one waits on one fdatasync at a time; 8 covers 8 associations.
@@ -41,9 +41,30 @@ class Commits:
         self._waiting: dict[int, tuple[asyncio.Future[None], str, str]] = {}
         self._next_token = 0
 
-    def commit(self, fd: int, temp: str, relative: str) -> asyncio.Future[None]:
+    def stream(self, fd: int) -> Stream:
+        """Writes of ``fd`` on the commit threads (``store.fileio.Stream``); end it with
+        ``commit(fd, temp, relative, stream)`` or ``stream.discard(temp)``."""
+        if self._impl is None:
+            raise RuntimeError("commits are closed")
+        return self._impl.stream(fd)
+
+    def stream_at(self, temp: str) -> Stream:
+        """The same for a new temp file that the writer thread creates (O_EXCL) before its
+        first write: the inode allocation leaves the loop too."""
+        if self._impl is None:
+            raise RuntimeError("commits are closed")
+        return self._impl.stream_at(temp)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of stream writes not written yet (every file)."""
+        return self._impl.pending_bytes if self._impl is not None else 0
+
+    def commit(self, fd: int, temp: str, relative: str,
+               stream: Stream | None = None) -> asyncio.Future[None]:
         """Make ``temp`` (open as ``fd``, which the job closes) durable as ``relative``; the
-        future fails with the OSError met on the way (the temp file is then removed)."""
+        future fails with the OSError met on the way (the temp file is then removed). With the
+        ``stream`` that wrote it, once its writes are done (a failed one fails the commit)."""
         loop = self._loop
         if loop is None:
             loop = self._start()
@@ -53,8 +74,11 @@ class Commits:
         final, parent = self.hot.final_path(relative)
         self._waiting[token] = (future, temp, relative)
         try:
-            self._impl.submit(token, fd, temp, final, parent,  # type: ignore[union-attr]
-                              self.hot.fsync)
+            if stream is not None:
+                stream.commit(token, temp, final, parent, self.hot.fsync)
+            else:
+                self._impl.submit(token, fd, temp, final, parent,  # type: ignore[union-attr]
+                                  self.hot.fsync)
         except BaseException:
             del self._waiting[token]
             raise

@@ -53,10 +53,15 @@ class HotStore:
         return self.data_dir / relative
 
     # -- writing ------------------------------------------------------------------------------
+    def temp_name(self) -> str:
+        """A fresh temp file name in the same file system as the store (created O_EXCL by
+        ``open_temp`` or by the C writer thread, store/sink.py). Plain strings, not Path
+        objects: this runs once per instance on the ingest path."""
+        return f"{self._tmp_prefix}{os.urandom(16).hex()}.part"
+
     def open_temp(self) -> tuple[int, str]:
-        """A new temp file (O_EXCL) in the same file system as the store. (Plain strings, not
-        Path objects: this and ``commit`` run once per instance on the ingest path.)"""
-        path = f"{self._tmp_prefix}{os.urandom(16).hex()}.part"
+        """A new temp file (O_EXCL) in the same file system as the store."""
+        path = self.temp_name()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         return fd, path
 

@@ -313,6 +313,7 @@ class Receiver:
         if self._failure is not None:
             self._log_refusal(self._failure)
             return self._failure
+        self.sink.presync()  # the data goes to disk while we validate and look up
         try:
             if self._inflater is not None:
                 self._scanner.feed(self._inflater.flush())

@@ -1,17 +1,21 @@
 """One temp file of the hot store, written while the data set is still arriving.
 
-Fragments up to ``INLINE_MAX`` bytes are written by the event loop itself: a write lands in the
-page cache (~40 µs for 128 KiB here), and doing it on the loop means no thread has to take the
-GIL per fragment. Measured on this 2-core VM, those hand-offs between the loop and I/O threads
-were the latency of the ingest path: each GIL re-acquisition in a thread can wait for the loop,
-and each one in the loop (every LMDB call releases the GIL) can wait for a thread. Kernel
-writeback is started as the file grows, so the final fsync has little left to wait for.
+With the C commit threads (``commits``, every C-STORE and STOW), each batch of fragments is one
+write job of a ``Stream`` on their writer thread (``pwritev`` at its offset, plus the writeback
+of the range it completes; the first one also creates the temp file): the event loop spends
+neither the page-cache copy (~0.25 ms per 526 KB slice, the largest kernel item on the loop),
+nor the inode allocation of the temp file, nor a wake-up per writeback step, and no Python
+thread takes the GIL. The buffers stay referenced until written (the receive buffer's reference
+check in net/dimse_server.py then hands the transport another one).
 
-What can block for long goes to a thread, in order: fragments larger than ``INLINE_MAX`` (a
-STOW-RS or import data set handed over whole), after which later fragments queue behind them,
-and the commit (fdatasync, rename, directory fsync: one GIL-free call, store/fileio.py). When
-nothing is queued (every fragment was written inline: the C-STORE case) the commit goes straight
-to the C commit threads of store/commits.py instead of an executor.
+Without them (and in the tests' executor variant), fragments up to ``INLINE_MAX`` bytes are
+written by the event loop itself (a write lands in the page cache in ~40 µs per 128 KiB here)
+so that no Python thread takes the GIL per fragment: on this 2-core VM those hand-offs between
+the loop and I/O threads were the latency of the ingest path. Kernel writeback is started as
+the file grows, so the final fsync has little left to wait for. What can block for long goes
+to a thread, in order: fragments larger than ``INLINE_MAX`` (a data set handed over whole),
+after which later fragments queue behind them, and the commit (fdatasync, rename, directory
+fsync: one GIL-free call, store/fileio.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 
 from hpacs.store.commits import Commits
-from hpacs.store.fileio import start_writeback, write_all
+from hpacs.store.fileio import Stream, start_writeback, write_all
 from hpacs.store.hot import HotStore
 
 #: Start kernel writeback every this many bytes.
@@ -54,7 +58,9 @@ class FileSink:
         self.executor = executor
         self.commits = commits
         self.error: OSError | None = None
-        self.queued_bytes = 0
+        self._queued = 0
+        #: The C write path, once the first fragment went to it (then every one does).
+        self._stream: Stream | None = None
         self._queue: deque = deque()
         self._lock = threading.Lock()
         self._running = False
@@ -65,6 +71,14 @@ class FileSink:
         self._closed = False
 
     # -- loop side ----------------------------------------------------------------------------
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes handed over and not written yet (on the C path: of every file, which is what
+        a reader pausing for the disk wants to know)."""
+        if self._stream is not None:
+            return self._queued + self.commits.pending_bytes  # type: ignore[union-attr]
+        return self._queued
+
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data`` (which must stay unchanged until written: it may be queued)."""
         self.write_parts((data,))
@@ -74,6 +88,22 @@ class FileSink:
         ``write``: they must stay unchanged until written."""
         size = len(parts[0]) if len(parts) == 1 else sum(len(p) for p in parts)
         if self._closed or self.error is not None or not size:
+            return size
+        if self.commits is not None and not self._running and not self._queue:
+            try:
+                if self._stream is None:  # the writer thread creates the file
+                    self._temp = self.hot.temp_name()
+                    self._stream = self.commits.stream_at(self._temp)
+                written = self._written + size
+                wb_offset = wb_length = 0
+                if self.hot.fsync and written - self._flushed >= WRITEBACK_STEP:
+                    wb_offset, wb_length = self._flushed, written - self._flushed
+                    self._flushed = written
+                self._stream.write(parts, self._written, wb_offset, wb_length)
+                self._written = written
+            except OSError as exc:
+                self.error = exc
+                self._drop()
             return size
         if self._running or self._queue or size > INLINE_MAX:
             for p in parts:
@@ -90,6 +120,14 @@ class FileSink:
             self.error = exc
             self._drop()
         return size
+
+    def presync(self) -> None:
+        """The last fragment is in: start the file's fdatasync now (C path only), so it runs
+        while the caller validates the data set; ``commit`` waits for it and syncs again
+        (nearly nothing left)."""
+        if (self._stream is not None and self.hot.fsync and self.error is None
+                and not self._closed):
+            self._stream.presync()
 
     def discard(self) -> None:
         """Drop the file (whatever was queued is not written)."""
@@ -111,11 +149,12 @@ class FileSink:
         # no thread owns the file: hand it to the commit threads directly
         if self.error is None:
             try:
-                if self._fd is None:
+                if self._fd is None and self._stream is None:  # nothing was written
                     self._fd, self._temp = self.hot.open_temp()
-                fd, temp = self._fd, self._temp
-                self._fd = self._temp = None  # the commit owns (and removes on failure) both
-                return self.commits.commit(fd, temp, relative)
+                fd, temp, stream = self._fd, self._temp, self._stream
+                # the commit owns (and removes on failure) both
+                self._fd = self._temp = self._stream = None
+                return self.commits.commit(-1 if fd is None else fd, temp, relative, stream)
             except OSError as exc:
                 self.error = exc
                 self._drop()
@@ -126,7 +165,7 @@ class FileSink:
     def _put(self, item: object, size: int) -> None:
         with self._lock:
             self._queue.append(item)
-            self.queued_bytes += size
+            self._queued += size
             if self._running:
                 return
             self._running = True
@@ -163,7 +202,7 @@ class FileSink:
                 else:
                     size = self._do_write(item)
                     with self._lock:
-                        self.queued_bytes -= size
+                        self._queued -= size
             except Exception as exc:  # a bug must fail this instance, not hang its association
                 self.error = self.error or OSError(errno.EIO, f"I/O worker failed: {exc!r}")
                 with contextlib.suppress(Exception):
@@ -199,7 +238,14 @@ class FileSink:
         item.loop.call_soon_threadsafe(_settle, item.future, error)
 
     def _drop(self) -> None:
-        if self._temp is not None:
+        if self._stream is not None:  # closed and removed once its writes are done
+            stream, self._stream = self._stream, None
+            if self._temp is not None:
+                try:
+                    stream.discard(self._temp)
+                except RuntimeError:  # the committer is closed: its writes are all done
+                    self.hot.discard(self._fd, self._temp)
+        elif self._temp is not None:
             self.hot.discard(self._fd, self._temp)
         self._fd = None
         self._temp = None

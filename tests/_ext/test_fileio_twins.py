@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -220,3 +221,172 @@ def test_committer_writeback_works_on_a_copy_of_the_fd(tmp_path, mod):
     with open(final, "rb") as f:
         assert f.read() == bytes([7]) * 8
     assert len(os.listdir("/proc/self/fd")) == open_fds  # every duplicate closed
+
+
+# -- Stream: a file's writes on the commit threads, then its commit or discard ---------------
+
+def _stream_file(committer, root, token, kind, pieces):
+    """Write ``pieces`` (lists of chunk sizes, one write job each) to a temp file through a
+    stream, then commit or discard it as ``kind`` says; returns the expected content."""
+    temp = root / f"s{token}.part"
+    if kind.startswith("at"):  # created by the first write job (in a missing directory: fails)
+        if kind == "at-missing":
+            temp = root / "missing" / f"s{token}.part"
+        stream = committer.stream_at(str(temp))
+    else:
+        if kind == "bad-fd":  # a read-only fd: every write of some bytes fails (EBADF)
+            temp.touch()
+            fd = os.open(temp, os.O_RDONLY)
+        else:
+            fd = _open(temp)
+        stream = committer.stream(fd)
+    expected = bytearray()
+    for n, sizes in enumerate(pieces):
+        chunks = [bytes([(token + n + i) % 256]) * size for i, size in enumerate(sizes)]
+        data = b"".join(chunks)
+        # bytes, a memoryview and a bytearray slice view all work; writeback of what is new
+        views = [memoryview(c) if i % 2 else c for i, c in enumerate(chunks)]
+        assert stream.write(views, len(expected), len(expected), len(data)) == len(data)
+        expected += data
+    if token % 2:
+        stream.presync()  # the commit (or discard) waits for it
+    if kind == "discard":
+        stream.discard(str(temp))
+    else:
+        stream.commit(token, str(temp), str(root / "d" / f"f{token}.dcm"), str(root / "d"),
+                      True)
+    with pytest.raises(RuntimeError):
+        stream.write([b"x"], 0)  # spent
+    return bytes(expected)
+
+
+@settings(max_examples=15, deadline=None)
+@given(files=st.lists(st.tuples(
+    st.sampled_from(["ok", "discard", "bad-fd", "at", "at-missing"]),
+    st.lists(st.lists(st.integers(0, 90_000), max_size=4), max_size=5)),
+    min_size=1, max_size=8), threads=st.integers(1, 4))
+def test_stream_twins_agree(tmp_path_factory, files, threads):
+    results = []
+    for mod in (fileio, _fileio):
+        root = tmp_path_factory.mktemp("s")
+        (root / "d").mkdir()
+        committer = mod.Committer(threads)
+        expected = {}
+        try:
+            for token, (kind, pieces) in enumerate(files):
+                expected[token] = _stream_file(committer, root, token, kind, pieces)
+            reported = sum(kind != "discard" for kind, _ in files)
+            done = _wait_all(committer, reported)
+        finally:
+            assert committer.close() == []
+        assert committer.pending_bytes == 0
+        written = {p.name: p.read_bytes() for p in sorted((root / "d").iterdir())}
+        temps = sorted(p.name for p in root.glob("*.part"))
+        results.append((_outcomes(done), written, temps))
+        for token, (kind, pieces) in enumerate(files):
+            created = kind == "ok" or (kind == "at" and pieces)  # "at": by a write job
+            if created or (kind == "bad-fd" and not expected[token]):
+                assert dict(done)[token] is None
+                assert written[f"f{token}.dcm"] == expected[token]
+            elif kind == "bad-fd":  # nothing renamed; the temp file left for the caller
+                assert dict(done)[token].errno == errno.EBADF
+                assert dict(done)[token].filename == str(root / f"s{token}.part")
+                assert f"s{token}.part" in temps
+            elif kind.startswith("at"):  # not created (no write, or no directory): ENOENT
+                assert dict(done)[token].errno == errno.ENOENT
+            else:
+                assert token not in dict(done) and f"s{token}.part" not in temps
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_stream_holds_buffers_until_drained_and_commit_waits_for_writes(tmp_path, mod):
+    (tmp_path / "d").mkdir()
+    open_fds = len(os.listdir("/proc/self/fd"))
+    committer = mod.Committer(3)
+    buf = bytearray(b"abcd" * 300_000)
+    baseline = None
+    try:
+        streams = []
+        for token in range(6):
+            fd = _open(tmp_path / f"t{token}.part")
+            stream = committer.stream(fd)
+            for k in range(4):  # out of order offsets: each write lands where it says
+                stream.write([memoryview(buf)[k * 300_000:(k + 1) * 300_000]],
+                             (3 - k) * 300_000)
+            streams.append(stream)
+        for token, stream in enumerate(streams):
+            stream.commit(token, str(tmp_path / f"t{token}.part"),
+                          str(tmp_path / "d" / f"f{token}.dcm"), str(tmp_path / "d"), False)
+        done = _wait_all(committer, 6)
+        assert sorted(done) == [(t, None) for t in range(6)]
+        baseline = committer.pending_bytes
+    finally:
+        committer.close()
+    assert baseline == 0
+    # every view was released: the bytearray can be resized again
+    buf.extend(b"x")
+    want = b"".join(bytes(buf[k * 300_000:(k + 1) * 300_000]) for k in (3, 2, 1, 0))
+    for token in range(6):
+        assert (tmp_path / "d" / f"f{token}.dcm").read_bytes() == want
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+    with pytest.raises(RuntimeError):
+        committer.stream(0)
+
+
+@pytest.mark.parametrize("mod", TWINS)
+@pytest.mark.parametrize("end", ["commit", "discard", "bad-fd"])
+def test_stream_presync_runs_between_the_writes_and_the_end(tmp_path, mod, end):
+    (tmp_path / "d").mkdir()
+    open_fds = len(os.listdir("/proc/self/fd"))
+    committer = mod.Committer(2)
+    temp = tmp_path / "t.part"
+    if end == "bad-fd":
+        temp.touch()
+        fd = os.open(temp, os.O_RDONLY)
+    else:
+        fd = _open(temp)
+    stream = committer.stream(fd)
+    for k in range(8):
+        stream.write([bytes([k]) * 200_000], k * 200_000)
+    stream.presync()
+    stream.presync()  # twice: harmless
+    if end == "discard":
+        stream.discard(str(temp))
+    else:
+        stream.commit(3, str(temp), str(tmp_path / "d" / "f.dcm"), str(tmp_path / "d"), True)
+    done = committer.close()  # runs everything queued or deferred, in order
+    assert committer.pending_bytes == 0
+    assert len(os.listdir("/proc/self/fd")) == open_fds
+    if end == "commit":
+        assert done == [(3, None)]
+        assert (tmp_path / "d" / "f.dcm").read_bytes() == b"".join(
+            bytes([k]) * 200_000 for k in range(8))
+    elif end == "discard":
+        assert done == [] and not temp.exists()
+    else:
+        assert [(t, e.errno) for t, e in done] == [(3, errno.EBADF)]
+        assert temp.exists() and not (tmp_path / "d" / "f.dcm").exists()
+
+
+def test_stream_wakes_the_loop_when_written_buffers_pile_up(tmp_path):
+    """The compiled writer holds written buffers until a drain (the twin drops them at once):
+    past 16 MiB of them it wakes the loop itself, so a huge data set is not kept in memory
+    until its commit."""
+    committer = _fileio.Committer(1)
+    buf = bytearray(1 << 20)
+    try:
+        stream = committer.stream(_open(tmp_path / "big.part"))
+        for k in range(20):
+            stream.write([memoryview(buf)], k << 20)
+        ready, _, _ = select.select([committer.fileno()], [], [], 10.0)
+        assert ready, "no wake-up for the held buffers"
+        deadline = time.monotonic() + 10
+        while committer.pending_bytes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert committer.drain() == []  # write completions are not reported
+        buf.extend(b"x")  # every view released: the bytearray can be resized again
+        stream.discard(str(tmp_path / "big.part"))
+    finally:
+        committer.close()
+    assert not (tmp_path / "big.part").exists()
