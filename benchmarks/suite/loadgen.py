@@ -107,16 +107,6 @@ async def _store_run(spec: dict, ready, start) -> WorkerResult:
     return res
 
 
-def _store_main(spec: dict, ready, start, results) -> None:
-    try:
-        res = asyncio.run(_store_run(spec, ready, start))
-    except BaseException as exc:  # reported to the parent, which fails the run
-        res = WorkerResult("store", spec["index"], ok=False, error=f"{type(exc).__name__}: {exc}")
-        if not spec.get("ready_sent"):
-            ready.put(spec["index"])
-    results.put(res)
-
-
 # ------------------------------------------------------------------------------ viewers
 DICOM_JSON = "application/dicom+json"
 
@@ -183,17 +173,6 @@ async def _viewer_run(spec: dict, ready, start) -> WorkerResult:
         finally:
             res.cpu_s = _cpu() - cpu0
     return res
-
-
-def _viewer_main(spec: dict, ready, start, results) -> None:
-    try:
-        res = asyncio.run(_viewer_run(spec, ready, start))
-    except BaseException as exc:
-        res = WorkerResult("viewer", spec["index"], ok=False,
-                           error=f"{type(exc).__name__}: {exc}")
-        if not spec.get("ready_sent"):
-            ready.put(spec["index"])
-    results.put(res)
 
 
 # ------------------------------------------------------------------------------ queries
@@ -268,25 +247,25 @@ async def _query_run(spec: dict, ready, start) -> WorkerResult:
     return res
 
 
-def _query_main(spec: dict, ready, start, results) -> None:
-    try:
-        import uvloop
+# ------------------------------------------------------------------------------ driver
+_RUNS = {"store": _store_run, "viewer": _viewer_run, "query": _query_run}
 
-        uvloop.install()  # the client's own cost per response is what it reports: keep it low
-    except ImportError:
-        pass
+
+def _worker_main(kind: str, spec: dict, ready, start, results) -> None:
+    """A spawned worker's entry: run ``kind`` and put its result (or its failure, which the
+    parent reports and fails the run with) on ``results``."""
+    if kind == "query":
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            uvloop.install()  # the client's own cost per response is what it reports
     try:
-        res = asyncio.run(_query_run(spec, ready, start))
+        res = asyncio.run(_RUNS[kind](spec, ready, start))
     except BaseException as exc:
-        res = WorkerResult("query", spec["index"], ok=False,
-                           error=f"{type(exc).__name__}: {exc}")
+        res = WorkerResult(kind, spec["index"], ok=False, error=f"{type(exc).__name__}: {exc}")
         if not spec.get("ready_sent"):
             ready.put(spec["index"])
     results.put(res)
-
-
-# ------------------------------------------------------------------------------ driver
-_TARGETS = {"store": _store_main, "viewer": _viewer_main, "query": _query_main}
 
 
 @dataclass
@@ -321,8 +300,8 @@ class Load:
         self.timeout = timeout
 
     def add(self, kind: str, spec: dict) -> None:
-        p = self.ctx.Process(target=_TARGETS[kind], args=(spec, self.ready, self.start,
-                                                          self.results), daemon=True)
+        p = self.ctx.Process(target=_worker_main, args=(kind, spec, self.ready, self.start,
+                                                        self.results), daemon=True)
         self.procs.append(p)
 
     def run(self, poll=None, on_start=None) -> LoadRun:

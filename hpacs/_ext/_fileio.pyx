@@ -56,6 +56,22 @@ DEF IOV_MAX_ = 1024
 DEF HELD_MAX = 16 << 20
 
 
+cdef inline int _advance(iovec *iov, int first, int count, Py_ssize_t done) noexcept nogil:
+    """After ``done`` more bytes went out from ``iov[first:count]``: the index of the first
+    iovec not fully written (a partly written one is trimmed in place; empty ones skipped)."""
+    while done > 0 and first < count:
+        if <size_t>done >= iov[first].iov_len:
+            done -= iov[first].iov_len
+            first += 1
+        else:
+            iov[first].iov_base = <char *>iov[first].iov_base + done
+            iov[first].iov_len -= done
+            done = 0
+    while first < count and iov[first].iov_len == 0:
+        first += 1
+    return first
+
+
 cdef int _writev_all(int fd, iovec *iov, int count) noexcept nogil:
     """Write every byte of ``iov[:count]``, resuming after short writes; 0 or an errno."""
     cdef Py_ssize_t done
@@ -70,16 +86,7 @@ cdef int _writev_all(int fd, iovec *iov, int count) noexcept nogil:
             if errno == EINTR:
                 continue
             return errno
-        while done > 0 and first < count:
-            if <size_t>done >= iov[first].iov_len:
-                done -= iov[first].iov_len
-                first += 1
-            else:
-                iov[first].iov_base = <char *>iov[first].iov_base + done
-                iov[first].iov_len -= done
-                done = 0
-        while first < count and iov[first].iov_len == 0:
-            first += 1
+        first = _advance(iov, first, count, done)
     return 0
 
 
@@ -101,16 +108,7 @@ cdef int _pwritev_all(int fd, iovec *iov, int count, long long offset) noexcept 
                 continue
             return errno
         offset += done
-        while done > 0 and first < count:
-            if <size_t>done >= iov[first].iov_len:
-                done -= iov[first].iov_len
-                first += 1
-            else:
-                iov[first].iov_base = <char *>iov[first].iov_base + done
-                iov[first].iov_len -= done
-                done = 0
-        while first < count and iov[first].iov_len == 0:
-            first += 1
+        first = _advance(iov, first, count, done)
     return 0
 
 

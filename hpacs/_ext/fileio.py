@@ -46,14 +46,19 @@ def write_all(fd: int, chunks: Sequence) -> int:
             written = os.writev(fd, views[:_IOV_MAX])
         except InterruptedError:
             continue
-        while written and views:
-            if written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][written:]
-                written = 0
+        _advance(views, written)
     return total
+
+
+def _advance(views: list[memoryview], written: int) -> None:
+    """Drop from ``views`` the ``written`` bytes that went out (a partly written view trimmed)."""
+    while written and views:
+        if written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        else:
+            views[0] = views[0][written:]
+            written = 0
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -104,13 +109,7 @@ def _pwrite_all(fd: int, views: list, offset: int) -> None:
         except InterruptedError:
             continue
         offset += written
-        while written and views:
-            if written >= len(views[0]):
-                written -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][written:]
-                written = 0
+        _advance(views, written)
 
 
 class _FileState:
