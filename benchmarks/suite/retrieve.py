@@ -83,7 +83,7 @@ def _dimse_fetch(tool: str, peer, study: dict, outdir: Path, dest=None) -> dict:
                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study['study']}"]
         cmd += ["-aem", dest.ae_title] if tool == "movescu" else ["-od", str(outdir)]
         cmd += [peer.host, str(peer.port)]
-    counted = dest is not None and dest.stored_count() is not None  # the fast receiver
+    counted = _discards(dest)  # nothing to count on disk: the receiver's own tally
     before = dest.stored_count() if counted else 0
     cpu0 = common.rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0)
     t0 = time.perf_counter()
@@ -107,11 +107,16 @@ def _dimse_fetch(tool: str, peer, study: dict, outdir: Path, dest=None) -> dict:
     return {"seconds": seconds, "files": got, "bytes": nbytes, "client_cpu_s": cpu, "error": err}
 
 
+def _discards(dest) -> bool:
+    """``dest`` is the fast receiver (it writes nothing; ``stored_count()`` is its tally)."""
+    return dest is not None and dest.name == "discard-receiver"
+
+
 def dimse_retrieve(tool: str, peer, cat: list[dict], work: Path, bar, dest=None) -> dict:
     """Every study in turn; ``dest``: the C-MOVE destination (its output directory is used)."""
     rows = []
     for i, study in enumerate(cat):
-        out = dest.data_dir if dest and dest.stored_count() is None else work / f"{tool}-{i}"
+        out = dest.data_dir if dest is not None and not _discards(dest) else work / f"{tool}-{i}"
         rows.append(_dimse_fetch(tool, peer, study, out, dest))
         bar.update(1)
     shutil.rmtree(work, ignore_errors=True)
