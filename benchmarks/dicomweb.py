@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import re
-import resource
 import shutil
 import statistics
 import sys
@@ -38,7 +37,7 @@ import pydicom
 from benchmarks import corpus as corpus_mod
 from benchmarks import peers as peers_mod
 from benchmarks.ingest import drive, machine_info, warm
-from benchmarks.stats import fmt_ratio, ratio, summarize
+from benchmarks.stats import fmt_ratio, ratio, rusage_cpu, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORKDIR = REPO / "benchmarks" / "work"
@@ -107,11 +106,6 @@ async def measure(base: str, uids: dict, sops: list[str], *, requests: int, clie
     return out
 
 
-def _client_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
 def _metadata_warmed(peer: peers_mod.Peer) -> float:
     url = f"http://{peers_mod.LOOPBACK}:{peer.http_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as r:
@@ -167,10 +161,10 @@ def run(args: argparse.Namespace) -> dict:
             order = list(servers.items()) if rnd % 2 == 0 else list(servers.items())[::-1]
             for name, peer in order:
                 base = f"http://{peers_mod.LOOPBACK}:{peer.http_port}/dicom-web"
-                cpu0, srv0 = _client_cpu(), peer.cpu_seconds()
+                cpu0, srv0 = rusage_cpu(), peer.cpu_seconds()
                 row = asyncio.run(measure(base, uids, sops, requests=args.requests,
                                           clients=args.clients, first=rnd < 2))
-                row.update(server=name, round=rnd + 1, client_cpu_s=_client_cpu() - cpu0,
+                row.update(server=name, round=rnd + 1, client_cpu_s=rusage_cpu() - cpu0,
                            server_cpu_s=peer.cpu_seconds() - srv0)
                 report["rounds"].append(row)
                 print(json.dumps(row), flush=True)

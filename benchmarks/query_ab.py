@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -39,8 +38,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-from pynetdicom.dsutils import encode
 
 from benchmarks import fill as fill_mod
 from benchmarks import peers as peers_mod
@@ -51,11 +48,6 @@ REPO = Path(__file__).resolve().parent.parent
 SIDES = ("A", "B")
 
 
-def p99(values: list[float]) -> float:
-    s = sorted(values)
-    return s[max(0, math.ceil(0.99 * len(s)) - 1)]
-
-
 def which_hpacs(tree: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     return subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c",
@@ -64,15 +56,11 @@ def which_hpacs(tree: Path) -> str:
                           text=True).stdout.strip()
 
 
-def identifier(keys: dict[str, str]) -> bytes:
-    return encode(query_mod.to_dataset(keys), False, True)
-
-
 def in_process(tree: Path, index: Path, queries: list[tuple[str, dict]], repeat: int,
                work: Path) -> list[dict]:
     spec = work / "find_cpu.json"
     spec.write_text(json.dumps({"index": str(index), "repeat": repeat, "queries": [
-        {"shape": shape, "identifier": identifier(q).hex()} for shape, q in queries]}))
+        {"shape": shape, "identifier": query_mod.encode_query(q).hex()} for shape, q in queries]}))
     env = {**os.environ, "PYTHONPATH": str(tree)}
     r = subprocess.run([str(REPO / ".venv" / "bin" / "python"), str(REPO / "benchmarks" /
                         "find_cpu.py"), str(spec)], env=env, cwd=work, check=True,
@@ -104,8 +92,9 @@ def done_lines(log: Path, start: int) -> tuple[list[dict], int]:
 
 
 def stats(values: list[float]) -> dict:
-    return {"p50": statistics.median(values), "p99": p99(values), "n": len(values)} if values \
-        else {"p50": None, "p99": None, "n": 0}
+    if not values:
+        return {"p50": None, "p99": None, "n": 0}
+    return {"p50": statistics.median(values), "p99": query_mod.p99(values), "n": len(values)}
 
 
 def per_match_us(ms: list[float], matches: list[int]) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -69,3 +70,9 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
+
+
+def rusage_cpu(children: bool = False) -> float:
+    """User + system CPU seconds of this process, or of its waited-for children."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -270,12 +269,6 @@ def write_report(out: Path, scenario: str, report: dict, markdown: str) -> list[
     j.write_text(json.dumps(report, indent=1, default=str, allow_nan=False))
     m.write_text(markdown)
     return [j, m]
-
-
-def rusage_cpu(children: bool = False) -> float:
-    """User + system CPU seconds of this process, or of its waited-for children."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def run_checked(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:

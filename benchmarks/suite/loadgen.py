@@ -23,18 +23,13 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import random
-import resource
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.dicomweb import FRAMES, fetch
-
-
-def _cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+from benchmarks.stats import rusage_cpu
 
 
 @dataclass
@@ -74,7 +69,7 @@ async def _store_run(spec: dict, ready, start) -> WorkerResult:
     ready.put(spec["index"])
     spec["ready_sent"] = True
     await asyncio.get_running_loop().run_in_executor(None, start.wait)
-    cpu0 = _cpu()
+    cpu0 = rusage_cpu()
     t_start = time.time()
     rate = spec.get("rate") or 0.0
     duration = spec.get("duration") or 0.0
@@ -102,7 +97,7 @@ async def _store_run(spec: dict, ready, start) -> WorkerResult:
             res.records.append((time.time(), (time.perf_counter() - t0) * 1000, size, status))
         res.ok = True
     finally:
-        res.cpu_s = _cpu() - cpu0
+        res.cpu_s = rusage_cpu() - cpu0
         await scu.release()
     return res
 
@@ -159,7 +154,7 @@ async def _viewer_run(spec: dict, ready, start) -> WorkerResult:
         ready.put(spec["index"])
         spec["ready_sent"] = True
         await asyncio.get_running_loop().run_in_executor(None, start.wait)
-        cpu0 = _cpu()
+        cpu0 = rusage_cpu()
         t_start = time.time()
         try:
             for k in range(spec.get("sessions") or 1 << 30):
@@ -171,7 +166,7 @@ async def _viewer_run(spec: dict, ready, start) -> WorkerResult:
                                                      spec.get("parallel", 4)))
             res.ok = True
         finally:
-            res.cpu_s = _cpu() - cpu0
+            res.cpu_s = rusage_cpu() - cpu0
     return res
 
 
@@ -220,7 +215,7 @@ async def _query_run(spec: dict, ready, start) -> WorkerResult:
         ready.put(spec["index"])
         spec["ready_sent"] = True
         await asyncio.get_running_loop().run_in_executor(None, start.wait)
-        cpu0 = _cpu()
+        cpu0 = rusage_cpu()
         try:
             for shape, queries in spec["shapes"].items():
                 keys = [k for k, _ in queries]
@@ -229,21 +224,21 @@ async def _query_run(spec: dict, ready, start) -> WorkerResult:
                                             calling_ae=spec.get("calling_ae", "BENCH"))
                 try:
                     await scu.timed(idents[:warm], timeout)  # untimed
-                    c0 = _cpu()
+                    c0 = rusage_cpu()
                     t_find, n_find = await scu.timed(idents, timeout)
-                    c1 = _cpu()
+                    c1 = rusage_cpu()
                 finally:
                     await scu.release()
                 await qido_times(s, spec["base"], keys[:warm])  # untimed
-                c2 = _cpu()
+                c2 = rusage_cpu()
                 t_qido, n_qido = await qido_times(s, spec["base"], keys)
                 res.records.append({
                     "shape": shape, "c_find_s": t_find, "c_find_matches": n_find,
                     "c_find_cpu_s": c1 - c0, "qido_s": t_qido, "qido_matches": n_qido,
-                    "qido_cpu_s": _cpu() - c2})
+                    "qido_cpu_s": rusage_cpu() - c2})
             res.ok = True
         finally:
-            res.cpu_s = _cpu() - cpu0
+            res.cpu_s = rusage_cpu() - cpu0
     return res
 
 

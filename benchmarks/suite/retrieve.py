@@ -29,6 +29,7 @@ import pydicom
 
 from benchmarks import dicomweb as dw
 from benchmarks import peers as peers_mod
+from benchmarks.stats import rusage_cpu
 from benchmarks.suite import common, plots, servers
 from benchmarks.suite.ingest import store_load
 from benchmarks.suite.loadgen import Load
@@ -85,11 +86,11 @@ def _dimse_fetch(tool: str, peer, study: dict, outdir: Path, dest=None) -> dict:
         cmd += [peer.host, str(peer.port)]
     counted = _discards(dest)  # nothing to count on disk: the receiver's own tally
     before = dest.stored_count() if counted else 0
-    cpu0 = common.rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0)
+    cpu0 = rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0)
     t0 = time.perf_counter()
     r = common.run_checked(cmd, timeout=600)
     seconds = time.perf_counter() - t0
-    cpu = common.rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0) - cpu0
+    cpu = rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0) - cpu0
     if tool == "fast-get":
         try:
             res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -182,11 +183,11 @@ def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work
             big = max(cat, key=lambda s: max(len(v) for v in s["series"].values()))
             series_uid, sops = max(big["series"].items(), key=lambda kv: len(kv[1]))
             uids = {"study": big["study"], "series": series_uid, "patient": big["patient"]}
-            cpu0, t0 = common.rusage_cpu(), time.perf_counter()
+            cpu0, t0 = rusage_cpu(), time.perf_counter()
             res["dicomweb"] = asyncio.run(dw.measure(
                 servers.dicomweb_base(peer), uids, sops, requests=opts.requests,
                 clients=opts.parallel, first=True))
-            res["dicomweb"]["client_cpu_share"] = ((common.rusage_cpu() - cpu0)
+            res["dicomweb"]["client_cpu_share"] = ((rusage_cpu() - cpu0)
                                                    / (time.perf_counter() - t0))
             res["dicomweb"]["series_instances"] = len(sops)
             bar.update(1)

@@ -339,6 +339,23 @@ cdef inline void _append_done(Shared *s, Job *job) noexcept nogil:
     s.done_tail = job
 
 
+cdef inline Job *_pop(Job **head, Job **tail) noexcept nogil:
+    """(Lock held.) The first job of a queue, taken off it; NULL when the queue is empty."""
+    cdef Job *job = head[0]
+    if job != NULL:
+        head[0] = job.next
+        if head[0] == NULL:
+            tail[0] = NULL
+    return job
+
+
+cdef inline void _wake(Shared *s) noexcept nogil:
+    """(Lock not held.) Make the eventfd readable: the loop drains the completions."""
+    cdef u64 one = 1
+    while c_write(s.efd, &one, 8) < 0 and errno == EINTR:
+        pass
+
+
 cdef void _defer_or_queue(Shared *s, FileState *f, Job *job) noexcept nogil:
     """(Lock held.) Queue ``job`` to the commit threads once ``f`` has nothing pending and
     nothing deferred before it."""
@@ -377,19 +394,15 @@ cdef void *_worker(void *arg) noexcept nogil:
     cdef FileState *f
     cdef bint notify
     cdef int err
-    cdef u64 one = 1
     pthread_setname_np(pthread_self(), "hpacs-commit")  # for top, perf and the CPU split
     while True:
         pthread_mutex_lock(&s.lock)
         while s.todo_head == NULL and not s.stopping:
             pthread_cond_wait(&s.work, &s.lock)
-        job = s.todo_head
+        job = _pop(&s.todo_head, &s.todo_tail)
         if job == NULL:  # stopping, and nothing left to do
             pthread_mutex_unlock(&s.lock)
             return NULL
-        s.todo_head = job.next
-        if s.todo_head == NULL:
-            s.todo_tail = NULL
         err = 0
         if job.file != NULL:  # a stream's job: its fd is known once its writes are done
             err = job.file.err
@@ -430,8 +443,7 @@ cdef void *_worker(void *arg) noexcept nogil:
         s.notified = True
         pthread_mutex_unlock(&s.lock)
         if notify:  # one wake-up of the loop per batch of completions
-            while c_write(s.efd, &one, 8) < 0 and errno == EINTR:
-                pass
+            _wake(s)
 
 
 cdef void *_writer(void *arg) noexcept nogil:
@@ -440,19 +452,15 @@ cdef void *_writer(void *arg) noexcept nogil:
     cdef FileState *f
     cdef int err
     cdef bint notify
-    cdef u64 one = 1
     pthread_setname_np(pthread_self(), "hpacs-commit-w")
     while True:
         pthread_mutex_lock(&s.lock)
         while s.wtodo_head == NULL and not s.wstopping:
             pthread_cond_wait(&s.wwork, &s.lock)
-        job = s.wtodo_head
+        job = _pop(&s.wtodo_head, &s.wtodo_tail)
         if job == NULL:  # stopping, and nothing left to write
             pthread_mutex_unlock(&s.lock)
             return NULL
-        s.wtodo_head = job.next
-        if s.wtodo_head == NULL:
-            s.wtodo_tail = NULL
         f = job.file
         err = f.err
         pthread_mutex_unlock(&s.lock)
@@ -482,8 +490,7 @@ cdef void *_writer(void *arg) noexcept nogil:
             s.notified = True
         pthread_mutex_unlock(&s.lock)
         if notify:
-            while c_write(s.efd, &one, 8) < 0 and errno == EINTR:
-                pass
+            _wake(s)
 
 
 cdef class Stream
