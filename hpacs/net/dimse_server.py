@@ -94,6 +94,7 @@ class DimseServer:
             check_called_ae=d.check_called_ae,
             allowed_calling_aes=frozenset(d.allowed_calling_aes) or None,
             max_pdu_length=d.max_pdu_length,
+            async_window=max(1, d.async_window),
         )
         self.query_engine = QueryEngine(ingestor.db)
         self.associations: set[Association] = set()
