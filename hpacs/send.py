@@ -55,6 +55,8 @@ class SendReport:
     warnings: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (SOP Instance UID, status)
     destination_error: str | None = None
+    #: The largest asynchronous operations window a destination association granted.
+    window: int = 1
 
 
 def parse_destination(value: str, config: Config) -> RemoteAE:
@@ -234,6 +236,7 @@ async def _store_all(scu: StorageSCU, items: list[StoredInstance], report: SendR
     """Send items on one association, up to its granted window of C-STOREs outstanding;
     returns those not sent when it was lost (the ones in flight then fail)."""
     window = Outstanding(scu.window)
+    report.window = max(report.window, scu.window)
 
     def answered(finished: list) -> None:
         for item, task in finished:
@@ -351,6 +354,8 @@ async def _send_items(config: Config, args: argparse.Namespace, dest: RemoteAE,
                                   async_window=config.dicom.async_window)
     warn = f", {report.warnings} with warning status" if report.warnings else ""
     skip = f", {len(skipped)} files skipped" if skipped else ""
+    if report.window > 1:
+        skip += f", up to {report.window} C-STOREs outstanding"
     print(f"sent {report.sent}, failed {len(report.failed)} (of {len(items)} instances"
           f" to {dest.ae_title}@{dest.host}:{dest.port}{warn}{skip})")
     for sop_uid, why in report.failed:
