@@ -24,7 +24,11 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from benchmarks.discard_receiver import MAX_PDU, Receiver
+from benchmarks.discard_receiver import identifier as encode_identifier
+from hpacs.dimse import commands as cmd
 from hpacs.net.storage_scu import StorageSCU, StoredInstance, open_instance
+from hpacs.ul import AssociateRequest, Connection, PresentationContext, Role, RoleSelection
 from tests.conftest import free_port, start_server
 from tests.factories import make_ct, uid, write
 from tests.interop.helpers import dataset_bytes, open_index, send_files, sop_uid_of
@@ -66,10 +70,10 @@ def ws(tmp_path_factory):
         assert "internal_error" not in server.log()
 
 
-def study_identifier() -> Dataset:
+def study_identifier(study: str = STUDY) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
-    ds.StudyInstanceUID = STUDY
+    ds.StudyInstanceUID = study
     return ds
 
 
@@ -346,3 +350,67 @@ def test_store_scp_answers_outstanding_stores_once_durable(ws, tmp_path, window,
         assert '"window": 1' in log.rsplit('"store.window_exceeded"', 1)[1].split("\n")[0]
     else:  # as many as granted, all at once: within the window
         assert log.count('"store.window_exceeded"') == exceeded
+
+
+class _Silent(Receiver):
+    """A C-GET SCU on hpacs's own upper layer (window (1, 4)) that never answers one
+    C-STORE sub-operation and answers every other at once."""
+
+    def __init__(self, conn: Connection, silent_uid: str, identifier: bytes) -> None:
+        super().__init__(conn, get_identifier=identifier)
+        self.silent_uid = silent_uid
+        self.answered: list[str] = []
+
+    def _reply(self, context_id: int, response: bytes) -> None:
+        sop = cmd.decode_command(response).get(cmd.AFFECTED_SOP_INSTANCE_UID, "")
+        if sop == self.silent_uid:
+            return
+        self.answered.append(sop)
+        super()._reply(context_id, response)
+
+
+async def _get_with_a_silent_store(port: int, study: str,
+                                   silent_uid: str) -> tuple[dict, float, list]:
+    loop = asyncio.get_running_loop()
+    conn = Connection(Role.REQUESTOR, max_pdu_length=MAX_PDU)
+    receiver = _Silent(conn, silent_uid, encode_identifier(study_identifier(study)))
+    transport, _ = await loop.create_connection(lambda: receiver, "127.0.0.1", port)
+    t0 = time.perf_counter()
+    transport.write(conn.request_association(AssociateRequest(
+        called_ae="HPACS", calling_ae="SILENT", max_pdu_length=MAX_PDU,
+        presentation_contexts=(PresentationContext(1, STUDY_GET, (ExplicitVRLittleEndian,)),
+                               PresentationContext(3, CTImageStorage,
+                                                   (ExplicitVRLittleEndian,))),
+        role_selections=(RoleSelection(CTImageStorage, False, True),),
+        async_ops_window=(1, 4))))
+    try:
+        final = await asyncio.wait_for(receiver.done, 30)
+        seconds = time.perf_counter() - t0
+        transport.write(conn.release_request())
+        await asyncio.wait_for(receiver.closed, 5)
+    finally:
+        transport.close()
+    return final, seconds, receiver.answered
+
+
+def test_get_outstanding_response_times_out_alone(tmp_path):
+    """Each outstanding C-STORE response has its own idle timeout: the one never answered
+    fails after ``dicom.idle_timeout``, the others complete, and the C-GET ends with the
+    exact Failed SOP Instance UID List."""
+    config = tmp_path / "hpacs.toml"
+    config.write_text("[dicom]\nidle_timeout = 1.5\n")
+    srv = start_server(tmp_path / "data", "--config", str(config))
+    try:
+        paths = [write(make_ct(9, 9, 1, n, size=16), tmp_path / "files") for n in range(1, 7)]
+        assert set(send_files(srv, paths).values()) == {0}
+        silent = sop_uid_of(paths[2])
+        study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+        final, seconds, answered = asyncio.run(
+            _get_with_a_silent_store(srv.dicom_port, study, silent))
+    finally:
+        assert srv.stop() == 0, srv.log()
+    assert final.get(cmd.STATUS) == 0xB000, final
+    assert (final.get(cmd.COMPLETED_SUBOPERATIONS), final.get(cmd.FAILED_SUBOPERATIONS)) == (5, 1)
+    assert sorted(answered) == sorted(sop_uid_of(p) for p in paths if sop_uid_of(p) != silent)
+    assert 1.5 <= seconds < 10
+    assert '"failed": 1' in srv.log().rsplit('"get.done"', 1)[1].split("\n")[0]
