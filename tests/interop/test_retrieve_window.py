@@ -28,7 +28,14 @@ from benchmarks.discard_receiver import MAX_PDU, Receiver
 from benchmarks.discard_receiver import identifier as encode_identifier
 from hpacs.dimse import commands as cmd
 from hpacs.net.storage_scu import StorageSCU, StoredInstance, open_instance
-from hpacs.ul import AssociateRequest, Connection, PresentationContext, Role, RoleSelection
+from hpacs.ul import (
+    AcceptorPolicy,
+    AssociateRequest,
+    Connection,
+    PresentationContext,
+    Role,
+    RoleSelection,
+)
 from tests.conftest import free_port, start_server
 from tests.factories import make_ct, uid, write
 from tests.interop.helpers import dataset_bytes, open_index, send_files, sop_uid_of
@@ -43,10 +50,11 @@ SERVER_WINDOW = 16  # the config default
 
 
 class Setup:
-    def __init__(self, srv, dest, py_port: int, paths: list[Path]) -> None:
+    def __init__(self, srv, dest, py_port: int, drop_port: int, paths: list[Path]) -> None:
         self.srv = srv
         self.dest = dest
         self.py_port = py_port
+        self.drop_port = drop_port
         self.paths = paths
         self.uids = [sop_uid_of(p) for p in paths]
 
@@ -55,16 +63,17 @@ class Setup:
 def ws(tmp_path_factory):
     base = tmp_path_factory.mktemp("window")
     dest = start_server(base / "dest", ae_title="HPACSB")
-    py_port = free_port()
+    py_port, drop_port = free_port(), free_port()
     config = base / "hpacs.toml"
     config.write_text(
         f'[[remote]]\nae_title = "HPACSB"\nhost = "127.0.0.1"\nport = {dest.dicom_port}\n\n'
-        f'[[remote]]\nae_title = "PYSCP"\nhost = "127.0.0.1"\nport = {py_port}\n')
+        f'[[remote]]\nae_title = "PYSCP"\nhost = "127.0.0.1"\nport = {py_port}\n\n'
+        f'[[remote]]\nae_title = "DROPPER"\nhost = "127.0.0.1"\nport = {drop_port}\n')
     srv = start_server(base / "data", "--config", str(config))
     paths = [write(make_ct(9, 1, se, n, size=16), base / "files")
              for se in (1, 2) for n in range(1, N // 2 + 1)]
     assert set(send_files(srv, paths).values()) == {0}
-    yield Setup(srv, dest, py_port, paths)
+    yield Setup(srv, dest, py_port, drop_port, paths)
     for server in (srv, dest):
         assert server.stop() == 0, server.log()
         assert "internal_error" not in server.log()
@@ -414,3 +423,55 @@ def test_get_outstanding_response_times_out_alone(tmp_path):
     assert sorted(answered) == sorted(sop_uid_of(p) for p in paths if sop_uid_of(p) != silent)
     assert 1.5 <= seconds < 10
     assert '"failed": 1' in srv.log().rsplit('"get.done"', 1)[1].split("\n")[0]
+
+
+class _Dropping(Receiver):
+    """A storage SCP (hpacs's upper layer) granting a window of 8 that closes the
+    association right after answering its third C-STORE."""
+
+    def __init__(self, conn: Connection, policy: AcceptorPolicy, answered: list[str]) -> None:
+        super().__init__(conn, policy)
+        self.answered = answered
+
+    def _reply(self, context_id: int, response: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        super()._reply(context_id, response)
+        self.answered.append(cmd.decode_command(response).get(cmd.AFFECTED_SOP_INSTANCE_UID))
+        if len(self.answered) == 3:
+            self.transport.close()  # after the three responses, which go out first
+
+
+def test_move_destination_lost_mid_window(ws):
+    loop = asyncio.new_event_loop()
+    answered: list[str] = []
+    policy = AcceptorPolicy(ae_title="DROPPER", max_pdu_length=MAX_PDU, async_window=WINDOW)
+    server = loop.run_until_complete(loop.create_server(
+        lambda: _Dropping(Connection(Role.ACCEPTOR, max_pdu_length=MAX_PDU), policy, answered),
+        "127.0.0.1", ws.drop_port))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        ae = AE(ae_title="PYMOVE")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(STUDY_MOVE)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", ws.srv.dicom_port, ae_title=ws.srv.ae_title)
+        results = list(assoc.send_c_move(study_identifier(), "DROPPER", STUDY_MOVE))
+        echo = assoc.send_c_echo()
+        assoc.release()
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+    status, identifier = results[-1]
+    assert len(answered) == 3
+    # the three answered count as completed; the ones in flight when it went and the ones
+    # never invoked fail, each listed once
+    assert status.Status == 0xB000
+    assert (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == \
+        (3, N - 3)
+    listed = identifier.FailedSOPInstanceUIDList
+    assert sorted(listed) == sorted(set(ws.uids) - set(answered))
+    assert "DROPPER" in status.ErrorComment and echo.Status == 0
+    assert '"move.association_lost"' in ws.srv.log()
