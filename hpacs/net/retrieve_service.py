@@ -385,13 +385,15 @@ class RetrieveService:
             while ahead is not None:
                 while window.full:
                     await self._move_answered(await window.wait(), context_id, subops, plan,
-                                              remote)
-                await self._move_answered(window.done(), context_id, subops, plan, remote)
+                                              remote, scu)
+                await self._move_answered(window.done(), context_id, subops, plan, remote,
+                                          scu)
                 reason = self._stop_reason(message_id)
                 if reason is not None:
                     plan.stop = plan.stop or reason
                     break
-                if not scu.alive:  # lost while responses were awaited
+                if not scu.alive:  # lost while no response was awaited
+                    self._move_lost(scu, plan, remote, AssociationFailed(scu.failure or "lost"))
                     break
                 (i, sub_context, opening), ahead = ahead, self._move_open(scu, plan)
                 item = plan.items[i]
@@ -400,29 +402,29 @@ class RetrieveService:
                                 sop=item.sop_instance_uid, sop_class=item.sop_class_uid,
                                 ts=item.transfer_syntax_uid)
                     await self._move_answered([(item.sop_instance_uid, "failed")], context_id,
-                                              subops, plan, remote)
+                                              subops, plan, remote, scu)
                     continue
                 try:
                     opened = await opening
                 except SendError as exc:
                     log.warning("move.unreadable", sop=item.sop_instance_uid, error=str(exc))
                     await self._move_answered([(item.sop_instance_uid, "failed")], context_id,
-                                              subops, plan, remote)
+                                              subops, plan, remote, scu)
                     continue
                 try:
                     response = await scu.invoke(item, sub_context, opened,
                                                 move_originator=originator)
                 except (AssociationFailed, OSError) as exc:
-                    self._move_lost(plan, remote, exc)
+                    self._move_lost(scu, plan, remote, exc)
                     await self._move_answered([(item.sop_instance_uid, "failed")], context_id,
-                                              subops, plan, remote)
+                                              subops, plan, remote, scu)
                     break
                 finally:
                     opened.close()
                 window.add(item.sop_instance_uid, response)
             while len(window):
                 await self._move_answered(await window.wait(), context_id, subops, plan,
-                                          remote)
+                                          remote, scu)
         finally:
             window.cancel()
             if ahead is not None:
@@ -431,12 +433,16 @@ class RetrieveService:
                     ahead[2].add_done_callback(_close_opened)
                     ahead[2].cancel()
 
-    def _move_lost(self, plan: _MovePlan, remote, exc: Exception) -> None:
+    def _move_lost(self, scu: StorageSCU, plan: _MovePlan, remote, exc: Exception) -> None:
+        """Log a lost sub-association once and name it in the C-MOVE's Error Comment."""
+        if id(scu) in plan.lost:
+            return
+        plan.lost.add(id(scu))
         log.warning("move.association_lost", destination=remote.ae_title, error=str(exc))
         plan.comment = f"destination {remote.ae_title}: {exc}"
 
     async def _move_answered(self, answered: list, context_id: int, subops: SubOperations,
-                             plan: _MovePlan, remote) -> None:
+                             plan: _MovePlan, remote, scu: StorageSCU) -> None:
         """Count answered sub-operations ((SOP Instance UID, outcome or finished task giving
         the C-STORE-RSP status)), each followed by a pending C-MOVE response."""
         for uid, outcome in answered:
@@ -444,7 +450,7 @@ class RetrieveService:
                 try:
                     outcome = store_outcome(outcome.result())
                 except (AssociationFailed, OSError) as exc:
-                    self._move_lost(plan, remote, exc)
+                    self._move_lost(scu, plan, remote, exc)
                     outcome = "failed"
             subops.record(uid, outcome)
             await self._move_pending(context_id, subops)
@@ -485,6 +491,8 @@ class _MovePlan:
         self.comment = ""
         #: The largest asynchronous operations window a sub-association was granted.
         self.window = 1
+        #: Sub-associations (ids) found lost, each logged once.
+        self.lost: set[int] = set()
 
     def take(self) -> int | None:
         if self._returned:

@@ -296,6 +296,11 @@ class StorageSCU:
         return self._dead is None
 
     @property
+    def failure(self) -> str | None:
+        """Why the association is gone (None while alive)."""
+        return self._dead
+
+    @property
     def window(self) -> int:
         """C-STOREs we may have outstanding on this association (what the acceptor granted)."""
         return self.conn.we_may_invoke or self.async_window
