@@ -8,10 +8,11 @@ answers each C-STORE-RQ with success the moment that fragment arrives:
 
 - ``python -m benchmarks.discard_receiver scp --port P [--ae AE]``: storage SCP (any storage SOP
   class, any transfer syntax, C-ECHO too), many associations at once: a C-MOVE destination
-  (``--count-file F`` keeps the number of data sets received in F);
+  (``--count-file F`` keeps the number of data sets received in F; ``--window N`` grants a
+  requestor proposing an asynchronous operations window up to N outstanding C-STOREs);
 - ``python -m benchmarks.discard_receiver get HOST PORT --aec AE --study UID``: C-GET SCU (Study
   Root, STUDY level) proposing SCP role for ``--sop-class`` in the uncompressed syntaxes (and
-  each ``--syntax``); prints
+  each ``--syntax``; ``--window N`` proposes performing up to N C-STOREs at once); prints
   the final counts, bytes, its own clock and CPU as JSON, and exits 0 only if the C-GET
   succeeded with the expected count;
 - :class:`FindSCU` (used by ``benchmarks.query`` and ``hpacs bench query``): sequential C-FINDs on
@@ -238,9 +239,9 @@ class Receiver(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def serve(port: int, ae: str, count_file: str | None = None) -> None:
+async def serve(port: int, ae: str, count_file: str | None = None, window: int = 1) -> None:
     loop = asyncio.get_running_loop()
-    policy = AcceptorPolicy(ae_title=ae, max_pdu_length=MAX_PDU)
+    policy = AcceptorPolicy(ae_title=ae, max_pdu_length=MAX_PDU, async_window=window)
     tally = Tally(count_file)
 
     def factory() -> Receiver:
@@ -333,7 +334,8 @@ def identifier(ds: Dataset) -> bytes:
 
 
 async def get(host: str, port: int, aec: str, aet: str, study: str, sop_classes: list[str],
-              expect: int | None, max_pdu: int = MAX_PDU, syntaxes: tuple[str, ...] = ()) -> int:
+              expect: int | None, max_pdu: int = MAX_PDU, syntaxes: tuple[str, ...] = (),
+              window: int = 1) -> int:
     loop = asyncio.get_running_loop()
     started, cpu0 = time.perf_counter(), time.process_time()
     conn = Connection(Role.REQUESTOR, max_pdu_length=max_pdu)
@@ -346,7 +348,9 @@ async def get(host: str, port: int, aec: str, aet: str, study: str, sop_classes:
     transport.write(conn.request_association(AssociateRequest(
         called_ae=aec, calling_ae=aet, presentation_contexts=tuple(contexts),
         max_pdu_length=max_pdu, role_selections=tuple(
-            RoleSelection(uid, False, True) for uid in sop_classes))))
+            RoleSelection(uid, False, True) for uid in sop_classes),
+        # one C-GET invoked; up to `window` of the server's C-STOREs performed at once
+        async_ops_window=(1, window) if window != 1 else None)))
     final = await asyncio.wait_for(receiver.done, 600)
     with contextlib.suppress(Exception):
         transport.write(conn.release_request())
@@ -356,6 +360,7 @@ async def get(host: str, port: int, aec: str, aet: str, study: str, sop_classes:
     print(json.dumps({"status": hex(final.get(cmd.STATUS, -1)), "completed": completed,
                       "failed": final.get(cmd.FAILED_SUBOPERATIONS, 0),
                       "received": receiver.stored, "bytes": receiver.data_bytes,
+                      "window": list(conn.async_window),
                       "ms": round((time.perf_counter() - started) * 1000, 2),
                       "cpu_ms": round((time.process_time() - cpu0) * 1000, 2)}))
     ok = final.get(cmd.STATUS) == status.SUCCESS and (expect is None or receiver.stored == expect)
@@ -369,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--ae", default="DISCARD")
     s.add_argument("--count-file", help="keep the number of data sets received in this file")
+    s.add_argument("--window", type=int, default=1,
+                   help="grant a requestor up to N outstanding C-STOREs (asynchronous "
+                        "operations window, PS3.7 D.3.3.3) when it proposes a window")
     g = sub.add_parser("get")
     g.add_argument("host")
     g.add_argument("port", type=int)
@@ -380,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--max-pdu", type=int, default=MAX_PDU)
     g.add_argument("--syntax", action="append", default=[],
                    help="transfer syntax to accept besides the uncompressed ones")
+    g.add_argument("--window", type=int, default=1,
+                   help="propose performing up to N of the server's C-STOREs at once "
+                        "(asynchronous operations window; 1 = propose none, as dcmtk)")
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -389,11 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         pass
     if args.mode == "scp":
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args.port, args.ae, args.count_file))
+            asyncio.run(serve(args.port, args.ae, args.count_file, args.window))
         return 0
     return asyncio.run(get(args.host, args.port, args.aec, args.aet, args.study,
                            args.sop_class or [CT_IMAGE_STORAGE], args.expect, args.max_pdu,
-                           tuple(args.syntax)))
+                           tuple(args.syntax), args.window))
 
 
 if __name__ == "__main__":

@@ -558,15 +558,17 @@ def start(name: str, workdir: Path) -> contextlib.AbstractContextManager[Peer]:
 
 @contextlib.contextmanager
 def discard_receiver(workdir: Path, *, ae: str = "FASTDISCARD",
-                     ready_timeout: float = 20.0) -> Iterator[Peer]:
+                     ready_timeout: float = 20.0, window: int = 1) -> Iterator[Peer]:
     """benchmarks/discard_receiver.py as a storage SCP: 1 MiB PDUs, discards every data set;
-    ``peer.stored_count()`` is the number of data sets it has received."""
+    ``peer.stored_count()`` is the number of data sets it has received. ``window`` > 1 grants
+    a sender proposing an asynchronous operations window up to that many outstanding
+    C-STOREs."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     count_file = workdir / "received"
     cmd = [sys.executable, "-m", "benchmarks.discard_receiver", "scp", "--port", str(port),
-           "--ae", ae, "--count-file", str(count_file)]
+           "--ae", ae, "--count-file", str(count_file), "--window", str(window)]
     env = nodelay_env(PYTHONPATH=str(REPO))
 
     def counter(p: Peer) -> int | None:

@@ -26,6 +26,16 @@ dcmtk sender set together, the yardstick for both servers' C-MOVE (and, closely,
 ``--move-associations 1,4`` also runs, for the C-MOVE cells, one more hpacs per value other than
 1 with ``dicom.move_associations`` set to it (its own data directory, same study).
 
+The asynchronous operations window (PS3.7 D.3.3.3): ``discard-w8`` is the discard receiver
+proposing, as C-GET SCU, to perform up to 8 C-STOREs at once, and granting, as C-MOVE
+destination, up to 8 outstanding; ``hpacs`` (C-MOVE only) is a second hpacs as destination,
+durable (fsync, index commit before each response; ``duplicate_policy = "replace"`` so every
+round stores and indexes every instance again), granting hpacs's default window of 16. The
+``hpacs`` server runs with ``dicom.async_window`` = the first ``--async-windows`` value, and one
+more hpacs per other value (``hpacs-w1`` = window off: what every peer got before). dcmtk and
+Orthanc negotiate no window: against them every sender has one C-STORE outstanding, and Orthanc
+as sender or C-GET SCP answers the receiver's proposal with none (1).
+
 Rounds alternate the servers' order; each cell is the median wall time over rounds (min-max)
 of the whole command, association set-up included, and the instance count received is checked
 (files written, or the discard receiver's own count).
@@ -51,8 +61,13 @@ from benchmarks.stats import fmt_ratio, ratio, summarize
 GET_AE = "BENCHGET"
 #: receiver name -> destination AE of the C-MOVE cells
 MOVE_DESTINATIONS = {"ignore": "DISCARD", "ignore-128k": "DISCARD128K", "files": "FILES",
-                     "discard": "FASTDISCARD"}
-RECEIVERS = ("ignore", "ignore-128k", "files", "discard")
+                     "discard": "FASTDISCARD", "discard-w8": "FASTDISCARDW8",
+                     "hpacs": "HPACSDEST"}
+RECEIVERS = ("ignore", "ignore-128k", "files", "discard", "discard-w8", "hpacs")
+#: Receivers that are C-MOVE destinations only (a second hpacs is no C-GET SCU).
+MOVE_ONLY = ("hpacs",)
+#: Window the ``discard-w8`` receiver proposes (C-GET) and grants (C-MOVE destination).
+RECEIVER_WINDOW = 8
 STORESCU = "dcmtk-storescu"  # the C-MOVE cells' reference: the files sent with no archive
 DCMTK_MAX_PDU = 131072
 
@@ -78,11 +93,12 @@ def retrieve_once(peer: peers_mod.Peer, study: str, mode: str, receiver: str,
     keys = ["-S", "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
     with tempfile.TemporaryDirectory(prefix="bench-retrieve-") as out:
         if mode == "get":
-            if receiver == "discard":
+            if receiver.startswith("discard"):
+                window = RECEIVER_WINDOW if receiver == "discard-w8" else 1
                 wall, stdout = _timed([
                     sys.executable, "-m", "benchmarks.discard_receiver", "get", peer.host,
                     str(peer.port), "--aec", peer.ae_title, "--aet", GET_AE, "--study", study,
-                    "--expect", str(expect)])
+                    "--expect", str(expect), "--window", str(window)])
                 # its own clock, connect to release: the wall time would add ~1 s of Python
                 # start-up and imports (dcmtk's start-up is ~10 ms and stays in its cells)
                 result = json.loads(stdout.strip().splitlines()[-1])
@@ -119,8 +135,12 @@ def run(args: argparse.Namespace) -> dict:
     paths, uids, _sops, manifest = series_corpus(workdir, args.instances)
     move_assocs = [int(v) for v in str(args.move_associations).split(",") if v.strip()]
     extra_hpacs = [n for n in move_assocs if n != 1]
+    windows = [int(v) for v in str(args.async_windows).split(",") if v.strip()]
+    extra_windows = windows[1:]
     names = ["retrieve-hpacs", "retrieve-orthanc", "retrieve-discard", "retrieve-discard128k",
-             "retrieve-files", "retrieve-fast", *(f"retrieve-hpacs-m{n}" for n in extra_hpacs)]
+             "retrieve-files", "retrieve-fast", "retrieve-fast-w8", "retrieve-hpacsdest",
+             *(f"retrieve-hpacs-m{n}" for n in extra_hpacs),
+             *(f"retrieve-hpacs-w{n}" for n in extra_windows)]
     for name in names:
         shutil.rmtree(workdir / name, ignore_errors=True)
     report: dict = {"machine": machine_info(), "instances": len(paths),
@@ -129,7 +149,11 @@ def run(args: argparse.Namespace) -> dict:
                         "ignore": "dcmtk getscu/storescp --ignore, 16 KB max PDU (default)",
                         "ignore-128k": "dcmtk getscu/storescp --ignore --max-pdu 131072",
                         "files": "dcmtk getscu -od / storescp -od, one file per instance",
-                        "discard": "benchmarks/discard_receiver.py (hpacs.ul, 1 MiB max PDU)"}}
+                        "discard": "benchmarks/discard_receiver.py (hpacs.ul, 1 MiB max PDU)",
+                        "discard-w8": "the same proposing/granting an asynchronous operations "
+                                      f"window of {RECEIVER_WINDOW} (PS3.7 D.3.3.3)",
+                        "hpacs": "a second hpacs as C-MOVE destination (durable, replace "
+                                 "policy, grants a window of 16)"}}
     with ExitStack() as stack:
         dests = {
             "ignore": stack.enter_context(peers_mod.storescp(
@@ -141,16 +165,27 @@ def run(args: argparse.Namespace) -> dict:
                 workdir / "retrieve-files", fork=False, ae="FILES")),
             "discard": stack.enter_context(peers_mod.discard_receiver(
                 workdir / "retrieve-fast", ae="FASTDISCARD")),
+            "discard-w8": stack.enter_context(peers_mod.discard_receiver(
+                workdir / "retrieve-fast-w8", ae="FASTDISCARDW8", window=RECEIVER_WINDOW)),
         }
+        (workdir / "retrieve-hpacsdest").mkdir(parents=True)
+        dest_config = workdir / "retrieve-hpacsdest" / "hpacs.toml"
+        dest_config.write_text('[store]\nduplicate_policy = "replace"\n')
+        dests["hpacs"] = stack.enter_context(peers_mod.hpacs(
+            workdir / "retrieve-hpacsdest", ae="HPACSDEST",
+            extra_args=["--config", str(dest_config)]))
         files = dests["files"]
         remotes = "".join(f'[[remote]]\nae_title = "{d.ae_title}"\nhost = "{d.host}"\n'
                           f"port = {d.port}\n" for d in dests.values())
         servers: dict[str, peers_mod.Peer] = {}
-        for n in [1, *extra_hpacs]:
-            name = "hpacs" if n == 1 else f"hpacs-m{n}"
+        variants = [("hpacs", 1, windows[0]),
+                    *((f"hpacs-m{n}", n, windows[0]) for n in extra_hpacs),
+                    *((f"hpacs-w{w}", 1, w) for w in extra_windows)]
+        for name, n, window in variants:
             (workdir / f"retrieve-{name}").mkdir(parents=True)
             config = workdir / f"retrieve-{name}" / "hpacs.toml"
-            config.write_text(f"[dicom]\nmove_associations = {n}\n\n{remotes}")
+            config.write_text(f"[dicom]\nmove_associations = {n}\nasync_window = {window}\n\n"
+                              f"{remotes}")
             servers[name] = stack.enter_context(peers_mod.hpacs(
                 workdir / f"retrieve-{name}", extra_args=["--config", str(config)]))
         modalities = {d.ae_title.lower(): [d.ae_title, d.host, d.port] for d in dests.values()}
@@ -162,10 +197,12 @@ def run(args: argparse.Namespace) -> dict:
         report["versions"] = {"orthanc": orth.info.get("version"),
                               "dcmtk": peers_mod.dcmtk_version()}
         report["move_associations"] = move_assocs
+        report["async_windows"] = windows
         for name, peer in servers.items():
             print(f"loading {len(paths)} instances into {name}: "
                   f"{load(peer, paths):.1f} s", flush=True)
-        cells = [(mode, receiver) for mode in ("get", "move") for receiver in RECEIVERS]
+        cells = [(mode, receiver) for mode in ("get", "move") for receiver in RECEIVERS
+                 if mode == "move" or receiver not in MOVE_ONLY]
         for rnd in range(args.rounds):
             items = [*servers.items(), (STORESCU, None)]
             order = items if rnd % 2 == 0 else items[::-1]
@@ -174,11 +211,16 @@ def run(args: argparse.Namespace) -> dict:
                 for name, peer in order:
                     if mode == "get" and (name.startswith("hpacs-m") or peer is None):
                         continue  # move_associations only changes C-MOVE; storescu only sends
+                    before = dests[receiver].stored_count() if mode == "move" else None
                     if peer is None:
                         wall, n = store_direct(paths, dests[receiver], receiver, files)
                     else:
                         wall, n = retrieve_once(peer, uids["study"], mode, receiver, files,
                                                 len(paths))
+                    if receiver.startswith("discard") and before is not None:
+                        n = dests[receiver].stored_count() - before
+                    elif receiver == "hpacs" and mode == "move":
+                        n = dests[receiver].stored_count()  # one file per instance, replaced
                     if n is not None and n != len(paths):
                         raise RuntimeError(f"{name} {mode} {receiver}: {n} instances, "
                                            f"not {len(paths)}")
@@ -202,6 +244,8 @@ def markdown(report: dict) -> str:
                 values = [r["ms"] for r in report["rounds"]
                           if (r["server"], r["mode"], r["receiver"]) == (server, mode, receiver)]
                 cell[server] = summarize(values) if values else None
+            if not any(cell.values()):
+                continue  # a C-MOVE-only receiver on the C-GET side
             texts = [f"{c.median:.0f} ({c.min:.0f}-{c.max:.0f})" if c else "-"
                      for c in cell.values()]
             o = cell.get("orthanc")
@@ -222,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
     p.add_argument("--move-associations", default="1,4",
                    help="dicom.move_associations values to run C-MOVE with (one hpacs each)")
+    p.add_argument("--async-windows", default="16,1",
+                   help="dicom.async_window of the hpacs server, then one more hpacs per "
+                        "other value (hpacs-wN)")
     p.add_argument("--out", help="write the JSON report (and a .md beside it) here")
     args = p.parse_args(argv)
     args.command = "python -m benchmarks.retrieve " + " ".join(argv or sys.argv[1:])

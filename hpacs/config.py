@@ -50,6 +50,11 @@ class DicomConfig:
     #: more is faster against a destination that handles associations in parallel, see
     #: hpacs/net/retrieve_service.py and docs/CONFORMANCE.md.
     move_associations: int = 1
+    #: Asynchronous operations window (PS3.7 D.3.3.3): most C-STORE sub-operations (C-GET,
+    #: C-MOVE, ``hpacs send``) outstanding at once when the peer negotiates a window, and most
+    #: operations a peer may invoke on us without waiting. 1 turns it off (one at a time, what
+    #: every peer that proposes no window gets anyway; values below 1 count as 1).
+    async_window: int = 16
 
 
 @dataclass(frozen=True, slots=True)

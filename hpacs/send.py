@@ -36,6 +36,7 @@ from hpacs.net.storage_scu import (
     storage_contexts,
     stored_instance,
 )
+from hpacs.net.window import Outstanding
 from hpacs.store.hot import HotStore
 from hpacs.store.tiers import TierError, Tiers
 
@@ -54,6 +55,8 @@ class SendReport:
     warnings: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (SOP Instance UID, status)
     destination_error: str | None = None
+    #: The largest asynchronous operations window a destination association granted.
+    window: int = 1
 
 
 def parse_destination(value: str, config: Config) -> RemoteAE:
@@ -191,8 +194,9 @@ def association_batches(items: list[StoredInstance]) -> list[list[StoredInstance
 
 async def send_items(items: list[StoredInstance], dest: RemoteAE, calling_ae: str,
                      timeout: float, progress=None, *, allow_lossy: bool = False,
-                     workers: int = 2) -> SendReport:
-    """C-STORE every item to ``dest``, one association per batch of <= 128 contexts.
+                     workers: int = 2, async_window: int = 1) -> SendReport:
+    """C-STORE every item to ``dest``, one association per batch of <= 128 contexts, up to
+    ``async_window`` C-STOREs outstanding where the destination grants that window.
 
     An association lost mid-instance fails that instance and the rest go on a new association;
     one that cannot be established fails everything not sent yet."""
@@ -208,7 +212,7 @@ async def send_items(items: list[StoredInstance], dest: RemoteAE, calling_ae: st
         while pending:
             scu = StorageSCU(dest.host, dest.port, called_ae=dest.ae_title,
                              calling_ae=calling_ae, contexts=storage_contexts(pending),
-                             timeout=timeout)
+                             timeout=timeout, async_window=async_window)
             try:
                 await scu.connect()
             except AssociationFailed as exc:
@@ -229,45 +233,73 @@ async def send_items(items: list[StoredInstance], dest: RemoteAE, calling_ae: st
 async def _store_all(scu: StorageSCU, items: list[StoredInstance], report: SendReport,
                      done, allow_lossy: bool = False,
                      workers: int = 2) -> list[StoredInstance]:
-    """Send items on one association; returns those left when it was lost."""
-    for i, item in enumerate(items):
-        choice = choose_context(scu.accepted_contexts, item.sop_class_uid,
-                                item.transfer_syntax_uid, allow_lossy=allow_lossy)
-        if choice is None:
-            offered = sorted({ts for abstract, ts in scu.accepted_contexts.values()
-                              if abstract == item.sop_class_uid})
-            report.failed.append((item.sop_instance_uid,
-                                  f"destination accepted no context for SOP class "
-                                  f"{item.sop_class_uid} in {item.transfer_syntax_uid} or a "
-                                  f"syntax we can transcode it to (accepted: "
-                                  f"{', '.join(offered) or 'none'})"))
+    """Send items on one association, up to its granted window of C-STOREs outstanding;
+    returns those not sent when it was lost (the ones in flight then fail)."""
+    window = Outstanding(scu.window)
+    report.window = max(report.window, scu.window)
+
+    def answered(finished: list) -> None:
+        for item, task in finished:
+            try:
+                code = task.result()
+            except (AssociationFailed, OSError) as exc:
+                report.failed.append((item.sop_instance_uid, f"association lost: {exc}"))
+                done()
+                continue
+            outcome = store_outcome(code)
+            if outcome == "failed":
+                report.failed.append((item.sop_instance_uid, f"status 0x{code:04X}"))
+            else:
+                report.sent += 1
+                report.warnings += outcome == "warning"
             done()
-            continue
-        try:
-            opened = await open_instance(item, choice[1], allow_lossy=allow_lossy,
-                                         workers=workers)
-        except SendError as exc:
-            report.failed.append((item.sop_instance_uid, f"unreadable: {exc}"))
-            done()
-            continue
-        if choice[1] == DEFLATED_EXPLICIT_VR_LE:
-            opened = _pad_deflated(opened)
-        try:
-            code = await scu.store(item, choice[0], opened)
-        except (AssociationFailed, OSError) as exc:
-            report.failed.append((item.sop_instance_uid, f"association lost: {exc}"))
-            done()
-            return items[i + 1:]
-        finally:
-            opened.close()
-        outcome = store_outcome(code)
-        if outcome == "failed":
-            report.failed.append((item.sop_instance_uid, f"status 0x{code:04X}"))
-        else:
-            report.sent += 1
-            report.warnings += outcome == "warning"
-        done()
-    return []
+
+    try:
+        for i, item in enumerate(items):
+            while window.full:
+                answered(await window.wait())
+            answered(window.done())
+            if not scu.alive:  # lost while responses were awaited: the rest goes elsewhere
+                while len(window):
+                    answered(await window.wait())
+                return items[i:]
+            choice = choose_context(scu.accepted_contexts, item.sop_class_uid,
+                                    item.transfer_syntax_uid, allow_lossy=allow_lossy)
+            if choice is None:
+                offered = sorted({ts for abstract, ts in scu.accepted_contexts.values()
+                                  if abstract == item.sop_class_uid})
+                report.failed.append((item.sop_instance_uid,
+                                      f"destination accepted no context for SOP class "
+                                      f"{item.sop_class_uid} in {item.transfer_syntax_uid} or a "
+                                      f"syntax we can transcode it to (accepted: "
+                                      f"{', '.join(offered) or 'none'})"))
+                done()
+                continue
+            try:
+                opened = await open_instance(item, choice[1], allow_lossy=allow_lossy,
+                                             workers=workers)
+            except SendError as exc:
+                report.failed.append((item.sop_instance_uid, f"unreadable: {exc}"))
+                done()
+                continue
+            if choice[1] == DEFLATED_EXPLICIT_VR_LE:
+                opened = _pad_deflated(opened)
+            try:
+                response = await scu.invoke(item, choice[0], opened)
+            except (AssociationFailed, OSError) as exc:
+                report.failed.append((item.sop_instance_uid, f"association lost: {exc}"))
+                done()
+                while len(window):
+                    answered(await window.wait())
+                return items[i + 1:]
+            finally:
+                opened.close()
+            window.add(item, response)
+        while len(window):
+            answered(await window.wait())
+        return []
+    finally:
+        window.cancel()
 
 
 def _pad_deflated(opened: OpenedInstance) -> OpenedInstance:
@@ -318,9 +350,12 @@ async def _send_items(config: Config, args: argparse.Namespace, dest: RemoteAE,
     with tqdm(total=len(items), unit="inst", disable=args.no_progress, file=sys.stderr) as bar:
         report = await send_items(items, dest, calling_ae, args.timeout, progress=bar.update,
                                   allow_lossy=config.pixels.allow_lossy_transcode,
-                                  workers=config.pixels.transcode_workers)
+                                  workers=config.pixels.transcode_workers,
+                                  async_window=config.dicom.async_window)
     warn = f", {report.warnings} with warning status" if report.warnings else ""
     skip = f", {len(skipped)} files skipped" if skipped else ""
+    if report.window > 1:
+        skip += f", up to {report.window} C-STOREs outstanding"
     print(f"sent {report.sent}, failed {len(report.failed)} (of {len(items)} instances"
           f" to {dest.ae_title}@{dest.host}:{dest.port}{warn}{skip})")
     for sop_uid, why in report.failed:

@@ -39,7 +39,13 @@ MOVE_AE = "BENCHMOVE"
 FAST_AE = "BENCHFAST"
 #: C-GET/C-MOVE results: through dcmtk (getscu; movescu to storescp writing files) and
 #: through the fast receiver (discards; neither the client's disk nor dcmtk's parsing).
-DIMSE_PARTS = ("c_get", "c_move", "c_get_fast", "c_move_fast")
+#: ``_w8``: the fast receiver negotiating an asynchronous operations window of 8 (PS3.7
+#: D.3.3.3; as C-GET SCU it proposes to perform 8 C-STOREs at once, as destination it grants 8).
+DIMSE_PARTS = ("c_get", "c_move", "c_get_fast", "c_move_fast", "c_get_fast_w8",
+               "c_move_fast_w8")
+#: C-MOVE destination AE of the fast receiver granting a window of 8.
+FAST_W8_AE = "BENCHFASTW8"
+FAST_WINDOW = 8
 
 
 def catalogue(studies: list[list[Path]]) -> list[dict]:
@@ -71,10 +77,12 @@ def _dimse_fetch(tool: str, peer, study: dict, outdir: Path, dest=None) -> dict:
     and the CPU of the client side (the tool, and the destination for a move)."""
     shutil.rmtree(outdir, ignore_errors=True)
     outdir.mkdir(parents=True)
-    if tool == "fast-get":
+    if tool.startswith("fast-get"):
         cmd = [sys.executable, "-m", "benchmarks.discard_receiver", "get", peer.host,
                str(peer.port), "--aec", peer.ae_title, "--aet", servers.CLIENT_AE,
                "--study", study["study"], "--expect", str(study["files"])]
+        if tool == "fast-get-w8":
+            cmd += ["--window", str(FAST_WINDOW)]
         for uid in study["sop_classes"]:
             cmd += ["--sop-class", uid]
         for uid in study["syntaxes"]:
@@ -91,7 +99,7 @@ def _dimse_fetch(tool: str, peer, study: dict, outdir: Path, dest=None) -> dict:
     r = common.run_checked(cmd, timeout=600)
     seconds = time.perf_counter() - t0
     cpu = rusage_cpu(children=True) + (dest.cpu_seconds() if dest else 0.0) - cpu0
-    if tool == "fast-get":
+    if tool.startswith("fast-get"):
         try:
             res = json.loads(r.stdout.strip().splitlines()[-1])
             seconds, cpu = res["ms"] / 1000, res["cpu_ms"] / 1000
@@ -161,13 +169,15 @@ def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work
     rundir = work / f"retrieve-{name}"
     shutil.rmtree(rundir, ignore_errors=True)
     n_files = sum(s["files"] for s in cat)
-    steps = 4 * len(cat) + 1 + len(opts.viewers)
+    steps = 6 * len(cat) + 1 + len(opts.viewers)
     bar = common.progress(steps, f"retrieve {name}", opts.no_progress, unit="step")
     try:
         with peers_mod.storescp(rundir / "move-dest", fork=False, ae=MOVE_AE) as dest, \
                 peers_mod.discard_receiver(rundir / "fast-dest", ae=FAST_AE) as fast, \
-                servers.start(name, rundir, remotes={MOVE_AE: dest.port,
-                                                     FAST_AE: fast.port}) as peer:
+                peers_mod.discard_receiver(rundir / "fast-w8-dest", ae=FAST_W8_AE,
+                                           window=FAST_WINDOW) as fast_w8, \
+                servers.start(name, rundir, remotes={MOVE_AE: dest.port, FAST_AE: fast.port,
+                                                     FAST_W8_AE: fast_w8.port}) as peer:
             t0 = time.perf_counter()
             lr = store_load(peer, common.deal(studies, 2), timeout=opts.timeout).run()
             res["load_s"] = time.perf_counter() - t0
@@ -180,6 +190,10 @@ def run_server(name: str, opts, studies: list[list[Path]], cat: list[dict], work
             res["c_get_fast"] = dimse_retrieve("fast-get", peer, cat, rundir / "fast-get", bar)
             res["c_move_fast"] = dimse_retrieve("movescu", peer, cat, rundir / "fast-move", bar,
                                                 fast)
+            res["c_get_fast_w8"] = dimse_retrieve("fast-get-w8", peer, cat,
+                                                  rundir / "fast-get-w8", bar)
+            res["c_move_fast_w8"] = dimse_retrieve("movescu", peer, cat, rundir / "fast-move-w8",
+                                                   bar, fast_w8)
             big = max(cat, key=lambda s: max(len(v) for v in s["series"].values()))
             series_uid, sops = max(big["series"].items(), key=lambda kv: len(kv[1]))
             uids = {"study": big["study"], "series": series_uid, "patient": big["patient"]}
@@ -283,7 +297,8 @@ def make_plots(report: dict, out: Path) -> dict[str, str]:
 
 #: Client-CPU shares listed under the table: result part -> label.
 CLIENT_LABELS = {"c_get": "C-GET", "c_move": "C-MOVE", "c_get_fast": "C-GET fast",
-                 "c_move_fast": "C-MOVE fast", "dicomweb": "DICOMweb"}
+                 "c_move_fast": "C-MOVE fast", "c_get_fast_w8": "C-GET fast, window 8",
+                 "c_move_fast_w8": "C-MOVE fast, window 8", "dicomweb": "DICOMweb"}
 
 
 def comparison_rows(report: dict) -> list[tuple[str, Callable[[dict], float], bool]]:
@@ -302,6 +317,10 @@ def comparison_rows(report: dict) -> list[tuple[str, Callable[[dict], float], bo
          lambda r: r["c_move_fast"]["instances_per_s"], True),
         ("C-MOVE study, fast receiver p95 ms", lambda r: r["c_move_fast"]["study_ms"]["p95"],
          False),
+        ("C-GET study, fast receiver, window 8: instances/s",
+         lambda r: r["c_get_fast_w8"]["instances_per_s"], True),
+        ("C-MOVE study, fast receiver, window 8: instances/s",
+         lambda r: r["c_move_fast_w8"]["instances_per_s"], True),
         ("QIDO /studies?PatientID ms", lambda r: r["dicomweb"]["qido_studies_ms"], False),
         ("series /metadata first ms", lambda r: r["dicomweb"]["metadata_first_ms"], False),
         ("series /metadata ms", lambda r: r["dicomweb"]["metadata_ms"], False),

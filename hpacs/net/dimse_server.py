@@ -94,6 +94,7 @@ class DimseServer:
             check_called_ae=d.check_called_ae,
             allowed_calling_aes=frozenset(d.allowed_calling_aes) or None,
             max_pdu_length=d.max_pdu_length,
+            async_window=max(1, d.async_window),
         )
         self.query_engine = QueryEngine(ingestor.db)
         self.associations: set[Association] = set()
@@ -176,6 +177,9 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
         self._deferred: list = []
         self._recv = bytearray(self.RECV_BUFFER)
         self._held: list[bytearray] = []
+        #: C-STOREs received whole and not answered yet (the peer's outstanding operations).
+        self._stores = 0
+        self._window_warned = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -394,7 +398,19 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
             return
         task = asyncio.ensure_future(self._finish_store(context_id, request, receiver))
         self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        task.add_done_callback(self._store_answered)
+        self._stores += 1
+        allowed = self.conn.peer_may_invoke
+        if allowed and self._stores > allowed and not self._window_warned:
+            # PS3.7 D.3.3.3 bounds what the peer may invoke but names no remedy: every store
+            # is still answered once durable (memory stays bounded by disk_backlog_bytes)
+            self._window_warned = True
+            log.warning("store.window_exceeded", peer=self.peer, ae=self.calling_ae,
+                        outstanding=self._stores, window=allowed)
+
+    def _store_answered(self, task: asyncio.Task) -> None:
+        self.pending.discard(task)
+        self._stores -= 1
 
     async def _finish_store(self, context_id: int, request: cmd.Command,
                             receiver: Receiver) -> None:

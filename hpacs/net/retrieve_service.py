@@ -8,7 +8,9 @@ identifier rules live in ``dimse.retrieve``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from hpacs.dimse import commands as cmd
@@ -40,6 +42,7 @@ from hpacs.net.storage_scu import (
     storage_contexts,
     stored_instance,
 )
+from hpacs.net.window import Outstanding
 from hpacs.ul import LocalProtocolError
 
 log = get_logger("hpacs.dimse")
@@ -51,6 +54,9 @@ MAX_CONTEXTS = 128
 
 class RetrieveService:
     """The C-GET / C-MOVE half of an association."""
+
+    #: The asynchronous operations window the last C-GET/C-MOVE's sub-operations ran with.
+    _sub_window = 1
 
     async def _run_retrieve(self, context_id: int, request: cmd.Command, identifier: bytes,
                             overflow: bool, previous: asyncio.Task | None) -> None:
@@ -106,6 +112,7 @@ class RetrieveService:
         if self.conn.closed:
             return
         comment = ""
+        self._sub_window = self._get_window() if is_get else 1
         if is_get:
             cancelled = await self._get_suboperations(context_id, message_id, items, subops)
         else:
@@ -119,7 +126,7 @@ class RetrieveService:
         log.info("get.done" if is_get else "move.done", ae=self.calling_ae, qr_level=rq.level,
                  destination=remote.ae_title if remote else None, total=subops.total,
                  completed=subops.completed, failed=subops.failed, warning=subops.warning,
-                 status=hex(subops.final_status(cancelled)),
+                 status=hex(subops.final_status(cancelled)), window=self._sub_window,
                  ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def _list_instances(self, query) -> list[StoredInstance]:
@@ -159,14 +166,25 @@ class RetrieveService:
             return "draining"
         return None
 
+    def _get_window(self) -> int:
+        """C-STORE sub-operations a C-GET keeps outstanding: what the peer said it performs
+        (PS3.7 D.3.3.3; 1 when it negotiated no window), within ``dicom.async_window``."""
+        ours = max(1, self.server.config.dicom.async_window)
+        granted = self.conn.we_may_invoke
+        return min(granted, ours) if granted else ours
+
     async def _get_suboperations(self, context_id: int, message_id: int,
                                  items: list[StoredInstance], subops: SubOperations) -> bool:
         """C-STORE each instance back on this association; True if cancelled.
 
-        Sub-operations are sequential (one C-STORE outstanding), so the next instance is read
-        while the current one's C-STORE-RSP is awaited: the disk and the network overlap. The
-        pending C-GET-RSP after a sub-operation goes out in the same write as the next
-        C-STORE-RQ (one send, one wake-up of the peer, per instance)."""
+        Up to the negotiated window of sub-operations are outstanding (one without a window):
+        each C-STORE-RQ goes out whole (command and data set, never interleaved with another),
+        the responses are matched by Message ID in whatever order they come. The next instance
+        is read while responses are awaited, so the disk and the network overlap. A pending
+        C-GET-RSP per answered sub-operation rides in the same write as the next C-STORE-RQ
+        (one send, one wake-up of the peer); once nothing is left to invoke it goes out alone.
+        On C-CANCEL no further sub-operation is invoked and the outstanding ones are awaited:
+        the Cancel response counts every answer."""
         accepted = self.conn.accepted_contexts
         accept = self.conn.accept_pdu
         scp_classes = {r.sop_class_uid for r in (accept.role_selections if accept else ())
@@ -175,13 +193,18 @@ class RetrieveService:
         choices = [choose_context(accepted, item.sop_class_uid, item.transfer_syntax_uid,
                                   allowed, allow_lossy=self._allow_lossy) for item in items]
         upcoming = self._open_ahead(items, choices, 0)
-        held: list = []  # the pending response not written yet (framed PDUs)
+        window = Outstanding(self._get_window())
+        held: list = []  # pending responses not written yet (framed PDUs)
         try:
             for i, item in enumerate(items):
+                while window.full:
+                    self._get_answered(await window.wait(), context_id, subops, held)
+                self._get_answered(window.done(), context_id, subops, held)
                 reason = self._stop_reason(message_id)
-                if reason == "cancel":
-                    return True
                 if reason is not None:
+                    await self._get_drain(window, context_id, subops, held)
+                    if reason == "cancel":
+                        return True
                     subops.fail_remaining([it.sop_instance_uid for it in items[i:]])
                     return False
                 opening, upcoming = upcoming, self._open_ahead(items, choices, i + 1)
@@ -189,25 +212,45 @@ class RetrieveService:
                 if choice is None or opening is None:
                     log.warning("get.no_context", ae=self.calling_ae, sop=item.sop_instance_uid,
                                 sop_class=item.sop_class_uid, ts=item.transfer_syntax_uid)
-                    self._write_held(held)
-                    subops.record(item.sop_instance_uid, "failed")
+                    self._get_answered([(item.sop_instance_uid, "failed")], context_id, subops,
+                                       held)
+                    continue
+                invoked = await self._get_invoke(item, choice[0], opening, held)
+                if isinstance(invoked, str):
+                    self._get_answered([(item.sop_instance_uid, invoked)], context_id, subops,
+                                       held)
                 else:
-                    subops.record(item.sop_instance_uid,
-                                  await self._get_store(item, choice[0], opening, held))
-                held = []
-                if subops.remaining and not self.conn.closed:
-                    try:
-                        held = self.conn.send_data_buffers(context_id, True, subops.pending())
-                    except LocalProtocolError:
-                        held = []
-                    if not self._writable.is_set():
-                        await self._writable.wait()
-            return False
+                    window.add(item.sop_instance_uid, invoked)
+                if not self._writable.is_set():
+                    await self._writable.wait()
+            await self._get_drain(window, context_id, subops, held)
+            return False  # a C-CANCEL after the last invocation cancels nothing
         finally:
+            window.cancel()
             self._write_held(held)
             if upcoming is not None:
                 upcoming.add_done_callback(_close_opened)
                 upcoming.cancel()
+
+    async def _get_drain(self, window: Outstanding, context_id: int, subops: SubOperations,
+                         held: list) -> None:
+        """Await every outstanding sub-operation, writing each pending response at once."""
+        while len(window):
+            self._get_answered(await window.wait(), context_id, subops, held)
+            self._write_held(held)
+        self._write_held(held)
+
+    def _get_answered(self, answered: list, context_id: int, subops: SubOperations,
+                      held: list) -> None:
+        """Count answered sub-operations ((SOP Instance UID, outcome or finished task)) and
+        queue a pending response for each while some remain."""
+        for uid, outcome in answered:
+            if not isinstance(outcome, str):
+                outcome = outcome.result()
+            subops.record(uid, outcome)
+            if subops.remaining and not self.conn.closed:
+                with contextlib.suppress(LocalProtocolError):
+                    held += self.conn.send_data_buffers(context_id, True, subops.pending())
 
     def _open_ahead(self, items: list[StoredInstance], choices: list,
                     i: int) -> asyncio.Task | None:
@@ -224,15 +267,15 @@ class RetrieveService:
             self._write_buffers(held)
             held.clear()
 
-    async def _get_store(self, item: StoredInstance, context_id: int,
-                         opening: asyncio.Task, held: list) -> str:
-        """One C-GET sub-operation: our C-STORE-RQ on the peer's association (after ``held``,
-        the previous pending response, in the same write), its response."""
+    async def _get_invoke(self, item: StoredInstance, context_id: int, opening: asyncio.Task,
+                          held: list) -> str | Awaitable[str]:
+        """Invoke one C-GET sub-operation: our C-STORE-RQ on the peer's association (after
+        ``held``, pending responses, in the same write). Returns the outcome when it failed
+        before going out, else the awaitable of its outcome (the peer's C-STORE-RSP)."""
         try:
             opened = await opening
         except SendError as exc:
             log.warning("get.unreadable", sop=item.sop_instance_uid, error=str(exc))
-            self._write_held(held)
             return "failed"
         message_id = next(self._sub_ids) & 0xFFFF or next(self._sub_ids)
         waiter = asyncio.get_running_loop().create_future()
@@ -257,6 +300,11 @@ class RetrieveService:
             deferred, self._deferred = self._deferred, []
             for bufs in deferred:
                 self._write_buffers(bufs)
+        return self._get_response(message_id, waiter)
+
+    async def _get_response(self, message_id: int, waiter: asyncio.Future) -> str:
+        """The outcome of one invoked sub-operation; failed when its response does not come
+        within ``dicom.idle_timeout`` or the association goes."""
         try:
             response = await asyncio.wait_for(waiter, self.server.config.dicom.idle_timeout)
         except (TimeoutError, ConnectionError):
@@ -289,10 +337,12 @@ class RetrieveService:
             for _ in range(wanted):
                 scu = StorageSCU(remote.host, remote.port, called_ae=remote.ae_title,
                                  calling_ae=config.server.ae_title, contexts=contexts,
-                                 timeout=config.dicom.acse_timeout)
+                                 timeout=config.dicom.acse_timeout,
+                                 async_window=config.dicom.async_window)
                 group.create_task(self._move_association(scu, plan, subops, context_id,
                                                          message_id, originator, remote))
         leftover = plan.leftover()
+        self._sub_window = plan.window
         if plan.stop == "cancel":
             return True, plan.comment
         if leftover:  # closed, draining, or no sub-association left to send them
@@ -324,51 +374,86 @@ class RetrieveService:
                            remote) -> None:
         """Send instances taken from ``plan`` on one sub-association until none is left.
 
-        The next instance is opened while the current one's C-STORE-RSP is awaited. On a lost
-        association the instance in flight fails and the one opened ahead goes back to the
-        plan for the other sub-associations."""
+        Up to the window the destination granted (1 unless it answered an asynchronous
+        operations window) C-STOREs are outstanding; the next instance is opened while
+        responses are awaited. On a lost association the instances in flight fail and the one
+        opened ahead goes back to the plan for the other sub-associations."""
+        window = Outstanding(scu.window)
+        plan.window = max(plan.window, scu.window)
         ahead = self._move_open(scu, plan)
         try:
             while ahead is not None:
+                while window.full:
+                    await self._move_answered(await window.wait(), context_id, subops, plan,
+                                              remote, scu)
+                await self._move_answered(window.done(), context_id, subops, plan, remote,
+                                          scu)
                 reason = self._stop_reason(message_id)
                 if reason is not None:
                     plan.stop = plan.stop or reason
-                    return
+                    break
+                if not scu.alive:  # lost while no response was awaited
+                    self._move_lost(scu, plan, remote, AssociationFailed(scu.failure or "lost"))
+                    break
                 (i, sub_context, opening), ahead = ahead, self._move_open(scu, plan)
                 item = plan.items[i]
-                outcome = "failed"
                 if opening is None:
                     log.warning("move.no_context", destination=remote.ae_title,
                                 sop=item.sop_instance_uid, sop_class=item.sop_class_uid,
                                 ts=item.transfer_syntax_uid)
-                else:
-                    try:
-                        opened = await opening
-                    except SendError as exc:
-                        log.warning("move.unreadable", sop=item.sop_instance_uid,
-                                    error=str(exc))
-                    else:
-                        try:
-                            code = await scu.store(item, sub_context, opened,
-                                                   move_originator=originator)
-                            outcome = store_outcome(code)
-                        except (AssociationFailed, OSError) as exc:
-                            log.warning("move.association_lost", destination=remote.ae_title,
-                                        error=str(exc))
-                            plan.comment = f"destination {remote.ae_title}: {exc}"
-                            subops.record(item.sop_instance_uid, "failed")
-                            await self._move_pending(context_id, subops)
-                            return
-                        finally:
-                            opened.close()
-                subops.record(item.sop_instance_uid, outcome)
-                await self._move_pending(context_id, subops)
+                    await self._move_answered([(item.sop_instance_uid, "failed")], context_id,
+                                              subops, plan, remote, scu)
+                    continue
+                try:
+                    opened = await opening
+                except SendError as exc:
+                    log.warning("move.unreadable", sop=item.sop_instance_uid, error=str(exc))
+                    await self._move_answered([(item.sop_instance_uid, "failed")], context_id,
+                                              subops, plan, remote, scu)
+                    continue
+                try:
+                    response = await scu.invoke(item, sub_context, opened,
+                                                move_originator=originator)
+                except (AssociationFailed, OSError) as exc:
+                    self._move_lost(scu, plan, remote, exc)
+                    await self._move_answered([(item.sop_instance_uid, "failed")], context_id,
+                                              subops, plan, remote, scu)
+                    break
+                finally:
+                    opened.close()
+                window.add(item.sop_instance_uid, response)
+            while len(window):
+                await self._move_answered(await window.wait(), context_id, subops, plan,
+                                          remote, scu)
         finally:
+            window.cancel()
             if ahead is not None:
                 plan.give_back(ahead[0])
                 if ahead[2] is not None:
                     ahead[2].add_done_callback(_close_opened)
                     ahead[2].cancel()
+
+    def _move_lost(self, scu: StorageSCU, plan: _MovePlan, remote, exc: Exception) -> None:
+        """Log a lost sub-association once and name it in the C-MOVE's Error Comment."""
+        if id(scu) in plan.lost:
+            return
+        plan.lost.add(id(scu))
+        log.warning("move.association_lost", destination=remote.ae_title, error=str(exc))
+        plan.comment = f"destination {remote.ae_title}: {exc}"
+
+    async def _move_answered(self, answered: list, context_id: int, subops: SubOperations,
+                             plan: _MovePlan, remote, scu: StorageSCU) -> None:
+        """Count answered sub-operations ((SOP Instance UID, outcome or finished task giving
+        the C-STORE-RSP status)), each followed by a pending C-MOVE response."""
+        for uid, outcome in answered:
+            if not isinstance(outcome, str):
+                try:
+                    outcome = store_outcome(outcome.result())
+                except (AssociationFailed, OSError) as exc:
+                    self._move_lost(scu, plan, remote, exc)
+                    outcome = "failed"
+            subops.record(uid, outcome)
+            await self._move_pending(context_id, subops)
 
     def _move_open(self, scu: StorageSCU,
                    plan: _MovePlan) -> tuple[int, int, asyncio.Task | None] | None:
@@ -404,6 +489,10 @@ class _MovePlan:
         #: Why a worker stopped taking instances ("cancel", "closed", "draining"), if it did.
         self.stop: str | None = None
         self.comment = ""
+        #: The largest asynchronous operations window a sub-association was granted.
+        self.window = 1
+        #: Sub-associations (ids) found lost, each logged once.
+        self.lost: set[int] = set()
 
     def take(self) -> int | None:
         if self._returned:

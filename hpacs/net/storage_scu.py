@@ -246,7 +246,12 @@ class AssociationFailed(Exception):
 
 
 class StorageSCU:
-    """One outgoing association, storage SCU: propose, C-STORE one at a time, release."""
+    """One outgoing association, storage SCU: propose, C-STORE, release.
+
+    With ``async_window`` > 1 it proposes an asynchronous operations window (PS3.7 D.3.3.3)
+    of (that many invoked, 1 performed); :attr:`window` is what the acceptor granted (1 from
+    every peer that answers no window: dcmtk, Orthanc, pynetdicom). The caller keeps at most
+    that many :meth:`invoke` responses outstanding; :meth:`store` is one at a time."""
 
     def __init__(
         self,
@@ -258,6 +263,7 @@ class StorageSCU:
         contexts: Iterable[tuple[str, tuple[str, ...]]],
         max_pdu_length: int = 1 << 20,
         timeout: float = 30.0,
+        async_window: int = 1,
     ) -> None:
         self.host = host
         self.port = port
@@ -268,6 +274,7 @@ class StorageSCU:
             for i, (abstract, syntaxes) in enumerate(list(contexts)[:128])
         ]
         self.timeout = timeout
+        self.async_window = max(1, async_window)
         self.conn = Connection(Role.REQUESTOR, max_pdu_length=max_pdu_length)
         self.assembler = MessageAssembler()
         self._reader: asyncio.StreamReader | None = None
@@ -282,6 +289,21 @@ class StorageSCU:
     @property
     def accepted_contexts(self) -> dict[int, tuple[str, str]]:
         return self.conn.accepted_contexts
+
+    @property
+    def alive(self) -> bool:
+        """Neither failed nor aborted (a lost association is not reused)."""
+        return self._dead is None
+
+    @property
+    def failure(self) -> str | None:
+        """Why the association is gone (None while alive)."""
+        return self._dead
+
+    @property
+    def window(self) -> int:
+        """C-STOREs we may have outstanding on this association (what the acceptor granted)."""
+        return self.conn.we_may_invoke or self.async_window
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -298,6 +320,8 @@ class StorageSCU:
             max_pdu_length=self.conn.max_pdu_length,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            # we invoke C-STOREs and perform none of the peer's operations
+            async_ops_window=(self.async_window, 1) if self.async_window > 1 else None,
         )
         self._writer.write(self.conn.request_association(request))
         self._read_task = asyncio.ensure_future(self._read_loop())
@@ -387,6 +411,16 @@ class StorageSCU:
         """Send one instance and return the status of its C-STORE-RSP.
 
         Raises :class:`AssociationFailed` when the association is gone."""
+        return await (await self.invoke(item, context_id, opened,
+                                        move_originator=move_originator))
+
+    async def invoke(self, item: StoredInstance, context_id: int, opened: OpenedInstance, *,
+                     move_originator: tuple[str, int] | None = None) -> Awaitable[int]:
+        """Send one instance (the whole message: one caller at a time) and return the
+        awaitable of its C-STORE-RSP status, matched by Message ID whatever the order the
+        responses come in; that awaitable raises :class:`AssociationFailed` when the
+        association goes or no response comes within ``timeout`` (the association is then
+        aborted). Raises :class:`AssociationFailed` now when the association is gone."""
         if self._dead is not None:
             raise AssociationFailed(self._dead)
         message_id = next(self._ids) & 0xFFFF or next(self._ids)
@@ -401,6 +435,9 @@ class StorageSCU:
         except OSError:
             self.abort()
             raise
+        return self._response(waiter)
+
+    async def _response(self, waiter: asyncio.Future) -> int:
         try:
             response = await asyncio.wait_for(waiter, self.timeout)
         except TimeoutError:

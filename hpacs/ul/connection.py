@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 
+from hpacs.ul.async_window import SYNCHRONOUS, window_in_force
 from hpacs.ul.events import (
     Aborted,
     AssociationAccepted,
@@ -155,6 +156,27 @@ class Connection:
     def established(self) -> bool:
         """Data transfer possible in at least one direction (Sta6..Sta12)."""
         return self.state in _ESTABLISHED
+
+    @property
+    def async_window(self) -> tuple[int, int]:
+        """(Maximum Number Operations Invoked, Performed) in force, as the A-ASSOCIATE-AC
+        states them (the requestor's view; 0 = unlimited): 1/1 until accepted, and when no
+        window was proposed or answered (PS3.7 D.3.3.3)."""
+        if self.request is None or self.accept_pdu is None:
+            return SYNCHRONOUS
+        return window_in_force(self.request.async_ops_window, self.accept_pdu.async_ops_window)
+
+    @property
+    def we_may_invoke(self) -> int:
+        """Operations we may have outstanding (invoked, not yet answered); 0 = unlimited."""
+        invoked, performed = self.async_window
+        return invoked if self.role is Role.REQUESTOR else performed
+
+    @property
+    def peer_may_invoke(self) -> int:
+        """Operations the peer may have outstanding on us; 0 = unlimited."""
+        invoked, performed = self.async_window
+        return performed if self.role is Role.REQUESTOR else invoked
 
     @property
     def buffered(self) -> int:

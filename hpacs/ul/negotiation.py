@@ -15,6 +15,7 @@ from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from hpacs.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from hpacs.dicom.transfer_syntax import STORABLE
+from hpacs.ul.async_window import answer_window
 from hpacs.ul.connection import DEFAULT_MAX_PDU_LENGTH
 from hpacs.ul.pdu import (
     DICOM_APPLICATION_CONTEXT,
@@ -91,6 +92,9 @@ class AcceptorPolicy:
     max_pdu_length: int = DEFAULT_MAX_PDU_LENGTH
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
+    #: Most operations outstanding each way when the requestor proposes an asynchronous
+    #: operations window (PS3.7 D.3.3.3); 1 = synchronous, what no proposal gets anyway.
+    async_window: int = 1
 
 
 def negotiate(
@@ -163,6 +167,7 @@ def negotiate(
         implementation_class_uid=policy.implementation_class_uid,
         implementation_version_name=policy.implementation_version_name,
         role_selections=tuple(roles),
+        async_ops_window=answer_window(request.async_ops_window, policy.async_window),
     )
 
 

@@ -144,7 +144,8 @@ def test_retrieve_quick(tmp_path, workdir):
     res = data["servers"]["hpacs"]
     assert res["ok"], res["errors"]
     assert res["stored"] == data["corpus"]["count"] == 8
-    for part in ("c_get", "c_move", "c_get_fast", "c_move_fast"):  # every instance came back
+    for part in ("c_get", "c_move", "c_get_fast", "c_move_fast", "c_get_fast_w8",
+                 "c_move_fast_w8"):  # every instance came back
         assert res[part]["files"] == 8, part
     assert [v["sessions"] for v in res["viewers"]] == [1, 2]
     assert all(v["frames_per_s"] > 0 for v in res["viewers"])

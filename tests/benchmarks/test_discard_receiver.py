@@ -24,7 +24,7 @@ def test_discard_receiver_gets_and_receives_a_move(tmp_path):
                       f'ae_title = "FASTDISCARD"\nhost = "127.0.0.1"\nport = {dest_port}\n')
     srv = start_server(tmp_path / "data", "--config", str(config))
     scp = subprocess.Popen([sys.executable, "-m", "benchmarks.discard_receiver", "scp",
-                            "--port", str(dest_port), "--ae", "FASTDISCARD"])
+                            "--port", str(dest_port), "--ae", "FASTDISCARD", "--window", "8"])
     try:
         paths = [write(make_ct(5, 1, 1, n, size=32), tmp_path / "files") for n in range(1, 6)]
         assert set(send_files(srv, paths).values()) == {0}
@@ -36,6 +36,15 @@ def test_discard_receiver_gets_and_receives_a_move(tmp_path):
         assert got.returncode == 0, got.stdout + got.stderr
         result = json.loads(got.stdout.strip().splitlines()[-1])
         assert (result["status"], result["completed"], result["received"]) == ("0x0", 5, 5)
+        assert result["window"] == [1, 1]  # proposes none by default: as today
+        got = subprocess.run(
+            [sys.executable, "-m", "benchmarks.discard_receiver", "get", "127.0.0.1",
+             str(srv.dicom_port), "--aec", srv.ae_title, "--study", study, "--expect", "5",
+             "--window", "8"], capture_output=True, text=True, timeout=60)
+        assert got.returncode == 0, got.stdout + got.stderr
+        result = json.loads(got.stdout.strip().splitlines()[-1])
+        assert (result["status"], result["completed"], result["received"]) == ("0x0", 5, 5)
+        assert result["window"] == [1, 8]
         time.sleep(0.2)
         moved = subprocess.run(
             ["/usr/bin/movescu", "-v", "-S", "-aec", srv.ae_title, "-aem", "FASTDISCARD",
@@ -48,6 +57,8 @@ def test_discard_receiver_gets_and_receives_a_move(tmp_path):
         scp.wait(10)
         assert srv.stop() == 0, srv.log()
     assert '"move.done"' in srv.log() and '"completed": 5' in srv.log()
+    # the destination granted 8 of the server's 16 (two sub-associations, each windowed)
+    assert '"window": 8' in srv.log().rsplit('"move.done"', 1)[1].split("\n")[0]
 
 
 def test_response_status_reads_field_and_status_without_decoding():
