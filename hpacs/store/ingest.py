@@ -30,6 +30,7 @@ from hpacs.index.db import IndexDB
 from hpacs.index.schema import WANTED_TAGS, InstanceRecord, RecordError, record_from_scan
 from hpacs.index.writer import IndexWriteError, IndexWriter
 from hpacs.log import get_logger
+from hpacs.store import trace
 from hpacs.store.commits import Commits
 from hpacs.store.hot import HotStore
 from hpacs.store.sink import FileSink
@@ -161,11 +162,16 @@ class Ingestor:
         token = id(receiver)
         record = msgspec.structs.replace(record, stored_at=time.time())
         self._unindexed[token] = record.stored_at
+        rec = receiver.trace
+        if rec is not None:
+            trace.stamp(rec, "validated")
         try:
             try:
                 await receiver.sink.commit(record.path)
             except OSError as exc:
                 return _resource_failure(exc, record, receiver)
+            if rec is not None:
+                trace.stamp(rec, "resumed")
             try:
                 result = await self.writer.submit(record)
             except IndexWriteError as exc:
@@ -175,6 +181,8 @@ class Ingestor:
                 return StoreResult(Outcome.OUT_OF_RESOURCES, f"index write failed: {exc}")
         finally:
             del self._unindexed[token]
+        if rec is not None:
+            trace.stamp(rec, "indexed")
         previous = result.previous
         if previous is not None and previous.path and previous.path != record.path:
             self.hot.remove(previous.path)
@@ -234,6 +242,9 @@ def _resource_failure(exc: OSError, record: InstanceRecord, receiver: Receiver) 
 
 class Receiver:
     """One data set on its way in. ``write`` never raises: the first error is kept for the end."""
+
+    #: The instance's trace record (store/trace.py; None: not traced).
+    trace: dict | None = None
 
     def __init__(
         self,
@@ -313,6 +324,8 @@ class Receiver:
         if self._failure is not None:
             self._log_refusal(self._failure)
             return self._failure
+        if self.trace is not None:
+            trace.stamp(self.trace, "finish")
         self.sink.presync()  # the data goes to disk while we validate and look up
         try:
             if self._inflater is not None:

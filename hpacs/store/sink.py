@@ -53,6 +53,9 @@ _DISCARD = object()
 class FileSink:
     """Ordered, asynchronous writes of one file. ``write`` and ``discard`` never block."""
 
+    #: The instance's trace record (store/trace.py), set by the receiver when tracing.
+    trace: dict | None = None
+
     def __init__(self, hot: HotStore, executor: Executor, commits: Commits | None = None) -> None:
         self.hot = hot
         self.executor = executor
@@ -154,7 +157,8 @@ class FileSink:
                 fd, temp, stream = self._fd, self._temp, self._stream
                 # the commit owns (and removes on failure) both
                 self._fd = self._temp = self._stream = None
-                return self.commits.commit(-1 if fd is None else fd, temp, relative, stream)
+                return self.commits.commit(-1 if fd is None else fd, temp, relative, stream,
+                                           self.trace)
             except OSError as exc:
                 self.error = exc
                 self._drop()
