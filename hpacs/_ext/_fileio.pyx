@@ -335,6 +335,9 @@ cdef struct Shared:
     Job *wtodo_tail
     bint wstopping
     bint trace  # time the steps of every stream's commit (Committer.trace)
+    int streams  # streams made and not ended yet (their commit or discard not run)
+    bint chain  # a commit thread runs the step it releases itself
+    bint chain_writer  # the writer thread too, when idle (``_writer_may_take``)
 
 
 cdef inline void _append_todo(Shared *s, Job *job) noexcept nogil:
@@ -389,8 +392,12 @@ cdef void _defer_or_queue(Shared *s, FileState *f, Job *job) noexcept nogil:
     pthread_cond_signal(&s.work)
 
 
-cdef void _settled(Shared *s, FileState *f) noexcept nogil:
-    """(Lock held.) One job of ``f`` finished: release what was waiting for it."""
+cdef Job *_settled(Shared *s, FileState *f, bint take) noexcept nogil:
+    """(Lock held.) One job of ``f`` finished: release what was waiting for it. With ``take``
+    the released job is returned for the calling thread to run next (NULL if none) instead of
+    being queued: a thread just done with the file's previous step is awake already, while a
+    queued job costs the wake-up of another one (and, taken by the caller anyway, a wasted
+    one)."""
     cdef Job *job
     f.pending -= 1
     if f.pending == 0 and f.deferred_head != NULL:
@@ -400,45 +407,53 @@ cdef void _settled(Shared *s, FileState *f) noexcept nogil:
             f.deferred_tail = NULL
         if job.kind == JOB_DATASYNC:
             f.pending += 1  # what is deferred behind it waits for it in turn
+        if take:
+            job.next = NULL
+            return job
         _append_todo(s, job)
         pthread_cond_signal(&s.work)
+    return NULL
 
 
-cdef void *_worker(void *arg) noexcept nogil:
-    cdef Shared *s = <Shared *>arg
-    cdef Job *job
+cdef inline bint _writer_may_take(Shared *s) noexcept nogil:
+    """(Lock held.) The writer runs a file's fdatasync and commit itself only while no write
+    waits for it and no other file is in flight (one association: the ack chain then needs no
+    thread hand-off); otherwise a slow fdatasync must not hold other files' writes back."""
+    return s.chain_writer and s.wtodo_head == NULL and s.streams <= 1
+
+
+cdef void _run(Shared *s, Job *job, bint writer) noexcept nogil:
+    """Run one job of the commit queue, then whatever of the same file it releases, on this
+    thread (``writer``: the writer thread, which takes only while ``_writer_may_take``)."""
     cdef FileState *f
     cdef bint notify
+    cdef bint take
     cdef int err
-    pthread_setname_np(pthread_self(), "hpacs-commit")  # for top, perf and the CPU split
-    while True:
-        pthread_mutex_lock(&s.lock)
-        while s.todo_head == NULL and not s.stopping:
-            pthread_cond_wait(&s.work, &s.lock)
-        job = _pop(&s.todo_head, &s.todo_tail)
-        if job == NULL:  # stopping, and nothing left to do
-            pthread_mutex_unlock(&s.lock)
-            return NULL
+    cdef Job *nxt
+    while job != NULL:
         err = 0
         if job.file != NULL:  # a stream's job: its fd is known once its writes are done
+            pthread_mutex_lock(&s.lock)
             err = job.file.err
             job.fd = job.file.fd
-        pthread_mutex_unlock(&s.lock)
+            pthread_mutex_unlock(&s.lock)
 
         if job.kind == JOB_WRITEBACK:
             hpacs_sync_file_range(job.fd, job.offset, job.length)
             close(job.fd)
             _free_job(job)
-            continue
+            return
         if job.kind == JOB_DATASYNC:
             if err == 0 and job.fd >= 0:  # a failure only loses the head start
                 fdatasync(job.fd)
             if s.trace:
                 job.file.t_presynced = _now()
             pthread_mutex_lock(&s.lock)
-            _settled(s, job.file)
+            take = _writer_may_take(s) if writer else s.chain
+            nxt = _settled(s, job.file, take)
             pthread_mutex_unlock(&s.lock)
             _free_job(job)
+            job = nxt
             continue
         if err:  # a write (or the open) of this file failed: nothing to commit
             if job.fd >= 0:
@@ -462,18 +477,37 @@ cdef void *_worker(void *arg) noexcept nogil:
         job.fd = -1
 
         pthread_mutex_lock(&s.lock)
+        if job.file != NULL:
+            s.streams -= 1  # the stream's last job: the file is no longer in flight
         _append_done(s, job)
         notify = not s.notified
         s.notified = True
         pthread_mutex_unlock(&s.lock)
         if notify:  # one wake-up of the loop per batch of completions
             _wake(s)
+        return
+
+
+cdef void *_worker(void *arg) noexcept nogil:
+    cdef Shared *s = <Shared *>arg
+    cdef Job *job
+    pthread_setname_np(pthread_self(), "hpacs-commit")  # for top, perf and the CPU split
+    while True:
+        pthread_mutex_lock(&s.lock)
+        while s.todo_head == NULL and not s.stopping:
+            pthread_cond_wait(&s.work, &s.lock)
+        job = _pop(&s.todo_head, &s.todo_tail)
+        pthread_mutex_unlock(&s.lock)
+        if job == NULL:  # stopping, and nothing left to do
+            return NULL
+        _run(s, job, False)
 
 
 cdef void *_writer(void *arg) noexcept nogil:
     cdef Shared *s = <Shared *>arg
     cdef Job *job
     cdef FileState *f
+    cdef Job *nxt
     cdef int err
     cdef bint notify
     pthread_setname_np(pthread_self(), "hpacs-commit-w")
@@ -505,7 +539,7 @@ cdef void *_writer(void *arg) noexcept nogil:
         if err and f.err == 0:
             f.err = err
         s.pending_bytes -= job.length
-        _settled(s, f)
+        nxt = _settled(s, f, _writer_may_take(s))
         job.file = NULL
         _append_done(s, job)  # its buffers go back at the next drain
         s.held_bytes += job.length
@@ -517,6 +551,8 @@ cdef void *_writer(void *arg) noexcept nogil:
         pthread_mutex_unlock(&s.lock)
         if notify:
             _wake(s)
+        if nxt != NULL:  # the file's fdatasync (or commit), released by its last write
+            _run(s, nxt, True)
 
 
 cdef class Stream
@@ -546,6 +582,9 @@ cdef class Committer:
     def __cinit__(self, int threads=4):
         self.traces = []
         self.s.trace = False
+        self.s.streams = 0
+        self.s.chain = True
+        self.s.chain_writer = True
         if threads < 1:
             raise ValueError("threads must be >= 1")
         pthread_mutex_init(&self.s.lock, NULL)
@@ -581,6 +620,17 @@ cdef class Committer:
     def fileno(self):
         """The eventfd that becomes readable when completions are waiting."""
         return self.s.efd
+
+    @property
+    def chain(self):
+        """(commit threads, writer thread): whether the thread that finishes a file's step
+        runs the step it releases itself instead of queuing it (the writer: only while idle
+        and no other file is in flight). Both on by default."""
+        return (self.s.chain, self.s.chain_writer)
+
+    @chain.setter
+    def chain(self, value):
+        self.s.chain, self.s.chain_writer = value
 
     @property
     def trace(self):
@@ -656,6 +706,7 @@ cdef class Committer:
         st.owner = self
         st.fd = fd
         st.state.fd = fd
+        self._count_stream()
         return st
 
     def stream_at(self, path):
@@ -677,7 +728,14 @@ cdef class Committer:
         st.owner = self
         st.fd = -1
         st.state.fd = -1
+        self._count_stream()
         return st
+
+    cdef void _count_stream(self) noexcept:
+        with nogil:
+            pthread_mutex_lock(&self.s.lock)
+            self.s.streams += 1
+            pthread_mutex_unlock(&self.s.lock)
 
     @property
     def pending_bytes(self):

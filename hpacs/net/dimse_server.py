@@ -306,7 +306,7 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
         if receiver is not None:
             if trace.ON:
                 trace.stamp(receiver.trace, "data0")
-            receiver.write_parts(parts)
+            receiver.write_parts(parts, last)
             backlog = self.server.config.dicom.disk_backlog_bytes
             if receiver.sink.queued_bytes > backlog and not self._reading_paused:
                 self._pause_for_disk(receiver)

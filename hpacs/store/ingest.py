@@ -87,6 +87,9 @@ class Ingestor:
         #: stored_at of records whose file may be in place but whose index commit is pending.
         self._unindexed: dict[int, float] = {}
         self.in_flight = 0
+        #: Instances between their file commit's start and their index submit: while one is,
+        #: its record will join a group commit, so the others do not commit alone.
+        self._committing = 0
         self._last_active = time.monotonic()
         #: Called with every newly stored record, after its commit (metadata warming, prior
         #: prefetch): must be cheap and never raise (schedule work, do not do it).
@@ -166,14 +169,20 @@ class Ingestor:
         if rec is not None:
             trace.stamp(rec, "validated")
         try:
+            self._committing += 1
             try:
                 await receiver.sink.commit(record.path)
             except OSError as exc:
                 return _resource_failure(exc, record, receiver)
+            finally:
+                self._committing -= 1
             if rec is not None:
                 trace.stamp(rec, "resumed")
             try:
-                result = await self.writer.submit(record)
+                # nobody else about to submit (one association): commit now, no hand-off
+                result = None if self._committing else self.writer.commit_now(record)
+                if result is None:
+                    result = await self.writer.submit(record)
             except IndexWriteError as exc:
                 if existing is None or existing.path != record.path:
                     self.hot.remove(record.path)
@@ -283,14 +292,16 @@ class Receiver:
         """Append one fragment of the data set (bytes exactly as received)."""
         self.write_parts((data,))
 
-    def write_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Append consecutive fragments of the data set (one file write for all of them)."""
+    def write_parts(self, parts: Sequence[bytes | bytearray | memoryview],
+                    last: bool = False) -> None:
+        """Append consecutive fragments of the data set (one file write for all of them);
+        ``last``: the data set ends with them."""
         if self._failure is not None:
             return
         if any(type(p) is bytearray for p in parts):
             # the caller may reuse it; the sink writes later
             parts = [bytes(p) if type(p) is bytearray else p for p in parts]
-        size = self.sink.write_parts(parts)
+        size = self.sink.write_parts(parts, last)
         self.size += size
         try:
             inflater = self._inflater

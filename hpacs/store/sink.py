@@ -86,9 +86,11 @@ class FileSink:
         """Append ``data`` (which must stay unchanged until written: it may be queued)."""
         self.write_parts((data,))
 
-    def write_parts(self, parts: Sequence[bytes | memoryview]) -> int:
+    def write_parts(self, parts: Sequence[bytes | memoryview], last: bool = False) -> int:
         """Append consecutive buffers (one writev); returns their total size. Same rules as
-        ``write``: they must stay unchanged until written."""
+        ``write``: they must stay unchanged until written. ``last``: no more data follows, so
+        no writeback is started for the tail (the file's fdatasync, next, submits it anyway:
+        one system call less between the last fragment and the data on disk)."""
         size = len(parts[0]) if len(parts) == 1 else sum(len(p) for p in parts)
         if self._closed or self.error is not None or not size:
             return size
@@ -99,7 +101,7 @@ class FileSink:
                     self._stream = self.commits.stream_at(self._temp)
                 written = self._written + size
                 wb_offset = wb_length = 0
-                if self.hot.fsync and written - self._flushed >= WRITEBACK_STEP:
+                if self.hot.fsync and not last and written - self._flushed >= WRITEBACK_STEP:
                     wb_offset, wb_length = self._flushed, written - self._flushed
                     self._flushed = written
                 self._stream.write(parts, self._written, wb_offset, wb_length)

@@ -429,3 +429,40 @@ def test_stream_trace_stamps_each_commit_in_chain_order(tmp_path, mod, on):
             assert written <= presynced <= taken
         else:
             assert presynced == 0.0
+
+
+@pytest.mark.parametrize("chain", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("streams", [1, 3])
+def test_stream_chain_on_the_thread_that_released_it_keeps_every_outcome(tmp_path, chain,
+                                                                        streams):
+    """Whether the writer (one file in flight, nothing to write) or the commit thread that
+    finished the step before runs a file's fdatasync and commit, or a woken thread does,
+    the files, errors and order of steps are the same."""
+    (tmp_path / "d").mkdir()
+    committer = _fileio.Committer(2)
+    assert committer.chain == (True, True)
+    committer.chain = chain
+    committer.trace = True
+    done = []
+    try:
+        for round_ in range(3):
+            live = []
+            for k in range(streams):
+                token = round_ * streams + k
+                stream = committer.stream_at(str(tmp_path / f"t{token}.part"))
+                stream.write([bytes([token]) * 150_000], 0)
+                stream.write([bytes([token]) * 150_000], 150_000)
+                stream.presync()
+                live.append((token, stream))
+            for token, stream in live:
+                stream.commit(token, str(tmp_path / f"t{token}.part"),
+                              str(tmp_path / "d" / f"f{token}.dcm"), str(tmp_path / "d"), True)
+            done += _wait_all(committer, streams)
+    finally:
+        done += committer.close()
+    assert sorted(done) == [(t, None) for t in range(3 * streams)]
+    for token in range(3 * streams):
+        assert (tmp_path / "d" / f"f{token}.dcm").read_bytes() == bytes([token]) * 300_000
+    assert list(tmp_path.glob("*.part")) == []
+    for _token, written, presynced, taken, synced, renamed in committer.traces:
+        assert 0 < written <= presynced <= taken <= synced <= renamed

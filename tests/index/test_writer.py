@@ -188,3 +188,51 @@ async def test_backpressure_bounded_queue(db):
     assert db.count("instance") == 100
     assert w.stats.commits >= 100 // 4
     await w.stop()
+
+
+async def test_commit_now_commits_at_once_and_stays_inside_the_checkpoint_contract(db, monkeypatch):
+    w = IndexWriter(db, durability="files", sync_interval=0.05)
+    assert w.commit_now(make_record("9.0")) is None  # not started
+    await w.start()
+    rec = make_record("9.1", stored_at=time.time() - 100)
+    result = w.commit_now(rec)
+    assert result == CommitResult(None)
+    assert db.get_instance("9.1") is not None  # visible before any await
+    assert w.commit_now(rec) == CommitResult(rec)  # a re-sent record: the previous one
+    # committed work makes the index dirty: the next checkpoint comes, and does not pass it
+    syncs = w.stats.syncs
+    await asyncio.sleep(0.3)
+    assert w.stats.syncs == syncs + 1
+    assert db.meta_get("checkpoint") >= rec.stored_at
+
+    # queued records go first: then it declines and the caller submits
+    queued = asyncio.ensure_future(w.submit(make_record("9.2")))
+    await asyncio.sleep(0)
+    assert w.commit_now(make_record("9.3")) is None
+    await queued
+
+    real_apply = db.apply
+
+    def poisoned(txn, r):
+        if r.sop_instance_uid == "9.13":
+            raise lmdb.MapFullError("simulated")
+        return real_apply(txn, r)
+
+    monkeypatch.setattr(db, "apply", poisoned)
+    with pytest.raises(IndexWriteError) as info:
+        w.commit_now(make_record("9.13"))
+    assert isinstance(info.value.__cause__, lmdb.MapFullError)
+    assert db.get_instance("9.13") is None and w.stats.failed_records == 1
+    assert w.commit_now(make_record("9.14")) is not None  # the writer goes on
+    await w.stop()
+    check_consistent(db)
+
+
+async def test_commit_now_declines_in_sync_mode(tmp_path):
+    db = IndexDB(tmp_path / "idx", durability="sync")
+    w = IndexWriter(db)
+    await w.start()
+    assert w.commit_now(make_record("9.1")) is None
+    await w.submit(make_record("9.1"))
+    await w.stop()
+    db.close()
