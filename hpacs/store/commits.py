@@ -44,33 +44,6 @@ class Commits:
         #: token -> (future, temp path, relative path) of every job not answered yet
         self._waiting: dict[int, tuple[asyncio.Future[None], str, str]] = {}
         self._next_token = 0
-        #: (temp path, stream) of a temp file the writer thread created ahead, or None
-        self._spare: tuple[str, Stream] | None = None
-
-    def new_stream(self) -> tuple[str, Stream]:
-        """A new temp file and its stream (``stream_at``). After a commit, the next one is
-        created ahead by the writer thread, while the client prepares its next instance: on
-        one association the file creation (~70 µs of inode allocation) then leaves the path
-        from the data's arrival to the data on disk. A creation that failed fails the commit
-        of the instance that gets it, as a creation at its first write would."""
-        spare = self._spare
-        if spare is not None:
-            self._spare = None
-            return spare
-        temp = self.hot.temp_name()
-        return temp, self.stream_at(temp)
-
-    @property
-    def spare_path(self) -> str | None:
-        """The temp file created ahead (empty), if there is one."""
-        return self._spare[0] if self._spare is not None else None
-
-    def _make_spare(self) -> None:
-        if self._spare is None and self._impl is not None:
-            temp = self.hot.temp_name()
-            stream = self._impl.stream_at(temp)
-            stream.write((), 0)  # a write of nothing: the writer thread creates the file now
-            self._spare = (temp, stream)
 
     def stream(self, fd: int) -> Stream:
         """Writes of ``fd`` on the commit threads (``store.fileio.Stream``); end it with
@@ -128,10 +101,6 @@ class Commits:
         """Finish every queued commit (answering its future) and stop the threads."""
         if self._impl is None:
             return
-        if self._spare is not None:
-            temp, stream = self._spare
-            self._spare = None
-            stream.discard(temp)  # removed by the threads before they stop
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._impl.fileno())
         self._settle(self._impl.close())
@@ -150,8 +119,6 @@ class Commits:
         if trace.ON:
             self._stamp(done)
         self._settle(done)
-        if done:
-            self._make_spare()  # an instance is about to be answered: the next one may come
 
     def _stamp(self, done: list[tuple[int, OSError | None]]) -> None:
         """Tracing: the threads' stamps and the loop's ``settled`` go to each record."""

@@ -96,8 +96,9 @@ class FileSink:
             return size
         if self.commits is not None and not self._running and not self._queue:
             try:
-                if self._stream is None:  # the writer thread creates (or created) the file
-                    self._temp, self._stream = self.commits.new_stream()
+                if self._stream is None:  # the writer thread creates the file
+                    self._temp = self.hot.temp_name()
+                    self._stream = self.commits.stream_at(self._temp)
                 written = self._written + size
                 wb_offset = wb_length = 0
                 if self.hot.fsync and not last and written - self._flushed >= WRITEBACK_STEP:

@@ -277,17 +277,8 @@ def raw_assoc(server):
 
 def _no_partial_files(server) -> None:
     """Temp files of refused or broken transfers are removed (by the I/O thread, right after
-    the answer); nothing of them ever reaches the hot store. After a stored instance, one
-    empty temp file may wait for the next one (created ahead, store/commits.py): no data."""
-
-    def clean() -> bool:
-        try:
-            sizes = [p.stat().st_size for p in (server.data_dir / "tmp").iterdir()]
-        except FileNotFoundError:  # taken or removed meanwhile: look again
-            return False
-        return sizes in ([], [0])
-
-    wait_for(clean, timeout=5)
+    the answer); nothing of them ever reaches the hot store."""
+    wait_for(lambda: list((server.data_dir / "tmp").iterdir()) == [], timeout=5)
 
 
 def test_truncated_dataset_is_refused_and_nothing_is_kept(server, raw_assoc):
