@@ -1,6 +1,6 @@
 """The ack chain of one association, per instance: where the time between two C-STOREs goes.
 
-    python -m benchmarks.ingest_timeline [--files 1000] [--rounds 2]
+    python -m benchmarks.ingest_timeline [--files 1000] [--rounds 2] [--reference REF]
 
 Each round starts a fresh ``hpacs serve`` with its ingest tracer on (``HPACS_INGEST_TRACE``,
 hpacs/store/trace.py: monotonic stamps from the event loop and from the C writer and commit
@@ -11,7 +11,9 @@ stage over every instance of every round (>= 500 instances), and which of them a
 server's) and which are the client's (response written -> next command in). Stages that run in
 parallel with the loop's own work (the writer's last write and the early fdatasync, while the
 loop validates) are listed apart from the chain's critical path, so the table reads as: where
-does the cycle of one instance go.
+does the cycle of one instance go. With ``--reference REF`` (a commit that has the tracer, e.g.
+26dc74f), the same is measured for hpacs at REF (``peers.reference_tree``), rounds interleaved
+and alternating which side goes first, and the report puts both sides side by side.
 """
 
 from __future__ import annotations
@@ -102,11 +104,13 @@ def analyse(records: list[dict]) -> dict:
     return {"instances": len(records), "stages": stages, "summary": summary}
 
 
-def one_round(paths: list[Path], rundir: Path, timeout: float) -> tuple[list[dict], float]:
+def one_round(paths: list[Path], rundir: Path, timeout: float,
+              tree: Path | None = None) -> tuple[list[dict], float]:
     rundir.mkdir(parents=True)
     trace_file = rundir / "trace.jsonl"
     os.sync()
-    with peers_mod.hpacs(rundir, env={"HPACS_INGEST_TRACE": str(trace_file)}) as peer:
+    with peers_mod.hpacs(rundir, tree=tree,
+                         env={"HPACS_INGEST_TRACE": str(trace_file)}) as peer:
         wall, _cpu, codes = drive(peer, [paths], timeout=timeout)
         stored = peer.stored_count()
     if any(codes) or stored != len(paths):
@@ -115,24 +119,33 @@ def one_round(paths: list[Path], rundir: Path, timeout: float) -> tuple[list[dic
 
 
 def markdown(report: dict) -> str:
-    m, a = report["meta"], report["analysis"]
+    m = report["meta"]
+    sides = report["sides"]
+    names = list(sides)
+    first = sides[names[0]]["analysis"]
     lines = [f"Date: {m['date']}  ", f"Command: `{m['command']}`  ",
              f"Commit: {m['commit']}  ",
              f"Machine: {m['machine']['cpu']}, {m['machine']['cpus']} CPUs, "
-             f"Linux {m['machine']['kernel']}, {m['machine']['filesystem']}  ",
-             f"Rounds: {m['rounds']}, files/s per round: "
-             + ", ".join(f"{x:.0f}" for x in report["files_per_s"])
-             + f"; {a['instances']} instances traced, one association (dcmtk storescu)", "",
-             "| stage | on the cycle's path | n | median ms | p90 ms |",
-             "|---|:---:|---:|---:|---:|"]
-    for s in a["stages"]:
-        if s["n"]:
-            lines.append(f"| {s['stage']} | {'yes' if s['critical'] else 'parallel'} | {s['n']} "
-                         f"| {s['median_ms']:.3f} | {s['p90_ms']:.3f} |")
-    for s in a["summary"]:
-        if s["n"]:
-            lines.append(f"| **{s['stage']}** | | {s['n']} | **{s['median_ms']:.3f}** "
-                         f"| {s['p90_ms']:.3f} |")
+             f"Linux {m['machine']['kernel']}, {m['machine']['filesystem']}  "]
+    for name in names:
+        side = sides[name]
+        lines.append(f"{name}: files/s per round "
+                     + ", ".join(f"{x:.0f}" for x in side["files_per_s"])
+                     + f"; {side['analysis']['instances']} instances traced  ")
+    lines.append("One association (dcmtk storescu); ms per instance, median (p90).")
+    lines += ["", "| stage | on the cycle's path | " + " | ".join(names) + " |",
+              "|---|:---:|" + "---:|" * len(names)]
+
+    def cell(s: dict) -> str:
+        return f"{s['median_ms']:.3f} ({s['p90_ms']:.3f})" if s["n"] else "-"
+
+    for i, st in enumerate(first["stages"]):
+        row = [cell(sides[n]["analysis"]["stages"][i]) for n in names]
+        lines.append(f"| {st['stage']} | {'yes' if st['critical'] else 'parallel'} | "
+                     + " | ".join(row) + " |")
+    for i, st in enumerate(first["summary"]):
+        row = [f"**{cell(sides[n]['analysis']['summary'][i])}**" for n in names]
+        lines.append(f"| **{st['stage']}** | | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--reference", default=None,
+                    help="git ref of an A/B reference side (it must have the tracer)")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     cfg = corpus_mod.ct_only(args.files, seed=args.seed)
@@ -161,22 +176,33 @@ def main(argv: list[str] | None = None) -> int:
     warm(paths)
     work = args.workdir / "ingest-timeline"
     shutil.rmtree(work, ignore_errors=True)
-    records: list[dict] = []
-    rates = []
+    work.mkdir(parents=True)
+    trees: dict[str, Path | None] = {"hpacs": None}
+    meta: dict = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                  "command": "python -m benchmarks.ingest_timeline " + " ".join(argv),
+                  "commit": _commit(), "machine": machine_info(), "rounds": args.rounds,
+                  "files": len(paths)}
+    if args.reference:
+        tree = work / "reference"
+        meta["reference"] = peers_mod.reference_tree(args.reference, tree, build=True)
+        trees[f"hpacs-ref ({meta['reference']['commit']})"] = tree
+    records: dict[str, list[dict]] = {name: [] for name in trees}
+    rates: dict[str, list[float]] = {name: [] for name in trees}
     for rnd in range(args.rounds):
-        recs, rate = one_round(paths, work / f"r{rnd}", args.timeout)
-        for rec in recs:
-            rec["assoc"] = f"{rnd}-{rec['assoc']}"
-        records += recs
-        rates.append(rate)
-        print(f"round {rnd}: {rate:.0f} files/s, {len(recs)} instances traced",
-              file=sys.stderr, flush=True)
+        order = list(trees) if rnd % 2 == 0 else list(reversed(trees))
+        for k, name in enumerate(order):
+            recs, rate = one_round(paths, work / f"r{rnd}-{k}", args.timeout, trees[name])
+            for rec in recs:
+                rec["assoc"] = f"{rnd}-{rec['assoc']}"
+            records[name] += recs
+            rates[name].append(rate)
+            print(f"{name} round {rnd}: {rate:.0f} files/s, {len(recs)} instances traced",
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(work / f"r{rnd}-{k}", ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
-    report = {"meta": {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                       "command": "python -m benchmarks.ingest_timeline " + " ".join(argv),
-                       "commit": _commit(), "machine": machine_info(), "rounds": args.rounds,
-                       "files": len(paths)},
-              "files_per_s": rates, "analysis": analyse(records)}
+    report = {"meta": meta,
+              "sides": {name: {"files_per_s": rates[name], "analysis": analyse(records[name])}
+                        for name in trees}}
     report["markdown"] = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -13,7 +13,7 @@ def test_timeline_of_a_small_send_has_every_stage_in_chain_order(tmp_path):
     assert code == 0
     (report_path,) = (tmp_path / "out").glob("ingest-timeline-*.json")
     report = json.loads(report_path.read_text())
-    analysis = report["analysis"]
+    analysis = report["sides"]["hpacs"]["analysis"]
     assert analysis["instances"] == 12
     stages = {s["stage"]: s for s in analysis["stages"]}
     for name, *_ in ingest_timeline.STAGES:
@@ -23,7 +23,7 @@ def test_timeline_of_a_small_send_has_every_stage_in_chain_order(tmp_path):
     cycle = next(s for s in analysis["summary"] if s["stage"].startswith("cycle"))
     share = next(s for s in analysis["summary"] if s["stage"].startswith("server share"))
     assert 0 < share["median_ms"] < cycle["median_ms"]
-    assert "| **cycle: command in -> next command in** |" in report["markdown"]
+    assert "| **cycle: command in -> next command in** | |" in report["markdown"]
     assert not (tmp_path / "work" / "ingest-timeline").exists()
 
 
