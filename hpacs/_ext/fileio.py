@@ -213,9 +213,6 @@ class Committer:
         #: fdatasync ended, commit taken by a thread, its fdatasync ended, directory fsync
         #: ended), ``time.monotonic`` seconds, 0.0 for a step that did not happen.
         self.trace = False
-        #: The compiled one's hand-off switch (commit threads, writer); no effect here, where
-        #: any thread runs any job.
-        self.chain = (True, True)
         self.traces: list[tuple] = []
         self._traced: list[tuple] = []  # (condition held) not drained yet
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

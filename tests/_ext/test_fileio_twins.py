@@ -431,17 +431,13 @@ def test_stream_trace_stamps_each_commit_in_chain_order(tmp_path, mod, on):
             assert presynced == 0.0
 
 
-@pytest.mark.parametrize("chain", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("mod", TWINS)
 @pytest.mark.parametrize("streams", [1, 3])
-def test_stream_chain_on_the_thread_that_released_it_keeps_every_outcome(tmp_path, chain,
-                                                                        streams):
-    """Whether the writer (one file in flight, nothing to write) or the commit thread that
-    finished the step before runs a file's fdatasync and commit, or a woken thread does,
-    the files, errors and order of steps are the same."""
+def test_stream_commit_runs_after_its_presync_on_the_same_thread(tmp_path, mod, streams):
+    """The commit thread that ends a file's early fdatasync runs the commit released by it
+    (no other thread woken): files, outcomes and the order of steps stay the same."""
     (tmp_path / "d").mkdir()
-    committer = _fileio.Committer(2)
-    assert committer.chain == (True, True)
-    committer.chain = chain
+    committer = mod.Committer(2)
     committer.trace = True
     done = []
     try:
