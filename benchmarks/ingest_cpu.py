@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import statistics
@@ -43,6 +42,7 @@ from benchmarks.ingest import (
     machine_info,
     split,
     warm,
+    write_report,
 )
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -239,12 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     report = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    (args.out / f"ingest-cpu-{stamp}.json").write_text(json.dumps(report, indent=1))
-    (args.out / f"ingest-cpu-{stamp}.md").write_text(report["markdown"])
+    files = write_report(args.out, "ingest-cpu", report)
     print(report["markdown"])
-    print(f"wrote {args.out}/ingest-cpu-{stamp}.{{json,md}}", file=sys.stderr)
+    print("wrote " + " ".join(files), file=sys.stderr)
     return 0 if all(r["ok"] for r in report["runs"]) else 1
 
 

@@ -31,7 +31,14 @@ from pathlib import Path
 
 from benchmarks import corpus as corpus_mod
 from benchmarks import peers as peers_mod
-from benchmarks.ingest import DEFAULT_OUT, DEFAULT_WORKDIR, drive, machine_info, warm
+from benchmarks.ingest import (
+    DEFAULT_OUT,
+    DEFAULT_WORKDIR,
+    drive,
+    machine_info,
+    warm,
+    write_report,
+)
 
 #: (name, from stamp, to stamp, on the critical path of the cycle). A "from" given as a tuple
 #: means the later of those stamps (a step waiting for two others).
@@ -204,12 +211,9 @@ def main(argv: list[str] | None = None) -> int:
               "sides": {name: {"files_per_s": rates[name], "analysis": analyse(records[name])}
                         for name in trees}}
     report["markdown"] = markdown(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    (args.out / f"ingest-timeline-{stamp}.json").write_text(json.dumps(report, indent=1))
-    (args.out / f"ingest-timeline-{stamp}.md").write_text(report["markdown"])
+    files = write_report(args.out, "ingest-timeline", report)
     print(report["markdown"])
-    print(f"wrote {args.out}/ingest-timeline-{stamp}.{{json,md}}", file=sys.stderr)
+    print("wrote " + " ".join(files), file=sys.stderr)
     return 0
 
 

@@ -13,6 +13,18 @@ from hpacs.index.writer import CommitResult, IndexWriteError, IndexWriter
 from tests.index.index_helpers import check_consistent, make_record
 
 
+def _poison(db, monkeypatch, uid):
+    """Applying the record of ``uid`` fails as a full map would."""
+    real_apply = db.apply
+
+    def poisoned(txn, rec):
+        if rec.sop_instance_uid == uid:
+            raise lmdb.MapFullError("simulated")
+        return real_apply(txn, rec)
+
+    monkeypatch.setattr(db, "apply", poisoned)
+
+
 async def test_group_commit_1000_concurrent(db):
     w = IndexWriter(db, max_batch=512)
     await w.start()
@@ -48,14 +60,7 @@ async def test_each_future_resolves_after_its_commit(db):
 async def test_failed_batch_fails_with_index_write_error_and_writer_survives(db, monkeypatch):
     w = IndexWriter(db)
     await w.start()
-    real_apply = db.apply
-
-    def poisoned(txn, rec):
-        if rec.sop_instance_uid == "9.13":
-            raise lmdb.MapFullError("simulated")
-        return real_apply(txn, rec)
-
-    monkeypatch.setattr(db, "apply", poisoned)
+    _poison(db, monkeypatch, "9.13")
     res = await asyncio.gather(
         *(w.submit(make_record(f"9.{i}")) for i in range(20)), return_exceptions=True
     )
@@ -211,14 +216,7 @@ async def test_commit_now_commits_at_once_and_stays_inside_the_checkpoint_contra
     assert w.commit_now(make_record("9.3")) is None
     await queued
 
-    real_apply = db.apply
-
-    def poisoned(txn, r):
-        if r.sop_instance_uid == "9.13":
-            raise lmdb.MapFullError("simulated")
-        return real_apply(txn, r)
-
-    monkeypatch.setattr(db, "apply", poisoned)
+    _poison(db, monkeypatch, "9.13")
     with pytest.raises(IndexWriteError) as info:
         w.commit_now(make_record("9.13"))
     assert isinstance(info.value.__cause__, lmdb.MapFullError)
