@@ -504,13 +504,18 @@ def run_benchmark(
     }
     report["markdown"] = markdown(report)
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        (out / f"ingest-{stamp}.json").write_text(json.dumps(report, indent=1))
-        (out / f"ingest-{stamp}.md").write_text(report["markdown"])
-        report["files"] = [str(out / f"ingest-{stamp}.json"), str(out / f"ingest-{stamp}.md")]
+        report["files"] = write_report(Path(out), "ingest", report)
     return report
+
+
+def write_report(out: Path, prefix: str, report: dict) -> list[str]:
+    """``report`` as ``out/PREFIX-STAMP.json`` and its ``markdown`` as ``.md``; the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{prefix}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".md")]
+    paths[0].write_text(json.dumps(report, indent=1))
+    paths[1].write_text(report["markdown"])
+    return [str(p) for p in paths]
 
 
 def _int_list(text: str) -> list[int]:

@@ -2,7 +2,7 @@
 threads, and the kernel's own threads (writeback, journal), read from /proc around each run.
 
     python -m benchmarks.ingest_cpu [--files 1000] [--assocs 1,4] [--rounds 3]
-                                    [--reference 5e38c19]
+                                    [--reference 5e38c19] [--storescp]
 
 Each round starts a fresh ``hpacs serve`` (``benchmarks.peers.hpacs``) per side, sends the CT
 corpus with dcmtk storescu over N associations (``benchmarks.ingest.drive``) and diffs, from
@@ -15,13 +15,15 @@ journal, others); and the storescu processes. Numbers are CPU microseconds per i
 ``--reference`` the same is measured for hpacs at that commit (``peers.reference_tree``),
 rounds interleaved, alternating which side goes first. On a shared machine the per-instance CPU
 of the server is far steadier than its throughput; the report says how busy the machine was.
+With ``--storescp``, dcmtk ``storescp --fork`` is measured the same way, as a third side: its
+accepting process is the "loop" and the processes it forks per association, once reaped, are
+"reaped children" (their user and kernel time, from the parent's cutime/cstime).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import statistics
@@ -40,6 +42,7 @@ from benchmarks.ingest import (
     machine_info,
     split,
     warm,
+    write_report,
 )
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -77,6 +80,8 @@ def server_threads(sid: int) -> dict[tuple[int, int], tuple[str, int, int]]:
             comm = f[0].decode(errors="replace")
             if pid == sid and tid == pid:
                 group = "loop"
+                # children it forked and reaped (storescp --fork: one per association)
+                out[(pid, -1)] = ("reaped children", int(proc[14]), int(proc[15]))
             elif comm.startswith("hpacs-commit"):
                 group = "commit threads"
             else:
@@ -133,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     manifest = corpus_mod.ensure(cfg, cdir)
     paths = corpus_mod.corpus_paths(cdir, manifest)
     warm(paths)
-    sides = {"hpacs": None}
+    sides: dict[str, Path | None] = {"hpacs": None}
     report: dict = {"meta": {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m benchmarks.ingest_cpu " + " ".join(args.argv),
@@ -143,6 +148,8 @@ def run(args: argparse.Namespace) -> dict:
         tree = work / "reference"
         report["meta"]["reference"] = peers_mod.reference_tree(args.reference, tree, build=True)
         sides["hpacs-ref"] = tree
+    if args.storescp:
+        sides["storescp"] = None
     runs = []
     for n in args.assocs:
         for rnd in range(args.rounds):
@@ -150,7 +157,9 @@ def run(args: argparse.Namespace) -> dict:
             for side in order:
                 rundir = work / f"{side}-a{n}-r{rnd}"
                 os.sync()
-                with peers_mod.hpacs(rundir, tree=sides[side]) as peer:
+                rundir.mkdir(parents=True, exist_ok=True)
+                with (peers_mod.storescp(rundir) if side == "storescp"
+                      else peers_mod.hpacs(rundir, tree=sides[side])) as peer:
                     time.sleep(0.5)  # start-up work (index open, warmers) out of the way
                     r = measure(peer, split(paths, n), args.timeout)
                 shutil.rmtree(rundir, ignore_errors=True)
@@ -225,15 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--storescp", action="store_true",
+                    help="also measure dcmtk storescp --fork (no fsync, no index)")
     args = ap.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     report = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    (args.out / f"ingest-cpu-{stamp}.json").write_text(json.dumps(report, indent=1))
-    (args.out / f"ingest-cpu-{stamp}.md").write_text(report["markdown"])
+    files = write_report(args.out, "ingest-cpu", report)
     print(report["markdown"])
-    print(f"wrote {args.out}/ingest-cpu-{stamp}.{{json,md}}", file=sys.stderr)
+    print("wrote " + " ".join(files), file=sys.stderr)
     return 0 if all(r["ok"] for r in report["runs"]) else 1
 
 

@@ -433,10 +433,11 @@ def hpacs(
     ready_timeout: float = 60.0,
     extra_args: list[str] | None = None,
     tree: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Peer]:
     """``hpacs serve`` with a fresh data directory; ready when C-ECHO and /healthz answer.
     ``tree``: run the hpacs package of another source tree (an A/B reference) with this
-    repository's venv."""
+    repository's venv; ``env``: extra environment variables of the server."""
     workdir = Path(workdir)
     data = workdir / "hpacs-data"
     data.mkdir(parents=True, exist_ok=True)
@@ -469,7 +470,7 @@ def hpacs(
     with _running(
         "hpacs",
         cmd,
-        env=nodelay_env(PYTHONPATH=pythonpath),
+        env=nodelay_env(PYTHONPATH=pythonpath, **(env or {})),
         workdir=workdir,
         data_dir=data,
         port=dicom_port,

@@ -12,6 +12,7 @@ import ctypes.util
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -72,6 +73,11 @@ def finish_file(fd: int, temp, final, directory, sync: bool) -> None:
     ``final``, then fsync ``directory`` (if ``sync``) so the new name is durable. ``fd`` is
     closed in every case. An error names the file of the failing step (``temp`` for the
     fdatasync, ``final`` for the rename, ``directory`` for its fsync), as the compiled one's."""
+    _finish(fd, temp, final, directory, sync, None)
+
+
+def _finish(fd: int, temp, final, directory, sync: bool, marks: list | None) -> None:
+    """``finish_file``; ``marks`` (if given) gets the time the fdatasync ended."""
     try:
         if fd >= 0:
             try:
@@ -81,6 +87,8 @@ def finish_file(fd: int, temp, final, directory, sync: bool) -> None:
                 os.close(fd)
     except OSError as exc:
         raise _named(exc, temp) from None
+    if marks is not None:
+        marks.append(time.monotonic())
     try:
         os.rename(temp, final)
     except OSError as exc:
@@ -113,7 +121,7 @@ def _pwrite_all(fd: int, views: list, offset: int) -> None:
 
 
 class _FileState:
-    __slots__ = ("deferred", "err", "fd", "path", "pending")
+    __slots__ = ("deferred", "err", "fd", "path", "pending", "t_presynced", "t_written")
 
     def __init__(self, fd: int, path: str | None) -> None:
         self.pending = 0
@@ -123,6 +131,9 @@ class _FileState:
         self.path = path
         #: jobs waiting for pending == 0, in order (an early datasync, then commit/discard)
         self.deferred: deque = deque()
+        #: traced: when the last write and the early fdatasync ended
+        self.t_written = 0.0
+        self.t_presynced = 0.0
 
 
 class Stream:
@@ -198,6 +209,12 @@ class Committer:
         self.closed = False
         #: Bytes handed to stream writes and not written yet (all streams).
         self.pending_bytes = 0
+        #: Time each stream commit's steps into ``traces``: (token, last write ended, early
+        #: fdatasync ended, commit taken by a thread, its fdatasync ended, directory fsync
+        #: ended), ``time.monotonic`` seconds, 0.0 for a step that did not happen.
+        self.trace = False
+        self.traces: list[tuple] = []
+        self._traced: list[tuple] = []  # (condition held) not drained yet
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._threads = [threading.Thread(target=self._work, name="hpacs-commit", daemon=True)
                          for _ in range(threads)]
@@ -252,6 +269,9 @@ class Committer:
         with self._cond:
             done, self._done = self._done, []
             self._notified = False
+            if self._traced:
+                self.traces += self._traced
+                self._traced = []
         return [d for d in done if d[0] >= 0]  # discards are not reported
 
     def close(self) -> list[tuple[int, OSError | None]]:
@@ -291,6 +311,8 @@ class Committer:
                 if state.err is None and fd >= 0:
                     with contextlib.suppress(OSError):
                         os.fdatasync(fd)
+                if self.trace:
+                    state.t_presynced = time.monotonic()
                 with self._cond:
                     self._settled(state)
                 continue
@@ -300,7 +322,7 @@ class Committer:
             token, fd, temp, final, directory, sync = job
             if state is not None:
                 fd = state.fd
-            error = None
+            error, trace = None, None
             if state is not None and state.err is not None:
                 if fd >= 0:
                     os.close(fd)
@@ -314,12 +336,20 @@ class Committer:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
             else:
+                traced = self.trace and state is not None
+                start = time.monotonic() if traced else 0.0
+                marks: list | None = [] if traced else None
                 try:
-                    finish_file(fd, temp, final, directory, sync)
+                    _finish(fd, temp, final, directory, sync, marks)
                 except OSError as exc:
                     error = exc
+                if traced:
+                    trace = (token, state.t_written, state.t_presynced,  # type: ignore[union-attr]
+                             start, marks[0] if marks else 0.0, time.monotonic())
             with self._cond:
                 self._done.append((token, error))
+                if trace is not None:
+                    self._traced.append(trace)
                 notify = not self._notified
                 self._notified = True
             if notify:
@@ -342,6 +372,8 @@ class Committer:
                     start_writeback(fd, wb_offset, wb_length)
             except OSError as exc:
                 error = exc
+        if self.trace:
+            state.t_written = time.monotonic()
         with self._cond:
             if error is not None and state.err is None:
                 state.err = error

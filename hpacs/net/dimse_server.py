@@ -27,6 +27,7 @@ from hpacs.log import get_logger
 from hpacs.metrics import Metrics
 from hpacs.net.find_service import FindService
 from hpacs.net.retrieve_service import RetrieveService
+from hpacs.store import trace
 from hpacs.store.ingest import Ingestor, Receiver
 from hpacs.store.tiers import Tiers
 from hpacs.ul import (
@@ -307,7 +308,9 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
         """Consecutive fragments of the data set being received, in order."""
         receiver = self.receiver
         if receiver is not None:
-            receiver.write_parts(parts)
+            if trace.ON:
+                trace.stamp(receiver.trace, "data0")
+            receiver.write_parts(parts, last)
             backlog = self.server.config.dicom.disk_backlog_bytes
             if receiver.sink.queued_bytes > backlog and not self._reading_paused:
                 self._pause_for_disk(receiver)
@@ -370,6 +373,8 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
         self._refusal = None
         self.receiver = self.server.ingestor.begin(
             sop_class, sop_instance, transfer_syntax, source=self.calling_ae)
+        if trace.ON:
+            self.receiver.trace = self.receiver.sink.trace = trace.begin(id(self))
 
     def _dataset_complete(self, context_id: int) -> None:
         request, self.request = self.request, None
@@ -396,6 +401,8 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
             self.server.metrics.instances("refused").inc()
             self._respond(context_id, store_refused(request, code, comment))
             return
+        if trace.ON:
+            trace.stamp(receiver.trace, "last")
         task = asyncio.ensure_future(self._finish_store(context_id, request, receiver))
         self.pending.add(task)
         task.add_done_callback(self._store_answered)
@@ -428,6 +435,8 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
         if result.outcome.ok:
             metrics.bytes_received_total.inc(receiver.size)
         self._respond(context_id, store_response(request, result))
+        if trace.ON:
+            trace.stamp(receiver.trace, "responded")
         if self._draining and not self.pending - {asyncio.current_task()}:
             self.close(abort=True)
 

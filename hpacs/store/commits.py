@@ -21,6 +21,7 @@ import functools
 import os
 from concurrent.futures import Executor
 
+from hpacs.store import trace
 from hpacs.store.fileio import Committer, Stream
 from hpacs.store.hot import HotStore
 
@@ -36,6 +37,9 @@ class Commits:
         self.executor = executor
         self.threads = threads
         self._impl: Committer | None = Committer(threads)
+        self._impl.trace = trace.ON
+        #: token -> trace record of every traced job not answered yet (store/trace.py)
+        self._traces: dict[int, dict] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         #: token -> (future, temp path, relative path) of every job not answered yet
         self._waiting: dict[int, tuple[asyncio.Future[None], str, str]] = {}
@@ -60,11 +64,12 @@ class Commits:
         """Bytes of stream writes not written yet (every file)."""
         return self._impl.pending_bytes if self._impl is not None else 0
 
-    def commit(self, fd: int, temp: str, relative: str,
-               stream: Stream | None = None) -> asyncio.Future[None]:
+    def commit(self, fd: int, temp: str, relative: str, stream: Stream | None = None,
+               record: dict | None = None) -> asyncio.Future[None]:
         """Make ``temp`` (open as ``fd``, which the job closes) durable as ``relative``; the
         future fails with the OSError met on the way (the temp file is then removed). With the
-        ``stream`` that wrote it, once its writes are done (a failed one fails the commit)."""
+        ``stream`` that wrote it, once its writes are done (a failed one fails the commit).
+        ``record``: the instance's trace record (store/trace.py) gets the threads' stamps."""
         loop = self._loop
         if loop is None:
             loop = self._start()
@@ -73,6 +78,8 @@ class Commits:
         future = loop.create_future()
         final, parent = self.hot.final_path(relative)
         self._waiting[token] = (future, temp, relative)
+        if record is not None:
+            self._traces[token] = record
         try:
             if stream is not None:
                 stream.commit(token, temp, final, parent, self.hot.fsync)
@@ -108,7 +115,19 @@ class Commits:
         return loop
 
     def _on_ready(self) -> None:
-        self._settle(self._impl.drain())  # type: ignore[union-attr]
+        done = self._impl.drain()  # type: ignore[union-attr]
+        if trace.ON:
+            self._stamp(done)
+        self._settle(done)
+
+    def _stamp(self, done: list[tuple[int, OSError | None]]) -> None:
+        """Tracing: the threads' stamps and the loop's ``settled`` go to each record."""
+        impl = self._impl
+        for token, *stamps in impl.traces:  # type: ignore[union-attr]
+            trace.add_c_stamps(self._traces.get(token), tuple(stamps))
+        impl.traces.clear()  # type: ignore[union-attr]
+        for token, _error in done:
+            trace.stamp(self._traces.pop(token, None), "settled")
 
     def _settle(self, done: list[tuple[int, OSError | None]]) -> None:
         waiting = self._waiting

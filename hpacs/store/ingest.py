@@ -30,6 +30,7 @@ from hpacs.index.db import IndexDB
 from hpacs.index.schema import WANTED_TAGS, InstanceRecord, RecordError, record_from_scan
 from hpacs.index.writer import IndexWriteError, IndexWriter
 from hpacs.log import get_logger
+from hpacs.store import trace
 from hpacs.store.commits import Commits
 from hpacs.store.hot import HotStore
 from hpacs.store.sink import FileSink
@@ -86,6 +87,9 @@ class Ingestor:
         #: stored_at of records whose file may be in place but whose index commit is pending.
         self._unindexed: dict[int, float] = {}
         self.in_flight = 0
+        #: Instances between their file commit's start and their index submit: while one is,
+        #: its record will join a group commit, so the others do not commit alone.
+        self._committing = 0
         self._last_active = time.monotonic()
         #: Called with every newly stored record, after its commit (metadata warming, prior
         #: prefetch): must be cheap and never raise (schedule work, do not do it).
@@ -161,13 +165,24 @@ class Ingestor:
         token = id(receiver)
         record = msgspec.structs.replace(record, stored_at=time.time())
         self._unindexed[token] = record.stored_at
+        rec = receiver.trace
+        if rec is not None:
+            trace.stamp(rec, "validated")
         try:
+            self._committing += 1
             try:
                 await receiver.sink.commit(record.path)
             except OSError as exc:
                 return _resource_failure(exc, record, receiver)
+            finally:
+                self._committing -= 1
+            if rec is not None:
+                trace.stamp(rec, "resumed")
             try:
-                result = await self.writer.submit(record)
+                # nobody else about to submit (one association): commit now, no hand-off
+                result = None if self._committing else self.writer.commit_now(record)
+                if result is None:
+                    result = await self.writer.submit(record)
             except IndexWriteError as exc:
                 if existing is None or existing.path != record.path:
                     self.hot.remove(record.path)
@@ -175,6 +190,8 @@ class Ingestor:
                 return StoreResult(Outcome.OUT_OF_RESOURCES, f"index write failed: {exc}")
         finally:
             del self._unindexed[token]
+        if rec is not None:
+            trace.stamp(rec, "indexed")
         previous = result.previous
         if previous is not None and previous.path and previous.path != record.path:
             self.hot.remove(previous.path)
@@ -235,6 +252,9 @@ def _resource_failure(exc: OSError, record: InstanceRecord, receiver: Receiver) 
 class Receiver:
     """One data set on its way in. ``write`` never raises: the first error is kept for the end."""
 
+    #: The instance's trace record (store/trace.py; None: not traced).
+    trace: dict | None = None
+
     def __init__(
         self,
         ingestor: Ingestor,
@@ -272,14 +292,16 @@ class Receiver:
         """Append one fragment of the data set (bytes exactly as received)."""
         self.write_parts((data,))
 
-    def write_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Append consecutive fragments of the data set (one file write for all of them)."""
+    def write_parts(self, parts: Sequence[bytes | bytearray | memoryview],
+                    last: bool = False) -> None:
+        """Append consecutive fragments of the data set (one file write for all of them);
+        ``last``: the data set ends with them."""
         if self._failure is not None:
             return
         if any(type(p) is bytearray for p in parts):
             # the caller may reuse it; the sink writes later
             parts = [bytes(p) if type(p) is bytearray else p for p in parts]
-        size = self.sink.write_parts(parts)
+        size = self.sink.write_parts(parts, last)
         self.size += size
         try:
             inflater = self._inflater
@@ -313,6 +335,8 @@ class Receiver:
         if self._failure is not None:
             self._log_refusal(self._failure)
             return self._failure
+        if self.trace is not None:
+            trace.stamp(self.trace, "finish")
         self.sink.presync()  # the data goes to disk while we validate and look up
         try:
             if self._inflater is not None:

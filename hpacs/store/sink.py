@@ -53,6 +53,9 @@ _DISCARD = object()
 class FileSink:
     """Ordered, asynchronous writes of one file. ``write`` and ``discard`` never block."""
 
+    #: The instance's trace record (store/trace.py), set by the receiver when tracing.
+    trace: dict | None = None
+
     def __init__(self, hot: HotStore, executor: Executor, commits: Commits | None = None) -> None:
         self.hot = hot
         self.executor = executor
@@ -83,9 +86,11 @@ class FileSink:
         """Append ``data`` (which must stay unchanged until written: it may be queued)."""
         self.write_parts((data,))
 
-    def write_parts(self, parts: Sequence[bytes | memoryview]) -> int:
+    def write_parts(self, parts: Sequence[bytes | memoryview], last: bool = False) -> int:
         """Append consecutive buffers (one writev); returns their total size. Same rules as
-        ``write``: they must stay unchanged until written."""
+        ``write``: they must stay unchanged until written. ``last``: no more data follows, so
+        no writeback is started for the tail (the file's fdatasync, next, submits it anyway:
+        one system call less between the last fragment and the data on disk)."""
         size = len(parts[0]) if len(parts) == 1 else sum(len(p) for p in parts)
         if self._closed or self.error is not None or not size:
             return size
@@ -96,7 +101,7 @@ class FileSink:
                     self._stream = self.commits.stream_at(self._temp)
                 written = self._written + size
                 wb_offset = wb_length = 0
-                if self.hot.fsync and written - self._flushed >= WRITEBACK_STEP:
+                if self.hot.fsync and not last and written - self._flushed >= WRITEBACK_STEP:
                     wb_offset, wb_length = self._flushed, written - self._flushed
                     self._flushed = written
                 self._stream.write(parts, self._written, wb_offset, wb_length)
@@ -154,7 +159,8 @@ class FileSink:
                 fd, temp, stream = self._fd, self._temp, self._stream
                 # the commit owns (and removes on failure) both
                 self._fd = self._temp = self._stream = None
-                return self.commits.commit(-1 if fd is None else fd, temp, relative, stream)
+                return self.commits.commit(-1 if fd is None else fd, temp, relative, stream,
+                                           self.trace)
             except OSError as exc:
                 self.error = exc
                 self._drop()

@@ -390,3 +390,75 @@ def test_stream_wakes_the_loop_when_written_buffers_pile_up(tmp_path):
     finally:
         committer.close()
     assert not (tmp_path / "big.part").exists()
+
+
+@pytest.mark.parametrize("mod", TWINS)
+@pytest.mark.parametrize("on", [True, False])
+def test_stream_trace_stamps_each_commit_in_chain_order(tmp_path, mod, on):
+    """Traced, every stream commit that ran its steps gets one (token, written, presynced,
+    taken, synced, renamed) of monotonic stamps in that order; off, nothing is recorded."""
+    (tmp_path / "d").mkdir()
+    committer = mod.Committer(2)
+    committer.trace = on
+    before = time.monotonic()
+    try:
+        for token in range(4):
+            stream = committer.stream_at(str(tmp_path / f"t{token}.part"))
+            stream.write([b"x" * 100_000], 0)
+            stream.write([b"y" * 100_000], 100_000)
+            if token % 2:
+                stream.presync()
+            stream.commit(token, str(tmp_path / f"t{token}.part"),
+                          str(tmp_path / "d" / f"f{token}.dcm"), str(tmp_path / "d"), True)
+        discarded = committer.stream_at(str(tmp_path / "gone.part"))
+        discarded.write([b"z"], 0)
+        discarded.discard(str(tmp_path / "gone.part"))
+        done = _wait_all(committer, 4)
+    finally:
+        done += committer.close()
+    assert sorted(done) == [(t, None) for t in range(4)]
+    traces = sorted(committer.traces)
+    if not on:
+        assert traces == []
+        return
+    assert [t[0] for t in traces] == [0, 1, 2, 3]
+    after = time.monotonic()
+    for token, written, presynced, taken, synced, renamed in traces:
+        assert before <= written <= taken <= synced <= renamed <= after
+        if token % 2:
+            assert written <= presynced <= taken
+        else:
+            assert presynced == 0.0
+
+
+@pytest.mark.parametrize("mod", TWINS)
+@pytest.mark.parametrize("streams", [1, 3])
+def test_stream_commit_runs_after_its_presync_on_the_same_thread(tmp_path, mod, streams):
+    """The commit thread that ends a file's early fdatasync runs the commit released by it
+    (no other thread woken): files, outcomes and the order of steps stay the same."""
+    (tmp_path / "d").mkdir()
+    committer = mod.Committer(2)
+    committer.trace = True
+    done = []
+    try:
+        for round_ in range(3):
+            live = []
+            for k in range(streams):
+                token = round_ * streams + k
+                stream = committer.stream_at(str(tmp_path / f"t{token}.part"))
+                stream.write([bytes([token]) * 150_000], 0)
+                stream.write([bytes([token]) * 150_000], 150_000)
+                stream.presync()
+                live.append((token, stream))
+            for token, stream in live:
+                stream.commit(token, str(tmp_path / f"t{token}.part"),
+                              str(tmp_path / "d" / f"f{token}.dcm"), str(tmp_path / "d"), True)
+            done += _wait_all(committer, streams)
+    finally:
+        done += committer.close()
+    assert sorted(done) == [(t, None) for t in range(3 * streams)]
+    for token in range(3 * streams):
+        assert (tmp_path / "d" / f"f{token}.dcm").read_bytes() == bytes([token]) * 300_000
+    assert list(tmp_path.glob("*.part")) == []
+    for _token, written, presynced, taken, synced, renamed in committer.traces:
+        assert 0 < written <= presynced <= taken <= synced <= renamed

@@ -13,6 +13,18 @@ from hpacs.index.writer import CommitResult, IndexWriteError, IndexWriter
 from tests.index.index_helpers import check_consistent, make_record
 
 
+def _poison(db, monkeypatch, uid):
+    """Applying the record of ``uid`` fails as a full map would."""
+    real_apply = db.apply
+
+    def poisoned(txn, rec):
+        if rec.sop_instance_uid == uid:
+            raise lmdb.MapFullError("simulated")
+        return real_apply(txn, rec)
+
+    monkeypatch.setattr(db, "apply", poisoned)
+
+
 async def test_group_commit_1000_concurrent(db):
     w = IndexWriter(db, max_batch=512)
     await w.start()
@@ -48,14 +60,7 @@ async def test_each_future_resolves_after_its_commit(db):
 async def test_failed_batch_fails_with_index_write_error_and_writer_survives(db, monkeypatch):
     w = IndexWriter(db)
     await w.start()
-    real_apply = db.apply
-
-    def poisoned(txn, rec):
-        if rec.sop_instance_uid == "9.13":
-            raise lmdb.MapFullError("simulated")
-        return real_apply(txn, rec)
-
-    monkeypatch.setattr(db, "apply", poisoned)
+    _poison(db, monkeypatch, "9.13")
     res = await asyncio.gather(
         *(w.submit(make_record(f"9.{i}")) for i in range(20)), return_exceptions=True
     )
@@ -188,3 +193,44 @@ async def test_backpressure_bounded_queue(db):
     assert db.count("instance") == 100
     assert w.stats.commits >= 100 // 4
     await w.stop()
+
+
+async def test_commit_now_commits_at_once_and_stays_inside_the_checkpoint_contract(db, monkeypatch):
+    w = IndexWriter(db, durability="files", sync_interval=0.05)
+    assert w.commit_now(make_record("9.0")) is None  # not started
+    await w.start()
+    rec = make_record("9.1", stored_at=time.time() - 100)
+    result = w.commit_now(rec)
+    assert result == CommitResult(None)
+    assert db.get_instance("9.1") is not None  # visible before any await
+    assert w.commit_now(rec) == CommitResult(rec)  # a re-sent record: the previous one
+    # committed work makes the index dirty: the next checkpoint comes, and does not pass it
+    syncs = w.stats.syncs
+    await asyncio.sleep(0.3)
+    assert w.stats.syncs == syncs + 1
+    assert db.meta_get("checkpoint") >= rec.stored_at
+
+    # queued records go first: then it declines and the caller submits
+    queued = asyncio.ensure_future(w.submit(make_record("9.2")))
+    await asyncio.sleep(0)
+    assert w.commit_now(make_record("9.3")) is None
+    await queued
+
+    _poison(db, monkeypatch, "9.13")
+    with pytest.raises(IndexWriteError) as info:
+        w.commit_now(make_record("9.13"))
+    assert isinstance(info.value.__cause__, lmdb.MapFullError)
+    assert db.get_instance("9.13") is None and w.stats.failed_records == 1
+    assert w.commit_now(make_record("9.14")) is not None  # the writer goes on
+    await w.stop()
+    check_consistent(db)
+
+
+async def test_commit_now_declines_in_sync_mode(tmp_path):
+    db = IndexDB(tmp_path / "idx", durability="sync")
+    w = IndexWriter(db)
+    await w.start()
+    assert w.commit_now(make_record("9.1")) is None
+    await w.submit(make_record("9.1"))
+    await w.stop()
+    db.close()
