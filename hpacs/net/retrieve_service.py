@@ -32,6 +32,7 @@ from hpacs.dimse.retrieve import (
     store_request,
 )
 from hpacs.log import get_logger
+from hpacs.net.filesend import SocketSink
 from hpacs.net.storage_scu import (
     AssociationFailed,
     SendError,
@@ -57,6 +58,13 @@ class RetrieveService:
 
     #: The asynchronous operations window the last C-GET/C-MOVE's sub-operations ran with.
     _sub_window = 1
+    #: The association's socket for ``sendfile`` of C-GET data sets (made on first use).
+    _sink: SocketSink | None = None
+
+    def _get_sink(self) -> SocketSink:
+        if self._sink is None:
+            self._sink = SocketSink(self.transport)
+        return self._sink
 
     async def _run_retrieve(self, context_id: int, request: cmd.Command, identifier: bytes,
                             overflow: bool, previous: asyncio.Task | None) -> None:
@@ -259,7 +267,8 @@ class RetrieveService:
             return None
         return asyncio.ensure_future(open_instance(items[i], choices[i][1],
                                                    allow_lossy=self._allow_lossy,
-                                                   workers=self._transcode_workers))
+                                                   workers=self._transcode_workers,
+                                                   region=self._get_sink().usable))
 
     def _write_held(self, held: list) -> None:
         """Write a held pending response now (nothing follows it to carry it)."""
@@ -286,7 +295,7 @@ class RetrieveService:
         held.clear()  # written with the command, or lost with the association
         try:
             await send_instance(self.conn, self._write_buffers, self._wait_writable, context_id,
-                                command, opened, before=before)
+                                command, opened, before=before, sink=self._get_sink())
         except LocalProtocolError:
             self._store_waiters.pop(message_id, None)
             return "failed"
@@ -469,7 +478,7 @@ class RetrieveService:
             return i, 0, None
         return i, choice[0], asyncio.ensure_future(
             open_instance(item, choice[1], allow_lossy=self._allow_lossy,
-                          workers=self._transcode_workers))
+                          workers=self._transcode_workers, region=scu.sendfile))
 
     async def _move_pending(self, context_id: int, subops: SubOperations) -> None:
         if subops.remaining and not self.conn.closed:
