@@ -60,6 +60,8 @@ class RetrieveService:
     _sub_window = 1
     #: The association's socket for ``sendfile`` of C-GET data sets (made on first use).
     _sink: SocketSink | None = None
+    #: Data sets the last C-GET/C-MOVE sent by ``sendfile`` (logged with its outcome).
+    _sub_sendfile = 0
 
     def _get_sink(self) -> SocketSink:
         if self._sink is None:
@@ -121,6 +123,7 @@ class RetrieveService:
             return
         comment = ""
         self._sub_window = self._get_window() if is_get else 1
+        self._sub_sendfile = 0
         if is_get:
             cancelled = await self._get_suboperations(context_id, message_id, items, subops)
         else:
@@ -135,6 +138,7 @@ class RetrieveService:
                  destination=remote.ae_title if remote else None, total=subops.total,
                  completed=subops.completed, failed=subops.failed, warning=subops.warning,
                  status=hex(subops.final_status(cancelled)), window=self._sub_window,
+                 sendfile=self._sub_sendfile,
                  ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def _list_instances(self, query) -> list[StoredInstance]:
@@ -294,8 +298,10 @@ class RetrieveService:
         before = held[:]
         held.clear()  # written with the command, or lost with the association
         try:
-            await send_instance(self.conn, self._write_buffers, self._wait_writable, context_id,
-                                command, opened, before=before, sink=self._get_sink())
+            if await send_instance(self.conn, self._write_buffers, self._wait_writable,
+                                   context_id, command, opened, before=before,
+                                   sink=self._get_sink()):
+                self._sub_sendfile += 1
         except LocalProtocolError:
             self._store_waiters.pop(message_id, None)
             return "failed"
@@ -376,6 +382,7 @@ class RetrieveService:
             await self._move_worker(scu, plan, subops, context_id, message_id, originator,
                                     remote)
         finally:
+            self._sub_sendfile += scu.sent_by_sendfile
             await scu.release()
 
     async def _move_worker(self, scu: StorageSCU, plan: _MovePlan, subops: SubOperations,

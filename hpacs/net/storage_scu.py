@@ -253,11 +253,12 @@ async def send_instance(
     opened: OpenedInstance,
     before: list | None = None,
     sink: SocketSink | None = None,
-) -> None:
+) -> bool:
     """Write a C-STORE-RQ command and its data set, chunk by chunk, honouring back-pressure;
     ``before`` (PDUs already framed, e.g. the C-GET's last pending response) goes in the same
     write as the command. A file region (``opened.fd``) goes by ``sendfile`` through ``sink``
     when its transport has nothing buffered, else it is read (cached: no disk wait) and written.
+    Returns whether the data set went by ``sendfile``.
 
     Raises LocalProtocolError if the association went away, OSError on a read error midway
     (the caller must then abort: a half-sent message cannot be recovered)."""
@@ -271,7 +272,7 @@ async def send_instance(
                 await sink.send(head, headers, opened.fd, opened.offset)
             except ConnectionError:
                 raise LocalProtocolError("association closed while sending") from None
-            return
+            return True
         opened.data = os.pread(opened.fd, opened.remaining, opened.offset)
         if len(opened.data) != opened.remaining:
             raise OSError("file shorter than when opened")
@@ -279,14 +280,14 @@ async def send_instance(
         # one writelines for command and data set: one send for the whole message when the
         # socket buffer has room, not a small send for the command first
         write(head + conn.send_data_buffers(context_id, False, opened.data))
-        return
+        return False
     write(head)
     loop = asyncio.get_running_loop()
     remaining = opened.remaining
     fh = opened.fh
     if remaining <= 0:
         write(conn.send_data_buffers(context_id, False, b""))
-        return
+        return False
     while remaining > 0:
         chunk = await loop.run_in_executor(None, fh.read, min(CHUNK, remaining))
         if not chunk:
@@ -294,6 +295,7 @@ async def send_instance(
         remaining -= len(chunk)
         write(conn.send_data_buffers(context_id, False, chunk, last=remaining <= 0))
         await wait_writable()
+    return False
 
 
 class AssociationFailed(Exception):
@@ -342,6 +344,8 @@ class StorageSCU:
         self._dead: str | None = None
         self._sink: SocketSink | None = None
         self._held: list = []  # written while a sendfile was under way
+        #: Data sets sent by ``sendfile`` on this association.
+        self.sent_by_sendfile = 0
 
     @property
     def accepted_contexts(self) -> dict[int, tuple[str, str]]:
@@ -494,8 +498,9 @@ class StorageSCU:
         command = store_request(message_id, item.sop_class_uid, item.sop_instance_uid,
                                 move_originator=move_originator)
         try:
-            await send_instance(self.conn, self._write, self._drain, context_id, command, opened,
-                                sink=self._sink)
+            if await send_instance(self.conn, self._write, self._drain, context_id, command,
+                                   opened, sink=self._sink):
+                self.sent_by_sendfile += 1
         except LocalProtocolError:
             raise AssociationFailed(self._dead or "association not established") from None
         except OSError:
