@@ -103,6 +103,8 @@ class SocketSink:
     def __init__(self, transport: asyncio.BaseTransport | None) -> None:
         self.transport = transport
         self.busy = False
+        #: Times a send found the socket full and waited for the peer (partial writes).
+        self.waits = 0
         self._sock: socket.socket | None = None
         self._fd = -1
         sock = transport.get_extra_info("socket") if transport is not None else None
@@ -175,6 +177,7 @@ class SocketSink:
         """Wait until the socket takes more, without blocking the loop; ConnectionError when
         the transport is closed meanwhile (aborted, idle timeout, peer gone)."""
         loop = asyncio.get_running_loop()
+        self.waits += 1
         while True:
             if self.transport is None or self.transport.is_closing():
                 raise ConnectionError("association closed while sending")

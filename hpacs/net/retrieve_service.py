@@ -124,6 +124,7 @@ class RetrieveService:
         comment = ""
         self._sub_window = self._get_window() if is_get else 1
         self._sub_sendfile = 0
+        waits = self._get_sink().waits
         if is_get:
             cancelled = await self._get_suboperations(context_id, message_id, items, subops)
         else:
@@ -138,7 +139,7 @@ class RetrieveService:
                  destination=remote.ae_title if remote else None, total=subops.total,
                  completed=subops.completed, failed=subops.failed, warning=subops.warning,
                  status=hex(subops.final_status(cancelled)), window=self._sub_window,
-                 sendfile=self._sub_sendfile,
+                 sendfile=self._sub_sendfile, sendfile_waits=self._get_sink().waits - waits,
                  ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def _list_instances(self, query) -> list[StoredInstance]:
