@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -74,6 +75,12 @@ MOVE_ONLY = ("hpacs",)
 RECEIVER_WINDOW = 8
 STORESCU = "dcmtk-storescu"  # the C-MOVE cells' reference: the files sent with no archive
 DCMTK_MAX_PDU = 131072
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _count_files(directory: Path) -> int:
@@ -221,6 +228,7 @@ def run(args: argparse.Namespace) -> dict:
                     if mode == "get" and (name.startswith("hpacs-m") or peer is None):
                         continue  # move_associations only changes C-MOVE; storescu only sends
                     before = dests[receiver].stored_count() if mode == "move" else None
+                    cpu0 = cpu_seconds(peer.proc.pid) if peer is not None else None
                     if peer is None:
                         wall, n = store_direct(paths, dests[receiver], receiver, files)
                     else:
@@ -235,6 +243,10 @@ def run(args: argparse.Namespace) -> dict:
                                            f"not {len(paths)}")
                     row = {"server": name, "round": rnd + 1, "mode": mode,
                            "receiver": receiver, "ms": wall * 1000}
+                    if peer is not None and cpu0 is not None:
+                        # the server process's own CPU for the operation (steadier than wall
+                        # time on a shared machine; 10 ms clock ticks)
+                        row["server_cpu_ms"] = (cpu_seconds(peer.proc.pid) - cpu0) * 1000
                     report["rounds"].append(row)
                     print(json.dumps(row), flush=True)
     return report
@@ -268,6 +280,20 @@ def markdown(report: dict) -> str:
                 adv.append(f"hpacs vs hpacs-ref {fmt_ratio(ratio(ref.median, new.median))}")
             lines.append(f"| {label} study | {receiver} | {' | '.join(texts)} | "
                          f"{', '.join(adv)} |")
+    lines += ["", "Server process CPU ms per operation, median (min-max) over rounds (user + "
+              "system, all threads; clock ticks of 10 ms):", "",
+              f"| operation | receiver | {head} |", "|---|---|" + "---|" * len(servers)]
+    for mode, label in (("get", "C-GET"), ("move", "C-MOVE")):
+        for receiver in RECEIVERS:
+            texts = []
+            for server in servers:
+                values = [r["server_cpu_ms"] for r in report["rounds"]
+                          if (r["server"], r["mode"], r["receiver"]) == (server, mode, receiver)
+                          and "server_cpu_ms" in r]
+                c = summarize(values) if values else None
+                texts.append(f"{c.median:.0f} ({c.min:.0f}-{c.max:.0f})" if c else "-")
+            if any(t != "-" for t in texts):
+                lines.append(f"| {label} study | {receiver} | {' | '.join(texts)} |")
     return "\n".join(lines)
 
 

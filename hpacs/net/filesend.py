@@ -105,6 +105,7 @@ class SocketSink:
         self.busy = False
         #: Times a send found the socket full and waited for the peer (partial writes).
         self.waits = 0
+        self._close_after = False  # close() came while busy: close when the send ends
         self._sock: socket.socket | None = None
         self._fd = -1
         sock = transport.get_extra_info("socket") if transport is not None else None
@@ -129,6 +130,11 @@ class SocketSink:
         return self._sock
 
     def close(self) -> None:
+        """Close our descriptor; during a send, once it has stopped (its number must not be
+        reused under a pending sendfile or add_writer)."""
+        if self.busy:
+            self._close_after = True
+            return
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -143,6 +149,7 @@ class SocketSink:
         try:
             pending = [*before]
             for header, size in headers:
+                self._check_open()
                 pending.append(header)
                 await self._sendmsg(sock, pending)
                 pending = []
@@ -158,6 +165,8 @@ class SocketSink:
                     size -= sent
         finally:
             self.busy = False
+            if self._close_after:
+                self.close()
 
     async def _sendmsg(self, sock: socket.socket, buffers: list) -> None:
         views = [memoryview(b) for b in buffers if len(b)]
@@ -179,8 +188,7 @@ class SocketSink:
         loop = asyncio.get_running_loop()
         self.waits += 1
         while True:
-            if self.transport is None or self.transport.is_closing():
-                raise ConnectionError("association closed while sending")
+            self._check_open()
             fut = loop.create_future()
             loop.add_writer(self._fd, _set_once, fut)
             try:
@@ -190,6 +198,10 @@ class SocketSink:
                 continue
             finally:
                 loop.remove_writer(self._fd)
+
+    def _check_open(self) -> None:
+        if self._close_after or self.transport is None or self.transport.is_closing():
+            raise ConnectionError("association closed while sending")
 
 
 def _set_once(fut: asyncio.Future) -> None:

@@ -133,7 +133,12 @@ def test_slow_peer_partial_sendfile_writes_wait_without_blocking(run, blob):
     assert ticks > 5
 
 
-def test_transport_closed_while_waiting_raises_connection_error(run, blob):
+@pytest.mark.parametrize("closer", ["transport", "sink"])
+def test_closed_while_waiting_raises_connection_error(run, blob, closer):
+    """The transport closed (abort, idle timeout), or the sink closed by the association's
+    cleanup, while a send waits for the peer: the send stops, and only then is our
+    descriptor closed (its number must not be reused under add_writer)."""
+
     async def main():
         loop = asyncio.get_running_loop()
         made: asyncio.Future = loop.create_future()
@@ -145,13 +150,16 @@ def test_transport_closed_while_waiting_raises_connection_error(run, blob):
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                                       16384)
         sink = SocketSink(transport)
-        loop.call_later(0.3, transport.close)
+        loop.call_later(0.3, transport.close if closer == "transport" else sink.close)
         fd = os.open(blob, os.O_RDONLY)
         try:
             size = blob.stat().st_size
             with pytest.raises(ConnectionError):
                 await sink.send([], pdata_headers(1, False, size, 16384), fd, 0)
             assert not sink.busy
+            if closer == "sink":
+                assert sink._sock is None
+                transport.close()
         finally:
             os.close(fd)
             sink.close()
