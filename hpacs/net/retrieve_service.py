@@ -38,8 +38,8 @@ from hpacs.net.storage_scu import (
     SendError,
     StorageSCU,
     StoredInstance,
-    open_instance,
     send_instance,
+    start_open,
     storage_contexts,
     stored_instance,
 )
@@ -266,14 +266,12 @@ class RetrieveService:
                     held += self.conn.send_data_buffers(context_id, True, subops.pending())
 
     def _open_ahead(self, items: list[StoredInstance], choices: list,
-                    i: int) -> asyncio.Task | None:
+                    i: int) -> asyncio.Future | None:
         """Start opening (reading, or transcoding) item ``i`` if it can be sent."""
         if i >= len(items) or choices[i] is None:
             return None
-        return asyncio.ensure_future(open_instance(items[i], choices[i][1],
-                                                   allow_lossy=self._allow_lossy,
-                                                   workers=self._transcode_workers,
-                                                   region=self._get_sink().usable))
+        return start_open(items[i], choices[i][1], allow_lossy=self._allow_lossy,
+                          workers=self._transcode_workers, region=self._get_sink().usable)
 
     def _write_held(self, held: list) -> None:
         """Write a held pending response now (nothing follows it to carry it)."""
@@ -281,7 +279,7 @@ class RetrieveService:
             self._write_buffers(held)
             held.clear()
 
-    async def _get_invoke(self, item: StoredInstance, context_id: int, opening: asyncio.Task,
+    async def _get_invoke(self, item: StoredInstance, context_id: int, opening: asyncio.Future,
                           held: list) -> str | Awaitable[str]:
         """Invoke one C-GET sub-operation: our C-STORE-RQ on the peer's association (after
         ``held``, pending responses, in the same write). Returns the outcome when it failed
@@ -473,7 +471,7 @@ class RetrieveService:
             await self._move_pending(context_id, subops)
 
     def _move_open(self, scu: StorageSCU,
-                   plan: _MovePlan) -> tuple[int, int, asyncio.Task | None] | None:
+                   plan: _MovePlan) -> tuple[int, int, asyncio.Future | None] | None:
         """Take the next instance from ``plan`` and start opening it for ``scu``: (index,
         presentation context, opening task), the task None when no context fits."""
         i = plan.take()
@@ -484,9 +482,8 @@ class RetrieveService:
                                 item.transfer_syntax_uid, allow_lossy=self._allow_lossy)
         if choice is None:
             return i, 0, None
-        return i, choice[0], asyncio.ensure_future(
-            open_instance(item, choice[1], allow_lossy=self._allow_lossy,
-                          workers=self._transcode_workers, region=scu.sendfile))
+        return i, choice[0], start_open(item, choice[1], allow_lossy=self._allow_lossy,
+                                        workers=self._transcode_workers, region=scu.sendfile)
 
     async def _move_pending(self, context_id: int, subops: SubOperations) -> None:
         if subops.remaining and not self.conn.closed:
@@ -529,7 +526,7 @@ class _MovePlan:
         return out
 
 
-def _close_opened(task: asyncio.Task) -> None:
+def _close_opened(task: asyncio.Future) -> None:
     """Release an instance opened ahead for a sub-operation that will not run."""
     if not task.cancelled() and task.exception() is None:
         task.result().close()

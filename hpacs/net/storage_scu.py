@@ -244,6 +244,21 @@ async def open_instance(item: StoredInstance, target_ts: str, *, allow_lossy: bo
     return OpenedInstance(None, 0, data)
 
 
+def start_open(item: StoredInstance, target_ts: str, *, allow_lossy: bool = False,
+               workers: int = 2, region: bool = False) -> asyncio.Future:
+    """:func:`open_instance` as a future: already finished when the instance is a cached hot
+    file sent as stored (opened here, on the loop: no task, no loop turn per instance), else
+    the task opening it."""
+    if target_ts == item.transfer_syntax_uid:
+        opened = _open_region(item) if region else None
+        if opened is not None:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(opened)
+            return done
+    return asyncio.ensure_future(open_instance(item, target_ts, allow_lossy=allow_lossy,
+                                               workers=workers, region=region))
+
+
 async def send_instance(
     conn: Connection,
     write: Callable[[list], None],
