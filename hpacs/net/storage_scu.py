@@ -140,18 +140,25 @@ _META_HEAD = 64 * 1024
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 
+def _open_hot(item: StoredInstance) -> int | None:
+    """A descriptor of the instance's hot file; None for a cold one or an open error (the
+    worker thread path then reports it)."""
+    if item.source is not None:
+        return None
+    try:
+        return os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def _open_cached(item: StoredInstance) -> OpenedInstance | None:
     """Read a hot file whole on the calling thread (the loop) when every byte of it is in the
     page cache: ``preadv`` with ``RWF_NOWAIT`` never waits for the disk, it fails or comes
     back short instead, and then the caller goes through a worker thread. Measured with py-spy
     on C-GET: the hop to the executor (``submit`` alone ~14 % of the loop's GIL time) and back
     cost more than copying a 526 KB file from the page cache."""
-    if item.source is not None or _NOWAIT is None:
+    if _NOWAIT is None or (fd := _open_hot(item)) is None:
         return None
-    try:
-        fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # the worker thread reports it
     try:
         size = os.fstat(fd).st_size
         if size > READ_WHOLE_MAX or size == 0:
@@ -181,12 +188,8 @@ def _open_region(item: StoredInstance) -> OpenedInstance | None:
     """The data set of a hot file as a file region for ``sendfile``, when every page of the
     file is in the page cache (``filesend.resident``): open, fstat, a 256-byte read for the
     meta, mincore. None otherwise (the caller reads it as before)."""
-    if item.source is not None:
+    if (fd := _open_hot(item)) is None:
         return None
-    try:
-        fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # the worker thread reports it
     try:
         size = os.fstat(fd).st_size
         head = os.pread(fd, _HEAD, 0)

@@ -6,11 +6,8 @@ writes), movescu to storescp. Instance sizes from 1 KB to ~5 MB, none a multiple
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import threading
 import time
-from contextlib import suppress
 from pathlib import Path
 
 import pydicom
@@ -23,7 +20,12 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from tests.conftest import free_port, start_server
 from tests.factories import make_ct, uid, write
-from tests.interop.helpers import dataset_bytes, send_files, stored_dataset_bytes
+from tests.interop.helpers import (
+    RecordingProxy,
+    dataset_bytes,
+    send_files,
+    stored_dataset_bytes,
+)
 
 GETSCU = "/usr/bin/getscu"
 MOVESCU = "/usr/bin/movescu"
@@ -122,55 +124,9 @@ def test_pynetdicom_1mib_pdu_receives_the_stored_bytes(archive):
     assert archive.last_done("get.done")["sendfile"] == len(SIZES)
 
 
-class SlowProxy:
-    """Loopback proxy whose server side reads 16 KB at a time with a pause (a small receive
-    buffer), so the archive's socket fills and its sendfile writes come back partial."""
-
-    def __init__(self, target_port: int, delay: float = 0.004) -> None:
-        self.target_port = target_port
-        self.delay = delay
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.port = self.sock.getsockname()[1]
-        self.threads: list[threading.Thread] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = socket.socket()
-            upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-            upstream.connect(("127.0.0.1", self.target_port))
-            for src, dst, slow in ((client, upstream, False), (upstream, client, True)):
-                t = threading.Thread(target=self._pump, args=(src, dst, slow), daemon=True)
-                t.start()
-                self.threads.append(t)
-
-    def _pump(self, src, dst, slow: bool) -> None:
-        try:
-            while data := src.recv(16384 if slow else 1 << 16):
-                dst.sendall(data)
-                if slow:
-                    time.sleep(self.delay)
-        except OSError:
-            pass
-        finally:
-            for s in (dst, src):
-                with suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.sock.close()
-        for t in self.threads:
-            t.join(30)
-
-
 def test_getscu_behind_a_slow_reader_gets_every_byte(archive, tmp_path):
-    proxy = SlowProxy(archive.srv.dicom_port)
+    # reads 16 KB through an 8 KB receive buffer, then pauses: the archive's socket fills
+    proxy = RecordingProxy(archive.srv.dicom_port, slow_delay=0.004)
     try:
         started = time.perf_counter()
         _getscu(archive, tmp_path / "get", port=proxy.port)
