@@ -36,6 +36,10 @@ more hpacs per other value (``hpacs-w1`` = window off: what every peer got befor
 Orthanc negotiate no window: against them every sender has one C-STORE outstanding, and Orthanc
 as sender or C-GET SCP answers the receiver's proposal with none (1).
 
+``--reference REF`` (A/B): one more hpacs, ``hpacs-ref``, runs the source tree of git ref REF
+(``peers.reference_tree``, this venv, extensions built alike) with the ``hpacs`` server's config,
+in the same rounds; the advantage column then also gives hpacs against it.
+
 Rounds alternate the servers' order; each cell is the median wall time over rounds (min-max)
 of the whole command, association set-up included, and the instance count received is checked
 (files written, or the discard receiver's own count).
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -70,6 +75,12 @@ MOVE_ONLY = ("hpacs",)
 RECEIVER_WINDOW = 8
 STORESCU = "dcmtk-storescu"  # the C-MOVE cells' reference: the files sent with no archive
 DCMTK_MAX_PDU = 131072
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _count_files(directory: Path) -> int:
@@ -140,7 +151,8 @@ def run(args: argparse.Namespace) -> dict:
     names = ["retrieve-hpacs", "retrieve-orthanc", "retrieve-discard", "retrieve-discard128k",
              "retrieve-files", "retrieve-fast", "retrieve-fast-w8", "retrieve-hpacsdest",
              *(f"retrieve-hpacs-m{n}" for n in extra_hpacs),
-             *(f"retrieve-hpacs-w{n}" for n in extra_windows)]
+             *(f"retrieve-hpacs-w{n}" for n in extra_windows), "retrieve-hpacs-ref",
+             "retrieve-reference-tree"]
     for name in names:
         shutil.rmtree(workdir / name, ignore_errors=True)
     report: dict = {"machine": machine_info(), "instances": len(paths),
@@ -178,16 +190,20 @@ def run(args: argparse.Namespace) -> dict:
         remotes = "".join(f'[[remote]]\nae_title = "{d.ae_title}"\nhost = "{d.host}"\n'
                           f"port = {d.port}\n" for d in dests.values())
         servers: dict[str, peers_mod.Peer] = {}
-        variants = [("hpacs", 1, windows[0]),
-                    *((f"hpacs-m{n}", n, windows[0]) for n in extra_hpacs),
-                    *((f"hpacs-w{w}", 1, w) for w in extra_windows)]
-        for name, n, window in variants:
+        variants = [("hpacs", 1, windows[0], None),
+                    *((f"hpacs-m{n}", n, windows[0], None) for n in extra_hpacs),
+                    *((f"hpacs-w{w}", 1, w, None) for w in extra_windows)]
+        if args.reference:
+            tree = workdir / "retrieve-reference-tree"
+            report["reference"] = peers_mod.reference_tree(args.reference, tree, build=True)
+            variants.append(("hpacs-ref", 1, windows[0], tree))
+        for name, n, window, tree in variants:
             (workdir / f"retrieve-{name}").mkdir(parents=True)
             config = workdir / f"retrieve-{name}" / "hpacs.toml"
             config.write_text(f"[dicom]\nmove_associations = {n}\nasync_window = {window}\n\n"
                               f"{remotes}")
             servers[name] = stack.enter_context(peers_mod.hpacs(
-                workdir / f"retrieve-{name}", extra_args=["--config", str(config)]))
+                workdir / f"retrieve-{name}", extra_args=["--config", str(config)], tree=tree))
         modalities = {d.ae_title.lower(): [d.ae_title, d.host, d.port] for d in dests.values()}
         # Orthanc answers C-GET only to a known modality (the port is not used by C-GET)
         modalities["getscu"] = [GET_AE, "127.0.0.1", dests["ignore"].port]
@@ -212,6 +228,7 @@ def run(args: argparse.Namespace) -> dict:
                     if mode == "get" and (name.startswith("hpacs-m") or peer is None):
                         continue  # move_associations only changes C-MOVE; storescu only sends
                     before = dests[receiver].stored_count() if mode == "move" else None
+                    cpu0 = cpu_seconds(peer.proc.pid) if peer is not None else None
                     if peer is None:
                         wall, n = store_direct(paths, dests[receiver], receiver, files)
                     else:
@@ -226,6 +243,10 @@ def run(args: argparse.Namespace) -> dict:
                                            f"not {len(paths)}")
                     row = {"server": name, "round": rnd + 1, "mode": mode,
                            "receiver": receiver, "ms": wall * 1000}
+                    if peer is not None and cpu0 is not None:
+                        # the server process's own CPU for the operation (steadier than wall
+                        # time on a shared machine; 10 ms clock ticks)
+                        row["server_cpu_ms"] = (cpu_seconds(peer.proc.pid) - cpu0) * 1000
                     report["rounds"].append(row)
                     print(json.dumps(row), flush=True)
     return report
@@ -254,8 +275,25 @@ def markdown(report: dict) -> str:
                 c = cell[server]
                 if server not in ("orthanc", STORESCU) and c and o:
                     adv.append(f"{server} {fmt_ratio(ratio(o.median, c.median))}")
+            ref, new = cell.get("hpacs-ref"), cell.get("hpacs")
+            if ref and new:
+                adv.append(f"hpacs vs hpacs-ref {fmt_ratio(ratio(ref.median, new.median))}")
             lines.append(f"| {label} study | {receiver} | {' | '.join(texts)} | "
                          f"{', '.join(adv)} |")
+    lines += ["", "Server process CPU ms per operation, median (min-max) over rounds (user + "
+              "system, all threads; clock ticks of 10 ms):", "",
+              f"| operation | receiver | {head} |", "|---|---|" + "---|" * len(servers)]
+    for mode, label in (("get", "C-GET"), ("move", "C-MOVE")):
+        for receiver in RECEIVERS:
+            texts = []
+            for server in servers:
+                values = [r["server_cpu_ms"] for r in report["rounds"]
+                          if (r["server"], r["mode"], r["receiver"]) == (server, mode, receiver)
+                          and "server_cpu_ms" in r]
+                c = summarize(values) if values else None
+                texts.append(f"{c.median:.0f} ({c.min:.0f}-{c.max:.0f})" if c else "-")
+            if any(t != "-" for t in texts):
+                lines.append(f"| {label} study | {receiver} | {' | '.join(texts)} |")
     return "\n".join(lines)
 
 
@@ -269,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--async-windows", default="16,1",
                    help="dicom.async_window of the hpacs server, then one more hpacs per "
                         "other value (hpacs-wN)")
+    p.add_argument("--reference", default=None,
+                   help="git ref: also run hpacs at that commit (hpacs-ref, same config as "
+                        "hpacs, this venv) interleaved with the others (A/B)")
     p.add_argument("--out", help="write the JSON report (and a .md beside it) here")
     args = p.parse_args(argv)
     args.command = "python -m benchmarks.retrieve " + " ".join(argv or sys.argv[1:])

@@ -276,8 +276,10 @@ async def _store_all(scu: StorageSCU, items: list[StoredInstance], report: SendR
                 done()
                 continue
             try:
+                # a deflated data set may need its pad byte: read, never sent by sendfile
                 opened = await open_instance(item, choice[1], allow_lossy=allow_lossy,
-                                             workers=workers)
+                                             workers=workers, region=scu.sendfile and
+                                             choice[1] != DEFLATED_EXPLICIT_VR_LE)
             except SendError as exc:
                 report.failed.append((item.sop_instance_uid, f"unreadable: {exc}"))
                 done()

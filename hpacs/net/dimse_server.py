@@ -520,6 +520,9 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
 
     def _send(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
+            if self._sink is not None and self._sink.busy:  # a sendfile is mid-PDU
+                self._deferred.append([data])
+                return
             self.transport.write(data)
 
     def _flush(self) -> None:
@@ -562,6 +565,8 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
             self.transport.close()
 
     def _cleanup(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
         self._discard_receiver()
         self._writable.set()  # wake a query waiting for the peer to read
         for waiter in self._store_waiters.values():

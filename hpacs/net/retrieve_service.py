@@ -32,13 +32,14 @@ from hpacs.dimse.retrieve import (
     store_request,
 )
 from hpacs.log import get_logger
+from hpacs.net.filesend import SocketSink
 from hpacs.net.storage_scu import (
     AssociationFailed,
     SendError,
     StorageSCU,
     StoredInstance,
-    open_instance,
     send_instance,
+    start_open,
     storage_contexts,
     stored_instance,
 )
@@ -57,6 +58,15 @@ class RetrieveService:
 
     #: The asynchronous operations window the last C-GET/C-MOVE's sub-operations ran with.
     _sub_window = 1
+    #: The association's socket for ``sendfile`` of C-GET data sets (made on first use).
+    _sink: SocketSink | None = None
+    #: Data sets the last C-GET/C-MOVE sent by ``sendfile`` (logged with its outcome).
+    _sub_sendfile = 0
+
+    def _get_sink(self) -> SocketSink:
+        if self._sink is None:
+            self._sink = SocketSink(self.transport)
+        return self._sink
 
     async def _run_retrieve(self, context_id: int, request: cmd.Command, identifier: bytes,
                             overflow: bool, previous: asyncio.Task | None) -> None:
@@ -113,6 +123,8 @@ class RetrieveService:
             return
         comment = ""
         self._sub_window = self._get_window() if is_get else 1
+        self._sub_sendfile = 0
+        waits = self._get_sink().waits
         if is_get:
             cancelled = await self._get_suboperations(context_id, message_id, items, subops)
         else:
@@ -127,6 +139,7 @@ class RetrieveService:
                  destination=remote.ae_title if remote else None, total=subops.total,
                  completed=subops.completed, failed=subops.failed, warning=subops.warning,
                  status=hex(subops.final_status(cancelled)), window=self._sub_window,
+                 sendfile=self._sub_sendfile, sendfile_waits=self._get_sink().waits - waits,
                  ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def _list_instances(self, query) -> list[StoredInstance]:
@@ -253,13 +266,12 @@ class RetrieveService:
                     held += self.conn.send_data_buffers(context_id, True, subops.pending())
 
     def _open_ahead(self, items: list[StoredInstance], choices: list,
-                    i: int) -> asyncio.Task | None:
+                    i: int) -> asyncio.Future | None:
         """Start opening (reading, or transcoding) item ``i`` if it can be sent."""
         if i >= len(items) or choices[i] is None:
             return None
-        return asyncio.ensure_future(open_instance(items[i], choices[i][1],
-                                                   allow_lossy=self._allow_lossy,
-                                                   workers=self._transcode_workers))
+        return start_open(items[i], choices[i][1], allow_lossy=self._allow_lossy,
+                          workers=self._transcode_workers, region=self._get_sink().usable)
 
     def _write_held(self, held: list) -> None:
         """Write a held pending response now (nothing follows it to carry it)."""
@@ -267,7 +279,7 @@ class RetrieveService:
             self._write_buffers(held)
             held.clear()
 
-    async def _get_invoke(self, item: StoredInstance, context_id: int, opening: asyncio.Task,
+    async def _get_invoke(self, item: StoredInstance, context_id: int, opening: asyncio.Future,
                           held: list) -> str | Awaitable[str]:
         """Invoke one C-GET sub-operation: our C-STORE-RQ on the peer's association (after
         ``held``, pending responses, in the same write). Returns the outcome when it failed
@@ -285,8 +297,10 @@ class RetrieveService:
         before = held[:]
         held.clear()  # written with the command, or lost with the association
         try:
-            await send_instance(self.conn, self._write_buffers, self._wait_writable, context_id,
-                                command, opened, before=before)
+            if await send_instance(self.conn, self._write_buffers, self._wait_writable,
+                                   context_id, command, opened, before=before,
+                                   sink=self._get_sink()):
+                self._sub_sendfile += 1
         except LocalProtocolError:
             self._store_waiters.pop(message_id, None)
             return "failed"
@@ -367,6 +381,7 @@ class RetrieveService:
             await self._move_worker(scu, plan, subops, context_id, message_id, originator,
                                     remote)
         finally:
+            self._sub_sendfile += scu.sent_by_sendfile
             await scu.release()
 
     async def _move_worker(self, scu: StorageSCU, plan: _MovePlan, subops: SubOperations,
@@ -456,7 +471,7 @@ class RetrieveService:
             await self._move_pending(context_id, subops)
 
     def _move_open(self, scu: StorageSCU,
-                   plan: _MovePlan) -> tuple[int, int, asyncio.Task | None] | None:
+                   plan: _MovePlan) -> tuple[int, int, asyncio.Future | None] | None:
         """Take the next instance from ``plan`` and start opening it for ``scu``: (index,
         presentation context, opening task), the task None when no context fits."""
         i = plan.take()
@@ -467,9 +482,8 @@ class RetrieveService:
                                 item.transfer_syntax_uid, allow_lossy=self._allow_lossy)
         if choice is None:
             return i, 0, None
-        return i, choice[0], asyncio.ensure_future(
-            open_instance(item, choice[1], allow_lossy=self._allow_lossy,
-                          workers=self._transcode_workers))
+        return i, choice[0], start_open(item, choice[1], allow_lossy=self._allow_lossy,
+                                        workers=self._transcode_workers, region=scu.sendfile)
 
     async def _move_pending(self, context_id: int, subops: SubOperations) -> None:
         if subops.remaining and not self.conn.closed:
@@ -512,7 +526,7 @@ class _MovePlan:
         return out
 
 
-def _close_opened(task: asyncio.Task) -> None:
+def _close_opened(task: asyncio.Future) -> None:
     """Release an instance opened ahead for a sub-operation that will not run."""
     if not task.cancelled() and task.exception() is None:
         task.result().close()

@@ -32,6 +32,7 @@ from hpacs.dimse import commands as cmd
 from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
 from hpacs.dimse.retrieve import store_request
 from hpacs.log import get_logger
+from hpacs.net.filesend import SocketSink, dataset_offset_fast, resident
 from hpacs.pixels.transcode import TranscodeError
 from hpacs.pixels.workers import run_transcode, transcoded_dataset
 from hpacs.store.tiers import open_source
@@ -88,17 +89,24 @@ class SendError(Exception):
 
 
 class OpenedInstance:
-    """A stored instance ready to send: either a file positioned at its data set or bytes."""
+    """A stored instance ready to send: a file positioned at its data set, bytes, or (``fd``)
+    a region of a file whose pages are all cached, for ``sendfile``."""
 
-    def __init__(self, fh, remaining: int, data: bytes | memoryview | None) -> None:
+    def __init__(self, fh, remaining: int, data: bytes | memoryview | None, *,
+                 fd: int | None = None, offset: int = 0) -> None:
         self.fh = fh
         self.remaining = remaining
         self.data = data
+        self.fd = fd
+        self.offset = offset
 
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 #: Data sets up to this size are read whole when opened (one thread hop, and the read can run
@@ -132,18 +140,25 @@ _META_HEAD = 64 * 1024
 _NOWAIT = getattr(os, "RWF_NOWAIT", None)
 
 
+def _open_hot(item: StoredInstance) -> int | None:
+    """A descriptor of the instance's hot file; None for a cold one or an open error (the
+    worker thread path then reports it)."""
+    if item.source is not None:
+        return None
+    try:
+        return os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
 def _open_cached(item: StoredInstance) -> OpenedInstance | None:
     """Read a hot file whole on the calling thread (the loop) when every byte of it is in the
     page cache: ``preadv`` with ``RWF_NOWAIT`` never waits for the disk, it fails or comes
     back short instead, and then the caller goes through a worker thread. Measured with py-spy
     on C-GET: the hop to the executor (``submit`` alone ~14 % of the loop's GIL time) and back
     cost more than copying a 526 KB file from the page cache."""
-    if item.source is not None or _NOWAIT is None:
+    if _NOWAIT is None or (fd := _open_hot(item)) is None:
         return None
-    try:
-        fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # the worker thread reports it
     try:
         size = os.fstat(fd).st_size
         if size > READ_WHOLE_MAX or size == 0:
@@ -165,6 +180,32 @@ def _open_cached(item: StoredInstance) -> OpenedInstance | None:
     return OpenedInstance(None, 0, memoryview(buf)[meta.dataset_offset:])
 
 
+#: Head bytes read to find the data set when the meta does not start with its group length.
+_HEAD = 256
+
+
+def _open_region(item: StoredInstance) -> OpenedInstance | None:
+    """The data set of a hot file as a file region for ``sendfile``, when every page of the
+    file is in the page cache (``filesend.resident``): open, fstat, a 256-byte read for the
+    meta, mincore. None otherwise (the caller reads it as before)."""
+    if (fd := _open_hot(item)) is None:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, _HEAD, 0)
+        offset = dataset_offset_fast(head)
+        if offset is None:
+            head = os.pread(fd, _META_HEAD, 0)
+            offset = read_file_meta(memoryview(head)).dataset_offset
+        if not 0 < offset < size or not resident(fd, size):
+            os.close(fd)
+            return None
+    except (OSError, Part10Error):
+        os.close(fd)
+        return None
+    return OpenedInstance(None, size - offset, None, fd=fd, offset=offset)
+
+
 def _read_source(item: StoredInstance) -> bytes:
     assert item.source is not None
     with item.source() as f:
@@ -172,12 +213,16 @@ def _read_source(item: StoredInstance) -> bytes:
 
 
 async def open_instance(item: StoredInstance, target_ts: str, *, allow_lossy: bool = False,
-                        workers: int = 2) -> OpenedInstance:
+                        workers: int = 2, region: bool = False) -> OpenedInstance:
     """Open the stored file (a worker thread), or transcode it into ``target_ts`` (worker
-    processes, see ``hpacs.pixels.workers``); raises :class:`SendError`."""
+    processes, see ``hpacs.pixels.workers``); raises :class:`SendError`. ``region``: the
+    caller can ``sendfile`` (:class:`~hpacs.net.filesend.SocketSink`), so a cached hot file
+    sent as stored is not read at all."""
     loop = asyncio.get_running_loop()
     if target_ts == item.transfer_syntax_uid:
-        opened = _open_cached(item)
+        opened = _open_region(item) if region else None
+        if opened is None:
+            opened = _open_cached(item)
         if opened is not None:
             return opened
         try:
@@ -202,6 +247,21 @@ async def open_instance(item: StoredInstance, target_ts: str, *, allow_lossy: bo
     return OpenedInstance(None, 0, data)
 
 
+def start_open(item: StoredInstance, target_ts: str, *, allow_lossy: bool = False,
+               workers: int = 2, region: bool = False) -> asyncio.Future:
+    """:func:`open_instance` as a future: already finished when the instance is a cached hot
+    file sent as stored (opened here, on the loop: no task, no loop turn per instance), else
+    the task opening it."""
+    if target_ts == item.transfer_syntax_uid:
+        opened = _open_region(item) if region else None
+        if opened is not None:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(opened)
+            return done
+    return asyncio.ensure_future(open_instance(item, target_ts, allow_lossy=allow_lossy,
+                                               workers=workers, region=region))
+
+
 async def send_instance(
     conn: Connection,
     write: Callable[[list], None],
@@ -210,28 +270,42 @@ async def send_instance(
     command: bytes,
     opened: OpenedInstance,
     before: list | None = None,
-) -> None:
+    sink: SocketSink | None = None,
+) -> bool:
     """Write a C-STORE-RQ command and its data set, chunk by chunk, honouring back-pressure;
     ``before`` (PDUs already framed, e.g. the C-GET's last pending response) goes in the same
-    write as the command.
+    write as the command. A file region (``opened.fd``) goes by ``sendfile`` through ``sink``
+    when its transport has nothing buffered, else it is read (cached: no disk wait) and written.
+    Returns whether the data set went by ``sendfile``.
 
     Raises LocalProtocolError if the association went away, OSError on a read error midway
     (the caller must then abort: a half-sent message cannot be recovered)."""
     head = conn.send_data_buffers(context_id, True, command)
     if before:
         head = before + head
+    if opened.fd is not None:
+        if sink is not None and sink.ready():
+            headers = conn.send_data_headers(context_id, False, opened.remaining)
+            try:
+                await sink.send(head, headers, opened.fd, opened.offset)
+            except ConnectionError:
+                raise LocalProtocolError("association closed while sending") from None
+            return True
+        opened.data = os.pread(opened.fd, opened.remaining, opened.offset)
+        if len(opened.data) != opened.remaining:
+            raise OSError("file shorter than when opened")
     if opened.data is not None:
         # one writelines for command and data set: one send for the whole message when the
         # socket buffer has room, not a small send for the command first
         write(head + conn.send_data_buffers(context_id, False, opened.data))
-        return
+        return False
     write(head)
     loop = asyncio.get_running_loop()
     remaining = opened.remaining
     fh = opened.fh
     if remaining <= 0:
         write(conn.send_data_buffers(context_id, False, b""))
-        return
+        return False
     while remaining > 0:
         chunk = await loop.run_in_executor(None, fh.read, min(CHUNK, remaining))
         if not chunk:
@@ -239,6 +313,7 @@ async def send_instance(
         remaining -= len(chunk)
         write(conn.send_data_buffers(context_id, False, chunk, last=remaining <= 0))
         await wait_writable()
+    return False
 
 
 class AssociationFailed(Exception):
@@ -285,6 +360,10 @@ class StorageSCU:
         self._waiters: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._dead: str | None = None
+        self._sink: SocketSink | None = None
+        self._held: list = []  # written while a sendfile was under way
+        #: Data sets sent by ``sendfile`` on this association.
+        self.sent_by_sendfile = 0
 
     @property
     def accepted_contexts(self) -> dict[int, tuple[str, str]]:
@@ -301,6 +380,11 @@ class StorageSCU:
         return self._dead
 
     @property
+    def sendfile(self) -> bool:
+        """Data sets sent as stored can go by ``sendfile`` (a plain TCP connection)."""
+        return self._sink is not None and self._sink.usable
+
+    @property
     def window(self) -> int:
         """C-STOREs we may have outstanding on this association (what the acceptor granted)."""
         return self.conn.we_may_invoke or self.async_window
@@ -312,6 +396,7 @@ class StorageSCU:
                 asyncio.open_connection(self.host, self.port), self.timeout)
         except (OSError, TimeoutError) as exc:
             raise AssociationFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        self._sink = SocketSink(self._writer.transport)
         self._established = loop.create_future()
         request = AssociateRequest(
             called_ae=self.called_ae,
@@ -396,7 +481,9 @@ class StorageSCU:
     def _write(self, buffers: list) -> None:
         if self._writer is not None and not self._writer.is_closing():
             data = [b for b in buffers if b]
-            if data:
+            if data and self._sink is not None and self._sink.busy:
+                self._held += data  # would land inside the PDU being sent
+            elif data:
                 self._writer.writelines(data)
 
     async def _drain(self) -> None:
@@ -429,12 +516,17 @@ class StorageSCU:
         command = store_request(message_id, item.sop_class_uid, item.sop_instance_uid,
                                 move_originator=move_originator)
         try:
-            await send_instance(self.conn, self._write, self._drain, context_id, command, opened)
+            if await send_instance(self.conn, self._write, self._drain, context_id, command,
+                                   opened, sink=self._sink):
+                self.sent_by_sendfile += 1
         except LocalProtocolError:
             raise AssociationFailed(self._dead or "association not established") from None
         except OSError:
             self.abort()
             raise
+        finally:
+            held, self._held = self._held, []
+            self._write(held)
         return self._response(waiter)
 
     async def _response(self, waiter: asyncio.Future) -> int:
@@ -463,9 +555,13 @@ class StorageSCU:
             self._write([self.conn.abort()])
         if self._writer is not None:
             self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
         self._fail("aborted")
 
     async def _close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(Exception):

@@ -38,6 +38,7 @@ from hpacs.ul.pdu import (
     encode,
     encode_abort,
     encode_pdata,
+    pdata_headers,
 )
 from hpacs.ul.states import Evt, State
 
@@ -80,4 +81,5 @@ __all__ = [
     "encode_pdata",
     "local_limit_exceeded",
     "negotiate",
+    "pdata_headers",
 ]

@@ -61,6 +61,7 @@ from hpacs.ul.pdu import (
     encode,
     encode_abort,
     encode_pdata,
+    pdata_headers,
 )
 from hpacs.ul.states import NEXT_STATE, TRANSITIONS, Evt, State
 
@@ -268,13 +269,26 @@ class Connection:
         self, context_id: int, is_command: bool, payload: bytes | memoryview, *, last: bool = True
     ) -> list[bytes | memoryview]:
         """As send_data, but [header, payload slice, ...] for ``transport.writelines`` (no copy)."""
+        self._check_data(context_id)
+        bufs = encode_pdata(context_id, is_command, payload, self._send_limit, last=last)
+        self._user(Evt.Evt9, None)
+        return bufs
+
+    def send_data_headers(
+        self, context_id: int, is_command: bool, length: int, *, last: bool = True
+    ) -> list[tuple[bytes, int]]:
+        """As send_data_buffers for ``length`` bytes the caller writes itself (a file sent by
+        ``sendfile``): [(header, payload bytes that follow it), ...]."""
+        self._check_data(context_id)
+        headers = pdata_headers(context_id, is_command, length, self._send_limit, last=last)
+        self._user(Evt.Evt9, None)
+        return headers
+
+    def _check_data(self, context_id: int) -> None:
         if (self.state, Evt.Evt9) not in TRANSITIONS:
             raise LocalProtocolError(f"cannot send data in {self.state}")
         if context_id not in self.accepted_contexts:
             raise LocalProtocolError(f"presentation context {context_id} was not accepted")
-        bufs = encode_pdata(context_id, is_command, payload, self._send_limit, last=last)
-        self._user(Evt.Evt9, None)
-        return bufs
 
     def release_request(self) -> bytes:
         """Sta6: returns A-RELEASE-RQ; then Sta7 (data may still arrive)."""

@@ -257,6 +257,33 @@ def encode_pdata(
     return out
 
 
+def pdata_headers(
+    context_id: int, is_command: bool, length: int, max_pdu_length: int, *, last: bool = True
+) -> list[tuple[bytes, int]]:
+    """The framing :func:`encode_pdata` gives ``length`` payload bytes, without the payload:
+    [(PDU+PDV header, payload bytes after it), ...]. For an adapter that puts the payload on
+    the wire itself (``sendfile`` from the stored file) with each header written before its
+    fragment; the bytes on the wire are those of ``encode_pdata``."""
+    if not 0 < context_id < 256:
+        raise ValueError(f"presentation context ID {context_id} out of range")
+    chunk = max_pdu_length - 6
+    if chunk < 1:
+        raise ValueError(f"max PDU length {max_pdu_length} too small to carry data")
+    mch = 1 if is_command else 0
+    pack = _PDATA_HDR.pack
+    if length <= chunk:
+        return [(pack(P_DATA_TF, length + 6, length + 2, context_id, mch | (2 if last else 0)),
+                 length)]
+    out: list[tuple[bytes, int]] = []
+    off = 0
+    while off < length:
+        size = min(chunk, length - off)
+        off += size
+        flag = mch | (2 if last and off == length else 0)
+        out.append((pack(P_DATA_TF, size + 6, size + 2, context_id, flag), size))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Association PDUs: decoding
 # ---------------------------------------------------------------------------------------------

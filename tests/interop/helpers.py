@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -83,12 +84,15 @@ def sop_uid_of(path: Path) -> str:
 
 
 class RecordingProxy:
-    """A loopback TCP proxy that records what clients send, to check what an SCU really sent."""
+    """A loopback TCP proxy that records what clients send, to check what an SCU really sent.
+    ``slow_delay`` > 0: its server side reads 16 KB at a time through a small receive buffer
+    with that pause after each read (a slow peer: the server's socket fills)."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, slow_delay: float = 0.0) -> None:
         import socket
         import threading
 
+        self.slow_delay = slow_delay
         self.target_port = target_port
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -110,23 +114,30 @@ class RecordingProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            upstream = socket.socket()
+            if self.slow_delay:
+                upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            upstream.connect(("127.0.0.1", self.target_port))
             record = bytearray()
             self.streams.append(record)
-            for src, dst, rec in ((client, upstream, record), (upstream, client, None)):
-                t = threading.Thread(target=self._pump, args=(src, dst, rec), daemon=True)
+            for src, dst, rec, delay in ((client, upstream, record, 0.0),
+                                         (upstream, client, None, self.slow_delay)):
+                t = threading.Thread(target=self._pump, args=(src, dst, rec, delay),
+                                     daemon=True)
                 t.start()
                 self._threads.append(t)
 
     @staticmethod
-    def _pump(src, dst, record) -> None:
+    def _pump(src, dst, record, delay: float) -> None:
         import socket
 
         try:
-            while data := src.recv(1 << 20):
+            while data := src.recv(16384 if delay else 1 << 20):
                 if record is not None:
                     record += data
                 dst.sendall(data)
+                if delay:
+                    time.sleep(delay)
         except OSError:
             pass
         finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pynetdicom.presentation import StoragePresentationContexts, build_context
 
 from hpacs.ul import pdu as U
@@ -160,6 +162,31 @@ def test_pdata_encode_command_and_not_last() -> None:
         U.encode_pdata(0, True, b"abc", 100)
     with pytest.raises(ValueError):
         U.encode_pdata(1, True, b"abc", 6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.integers(0, 300_000), max_pdu=st.integers(7, 140_000), command=st.booleans(),
+       last=st.booleans(), context_id=st.integers(1, 255))
+def test_pdata_headers_frame_like_encode_pdata(size: int, max_pdu: int, command: bool,
+                                               last: bool, context_id: int) -> None:
+    """Headers written between fragments an adapter sends itself (sendfile) give the bytes
+    encode_pdata gives."""
+    payload = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    framed = b"".join(U.encode_pdata(context_id, command, payload, max_pdu, last=last))
+    headers = U.pdata_headers(context_id, command, size, max_pdu, last=last)
+    out, off = [], 0
+    for header, n in headers:
+        out += [header, payload[off:off + n]]
+        off += n
+    assert off == size
+    assert b"".join(out) == framed
+
+
+def test_pdata_headers_refuse_what_encode_pdata_refuses() -> None:
+    with pytest.raises(ValueError):
+        U.pdata_headers(0, False, 10, 100)
+    with pytest.raises(ValueError):
+        U.pdata_headers(1, False, 10, 6)
 
 
 def _hdr(t: int, body: bytes) -> bytes:

@@ -1,0 +1,163 @@
+"""Data sets sent by sendfile (page cache to socket) on C-GET and C-MOVE, checked byte for byte
+against the stored data sets by real peers: dcmtk getscu at its default 16 KB and its largest
+128 KB max PDU, pynetdicom at 1 MiB, getscu behind a proxy that reads slowly (partial sendfile
+writes), movescu to storescp. Instance sizes from 1 KB to ~5 MB, none a multiple of a PDU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.presentation import build_role
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+from tests.conftest import free_port, start_server
+from tests.factories import make_ct, uid, write
+from tests.interop.helpers import (
+    RecordingProxy,
+    dataset_bytes,
+    send_files,
+    stored_dataset_bytes,
+)
+
+GETSCU = "/usr/bin/getscu"
+MOVESCU = "/usr/bin/movescu"
+STORESCP = "/usr/bin/storescp"
+STUDY = uid("study", 5, 1)
+#: Rows = columns of each CT: data sets of ~1 KB to ~5 MB (more than a loopback socket's 4 MB
+#: send buffer holds), even lengths not on PDU bounds.
+SIZES = [16, 181, 257, 300, 513, 700, 723, 1601]
+
+
+class Archive:
+    def __init__(self, srv, dest_port: int) -> None:
+        self.srv = srv
+        self.dest_port = dest_port
+
+    def stored(self, sop_uid: str) -> bytes:
+        return stored_dataset_bytes(self.srv.data_dir, sop_uid)
+
+    def last_done(self, event: str) -> dict:
+        """The last ``get.done``/``move.done`` log record of the server."""
+        for line in reversed(self.srv.log().splitlines()):
+            if f'"event": "{event}"' in line:
+                return json.loads(line)
+        raise AssertionError(f"no {event} in the log")
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sendfile")
+    dest_port = free_port()
+    config = base / "hpacs.toml"
+    config.write_text(f'[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\n'
+                      f"port = {dest_port}\n")
+    srv = start_server(base / "data", "--config", str(config))
+    paths = [write(make_ct(5, 1, 1, n, size=size), base / "files")
+             for n, size in enumerate(SIZES, 1)]
+    statuses = send_files(srv, paths)
+    assert all(statuses[p] == 0 for p in paths)
+    yield Archive(srv, dest_port)
+    assert srv.stop() == 0, srv.log()
+    assert "internal_error" not in srv.log()
+
+
+def _sop(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _getscu(archive: Archive, out: Path, *extra: str, port: int | None = None) -> None:
+    out.mkdir()
+    proc = subprocess.run(
+        [GETSCU, "-S", "-aec", archive.srv.ae_title, "-od", str(out), *extra, "127.0.0.1",
+         str(port or archive.srv.dicom_port), "-k", "QueryRetrieveLevel=STUDY",
+         "-k", f"StudyInstanceUID={STUDY}"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = sorted(out.iterdir())
+    assert len(files) == len(SIZES)
+    for f in files:
+        assert dataset_bytes(f) == archive.stored(_sop(f))
+
+
+@pytest.mark.parametrize("pdu", [None, "131072"], ids=["16k-default", "128k"])
+def test_getscu_receives_the_stored_bytes_by_sendfile(archive, tmp_path, pdu):
+    _getscu(archive, tmp_path / "get", *(("--max-pdu", pdu) if pdu else ()))
+    done = archive.last_done("get.done")
+    assert (done["completed"], done["failed"]) == (len(SIZES), 0)
+    assert done["sendfile"] == len(SIZES)  # none fell back to reading the file
+
+
+def test_pynetdicom_1mib_pdu_receives_the_stored_bytes(archive):
+    received: dict[str, bytes] = {}
+
+    def on_store(event):
+        received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    ae = AE(ae_title="PYGET")
+    ae.maximum_pdu_size = 1 << 20
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", archive.srv.dicom_port, ae_title=archive.srv.ae_title,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = STUDY
+    statuses = [s.Status for s, _ in assoc.send_c_get(
+        ident, StudyRootQueryRetrieveInformationModelGet)]
+    assoc.release()
+    assert statuses[-1] == 0x0000
+    assert len(received) == len(SIZES)
+    for sop, data in received.items():
+        assert data == archive.stored(sop)
+    assert archive.last_done("get.done")["sendfile"] == len(SIZES)
+
+
+def test_getscu_behind_a_slow_reader_gets_every_byte(archive, tmp_path):
+    # reads 16 KB through an 8 KB receive buffer, then pauses: the archive's socket fills
+    proxy = RecordingProxy(archive.srv.dicom_port, slow_delay=0.004)
+    try:
+        started = time.perf_counter()
+        _getscu(archive, tmp_path / "get", port=proxy.port)
+        assert time.perf_counter() - started > 0.2  # it was indeed slow (~500 pauses)
+    finally:
+        proxy.close()
+    done = archive.last_done("get.done")
+    assert (done["completed"], done["failed"], done["sendfile"]) == (len(SIZES), 0, len(SIZES))
+    assert done["sendfile_waits"] > 0  # the socket filled: partial sendfile writes waited
+
+
+def test_movescu_to_storescp_by_sendfile(archive, tmp_path):
+    out = tmp_path / "dest"
+    out.mkdir()
+    dest = subprocess.Popen([STORESCP, "-aet", "STORESCP", "-od", str(out),
+                             str(archive.dest_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        proc = subprocess.run(
+            [MOVESCU, "-S", "-aec", archive.srv.ae_title, "-aem", "STORESCP", "127.0.0.1",
+             str(archive.srv.dicom_port), "-k", "QueryRetrieveLevel=STUDY",
+             "-k", f"StudyInstanceUID={STUDY}"],
+            capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        files = sorted(out.iterdir())
+        assert len(files) == len(SIZES)
+        for f in files:
+            assert dataset_bytes(f) == archive.stored(_sop(f))
+    finally:
+        dest.terminate()
+        dest.wait(10)
+    done = archive.last_done("move.done")
+    assert (done["completed"], done["failed"], done["sendfile"]) == (len(SIZES), 0, len(SIZES))
