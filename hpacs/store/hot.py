@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -40,7 +41,10 @@ class HotStore:
         self._data_prefix = f"{self.data_dir}/"
         #: Held by a writer creating its directories until its rename, and by each rmdir.
         self._dirs_lock = threading.Lock()
-        self._tmp_prefix = f"{self.tmp}/"
+        # a random part per store object, then a counter: no getrandom call per instance,
+        # and still no clash with the names of another process (O_EXCL would refuse them)
+        self._tmp_prefix = f"{self.tmp}/{os.urandom(8).hex()}-"
+        self._tmp_seq = itertools.count()
 
     # -- layout -------------------------------------------------------------------------------
     @staticmethod
@@ -57,7 +61,7 @@ class HotStore:
         """A fresh temp file name in the same file system as the store (created O_EXCL by
         ``open_temp`` or by the C writer thread, store/sink.py). Plain strings, not Path
         objects: this runs once per instance on the ingest path."""
-        return f"{self._tmp_prefix}{os.urandom(16).hex()}.part"
+        return f"{self._tmp_prefix}{next(self._tmp_seq)}.part"
 
     def open_temp(self) -> tuple[int, str]:
         """A new temp file (O_EXCL) in the same file system as the store."""
