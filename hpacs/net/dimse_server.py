@@ -139,7 +139,7 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
     """
 
     #: Bytes one read may take.
-    RECV_BUFFER = 512 * 1024
+    RECV_BUFFER = 256 * 1024
 
     def __init__(self, server: DimseServer) -> None:
         self.server = server
