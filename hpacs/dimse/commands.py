@@ -180,10 +180,40 @@ def encode_command(command: Command) -> bytes:
     return _HEADER.pack(0, 0, 4) + _UL.pack(len(body)) + body
 
 
+#: The four US elements every response without a data set has, in tag order (between the
+#: Affected SOP Class UID and the Affected SOP Instance UID).
+_RSP_US = struct.Struct("<" + "HHIH" * 4)
+
+
+def _ui_element(tag: int, value: Any) -> bytes:
+    raw = str(value).encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += b"\0"
+    return _HEADER.pack(0, tag, len(raw)) + raw
+
+
+def _plain_response(request: Command, command_field: int, status: int) -> bytes:
+    """``response_to`` without extra elements, packed directly (every C-STORE-RSP): the same
+    bytes as ``encode_command`` of the same command (tests/dimse/test_commands.py)."""
+    sop_class = request.get(AFFECTED_SOP_CLASS_UID)
+    sop_instance = request.get(AFFECTED_SOP_INSTANCE_UID)
+    body = b"".join((
+        _ui_element(AFFECTED_SOP_CLASS_UID, sop_class) if sop_class else b"",
+        _RSP_US.pack(0, COMMAND_FIELD, 2, int(command_field),
+                     0, MESSAGE_ID_BEING_RESPONDED_TO, 2, request.get(MESSAGE_ID, 0),
+                     0, COMMAND_DATA_SET_TYPE, 2, NO_DATASET,
+                     0, STATUS, 2, status),
+        _ui_element(AFFECTED_SOP_INSTANCE_UID, sop_instance) if sop_instance else b"",
+    ))
+    return _HEADER.pack(0, 0, 4) + _UL.pack(len(body)) + body
+
+
 def response_to(
     request: Command, command_field: int, status: int, extra: Command | None = None
 ) -> bytes:
     """Encode the response to ``request`` (no data set) with ``status`` and extra elements."""
+    if not extra:
+        return _plain_response(request, command_field, status)
     command: Command = {
         COMMAND_FIELD: int(command_field),
         MESSAGE_ID_BEING_RESPONDED_TO: request.get(MESSAGE_ID, 0),

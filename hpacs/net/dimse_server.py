@@ -403,7 +403,9 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
             return
         if trace.ON:
             trace.stamp(receiver.trace, "last")
-        task = asyncio.ensure_future(self._finish_store(context_id, request, receiver))
+        # create_task, not ensure_future: no Python-level type checks for each instance
+        task = asyncio.get_running_loop().create_task(
+            self._finish_store(context_id, request, receiver))
         self.pending.add(task)
         task.add_done_callback(self._store_answered)
         self._stores += 1

@@ -14,7 +14,9 @@ so the common path (the directory exists) never waits.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -29,6 +31,14 @@ SUFFIX = ".dcm"
 _LEVELS = 4
 
 
+@functools.lru_cache(maxsize=4096)
+def _study_dir(study_uid: str) -> str:
+    """A study's directory relative to the data dir. Cached: the instances of a study arrive
+    together, and the SHA-1 (an OpenSSL context per call) was ~10 µs of each one's ingest."""
+    h = hashlib.sha1(study_uid.encode("ascii")).hexdigest()
+    return f"{HOT_DIR}/{h[0:2]}/{h[2:4]}/{study_uid}"
+
+
 class HotStore:
     def __init__(self, data_dir: Path, fsync: bool = True) -> None:
         self.data_dir = Path(data_dir)
@@ -40,14 +50,16 @@ class HotStore:
         self._data_prefix = f"{self.data_dir}/"
         #: Held by a writer creating its directories until its rename, and by each rmdir.
         self._dirs_lock = threading.Lock()
-        self._tmp_prefix = f"{self.tmp}/"
+        # a random part per store object, then a counter: no getrandom call per instance,
+        # and still no clash with the names of another process (O_EXCL would refuse them)
+        self._tmp_prefix = f"{self.tmp}/{os.urandom(8).hex()}-"
+        self._tmp_seq = itertools.count()
 
     # -- layout -------------------------------------------------------------------------------
     @staticmethod
     def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> str:
         """Path of an instance relative to the data dir (what the index stores)."""
-        h = hashlib.sha1(study_uid.encode("ascii")).hexdigest()
-        return f"{HOT_DIR}/{h[0:2]}/{h[2:4]}/{study_uid}/{series_uid}/{sop_uid}{SUFFIX}"
+        return f"{_study_dir(study_uid)}/{series_uid}/{sop_uid}{SUFFIX}"
 
     def absolute(self, relative: str) -> Path:
         return self.data_dir / relative
@@ -57,7 +69,7 @@ class HotStore:
         """A fresh temp file name in the same file system as the store (created O_EXCL by
         ``open_temp`` or by the C writer thread, store/sink.py). Plain strings, not Path
         objects: this runs once per instance on the ingest path."""
-        return f"{self._tmp_prefix}{os.urandom(16).hex()}.part"
+        return f"{self._tmp_prefix}{next(self._tmp_seq)}.part"
 
     def open_temp(self) -> tuple[int, str]:
         """A new temp file (O_EXCL) in the same file system as the store."""

@@ -230,6 +230,8 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Bytes the protocol queued by itself (A-ABORT, automatic A-ASSOCIATE-RJ)."""
+        if not self._outbox:  # nearly always: asked after every read
+            return b""
         out = b"".join(self._outbox)
         self._outbox.clear()
         return out

@@ -68,3 +68,38 @@ def test_malformed_command_sets_raise_command_error(raw):
 def test_arbitrary_bytes_only_raise_command_error(raw):
     with contextlib.suppress(c.CommandError):
         c.decode_command(raw)
+
+
+_uids = st.one_of(st.none(), st.just(""),
+                  st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,8}){0,6}", fullmatch=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(msg_id=st.integers(0, 0xFFFF), sop_class=_uids, sop_instance=_uids,
+       field=st.sampled_from([c.CommandField.C_STORE_RSP, c.CommandField.C_ECHO_RSP, 0x8020]),
+       code=st.integers(0, 0xFFFF))
+def test_plain_response_packs_what_encode_command_encodes(msg_id, sop_class, sop_instance, field,
+                                                          code):
+    request = {c.COMMAND_FIELD: 1, c.MESSAGE_ID: msg_id}
+    if sop_class is not None:
+        request[c.AFFECTED_SOP_CLASS_UID] = sop_class
+    if sop_instance is not None:
+        request[c.AFFECTED_SOP_INSTANCE_UID] = sop_instance
+    command = {c.COMMAND_FIELD: int(field), c.MESSAGE_ID_BEING_RESPONDED_TO: msg_id,
+               c.COMMAND_DATA_SET_TYPE: c.NO_DATASET, c.STATUS: code}
+    if sop_class:
+        command[c.AFFECTED_SOP_CLASS_UID] = sop_class
+    if sop_instance:
+        command[c.AFFECTED_SOP_INSTANCE_UID] = sop_instance
+    assert c.response_to(request, field, code) == c.encode_command(command)
+
+
+def test_success_response_is_read_back_by_pynetdicom():
+    request = {c.COMMAND_FIELD: c.CommandField.C_STORE_RQ, c.MESSAGE_ID: 7,
+               c.AFFECTED_SOP_CLASS_UID: "1.2.840.10008.5.1.4.1.1.2",
+               c.AFFECTED_SOP_INSTANCE_UID: "1.2.3.45"}
+    ds = decode(BytesIO(c.response_to(request, c.CommandField.C_STORE_RSP, 0)), True, True)
+    assert (ds.CommandField, ds.MessageIDBeingRespondedTo, ds.Status) == (0x8001, 7, 0)
+    assert ds.AffectedSOPInstanceUID == "1.2.3.45"
+    assert ds.AffectedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+    assert ds.CommandDataSetType == 0x0101
