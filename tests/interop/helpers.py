@@ -79,6 +79,15 @@ def stored_dataset_bytes(data_dir: Path, sop_uid: str) -> bytes:
         db.close()
 
 
+def remotes_config(path: Path, remotes: dict[str, int], head: str = "") -> Path:
+    """Write a TOML config at ``path``: ``head`` (other sections) then one ``[[remote]]`` per
+    AE title -> port on 127.0.0.1 (the C-MOVE destinations); returns ``path``."""
+    path.write_text(head + "".join(
+        f'[[remote]]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\n\n'
+        for ae, port in remotes.items()))
+    return path
+
+
 def sop_uid_of(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
 

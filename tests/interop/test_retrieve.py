@@ -31,6 +31,7 @@ from tests.factories import make_ct, uid, write
 from tests.interop.helpers import (
     dataset_bytes,
     open_index,
+    remotes_config,
     send_files,
     sop_uid_of,
     stored_dataset_bytes,
@@ -72,13 +73,7 @@ class QR:
 def qr(tmp_path_factory):
     base = tmp_path_factory.mktemp("retrieve")
     dest_port, down_port = free_port(), free_port()
-    config = base / "hpacs.toml"
-    config.write_text(
-        "[[remote]]\n"
-        f'ae_title = "STORESCP"\nhost = "127.0.0.1"\nport = {dest_port}\n\n'
-        "[[remote]]\n"
-        f'ae_title = "DOWN"\nhost = "127.0.0.1"\nport = {down_port}\n'
-    )
+    config = remotes_config(base / "hpacs.toml", {"STORESCP": dest_port, "DOWN": down_port})
     srv = start_server(base / "data", "--config", str(config))
     paths = [write(make_ct(1, 1, se, n, size=16), base / "files")
              for se in (1, 2) for n in range(1, 11)]

@@ -19,7 +19,13 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 
 from tests.conftest import free_port, start_server
 from tests.factories import make_ct, uid, write
-from tests.interop.helpers import dataset_bytes, send_files, sop_uid_of, stored_dataset_bytes
+from tests.interop.helpers import (
+    dataset_bytes,
+    remotes_config,
+    send_files,
+    sop_uid_of,
+    stored_dataset_bytes,
+)
 
 MOVESCU = "/usr/bin/movescu"
 STORESCP = "/usr/bin/storescp"
@@ -42,10 +48,8 @@ class Setup:
 def pm(tmp_path_factory):
     base = tmp_path_factory.mktemp("parallel-move")
     ports = {ae: free_port() for ae in ("FORKSCP", "ONESCP", "PYSCP", "DOWN")}
-    config = base / "hpacs.toml"
-    config.write_text(f"[dicom]\nmove_associations = {ASSOCIATIONS}\n\n" + "".join(
-        f'[[remote]]\nae_title = "{ae}"\nhost = "127.0.0.1"\nport = {port}\n\n'
-        for ae, port in ports.items()))
+    config = remotes_config(base / "hpacs.toml", ports,
+                            head=f"[dicom]\nmove_associations = {ASSOCIATIONS}\n\n")
     srv = start_server(base / "data", "--config", str(config))
     paths = [write(make_ct(7, 1, se, n, size=16), base / "files")
              for se in (1, 2) for n in range(1, 11)]

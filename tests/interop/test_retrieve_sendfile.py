@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -23,7 +22,9 @@ from tests.factories import make_ct, uid, write
 from tests.interop.helpers import (
     RecordingProxy,
     dataset_bytes,
+    remotes_config,
     send_files,
+    sop_uid_of,
     stored_dataset_bytes,
 )
 
@@ -56,9 +57,7 @@ class Archive:
 def archive(tmp_path_factory):
     base = tmp_path_factory.mktemp("sendfile")
     dest_port = free_port()
-    config = base / "hpacs.toml"
-    config.write_text(f'[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\n'
-                      f"port = {dest_port}\n")
+    config = remotes_config(base / "hpacs.toml", {"STORESCP": dest_port})
     srv = start_server(base / "data", "--config", str(config))
     paths = [write(make_ct(5, 1, 1, n, size=size), base / "files")
              for n, size in enumerate(SIZES, 1)]
@@ -69,8 +68,12 @@ def archive(tmp_path_factory):
     assert "internal_error" not in srv.log()
 
 
-def _sop(path: Path) -> str:
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+def _assert_received(archive: Archive, out: Path) -> None:
+    """``out`` holds one file per stored instance, each data set byte for byte as stored."""
+    files = sorted(out.iterdir())
+    assert len(files) == len(SIZES)
+    for f in files:
+        assert dataset_bytes(f) == archive.stored(sop_uid_of(f))
 
 
 def _getscu(archive: Archive, out: Path, *extra: str, port: int | None = None) -> None:
@@ -81,10 +84,7 @@ def _getscu(archive: Archive, out: Path, *extra: str, port: int | None = None) -
          "-k", f"StudyInstanceUID={STUDY}"],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    files = sorted(out.iterdir())
-    assert len(files) == len(SIZES)
-    for f in files:
-        assert dataset_bytes(f) == archive.stored(_sop(f))
+    _assert_received(archive, out)
 
 
 @pytest.mark.parametrize("pdu", [None, "131072"], ids=["16k-default", "128k"])
@@ -152,10 +152,7 @@ def test_movescu_to_storescp_by_sendfile(archive, tmp_path):
              "-k", f"StudyInstanceUID={STUDY}"],
             capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        files = sorted(out.iterdir())
-        assert len(files) == len(SIZES)
-        for f in files:
-            assert dataset_bytes(f) == archive.stored(_sop(f))
+        _assert_received(archive, out)
     finally:
         dest.terminate()
         dest.wait(10)

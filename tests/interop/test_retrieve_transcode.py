@@ -32,7 +32,7 @@ from pynetdicom.sop_class import (
 
 from hpacs.dicom.transfer_syntax import EXPLICIT_VR_BE, STORABLE
 from tests.conftest import free_port, require_tool, start_server, storage_test_files
-from tests.interop.helpers import send_files, sop_uid_of
+from tests.interop.helpers import remotes_config, send_files, sop_uid_of
 from tests.interop.test_store_pydicom_files import MALFORMED, expected_status
 
 GETSCU = "/usr/bin/getscu"  # not the venv's pynetdicom scripts of the same names
@@ -119,9 +119,7 @@ class Corpus:
 def corpus(tmp_path_factory):
     base = tmp_path_factory.mktemp("transcode")
     dest_port = free_port()
-    config = base / "hpacs.toml"
-    config.write_text(f'[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\n'
-                      f'port = {dest_port}\n')
+    config = remotes_config(base / "hpacs.toml", {"STORESCP": dest_port})
     srv = start_server(base / "data", "--config", str(config))
     try:
         c = Corpus(srv, base, dest_port)

@@ -38,7 +38,13 @@ from hpacs.ul import (
 )
 from tests.conftest import free_port, start_server
 from tests.factories import make_ct, uid, write
-from tests.interop.helpers import dataset_bytes, open_index, send_files, sop_uid_of
+from tests.interop.helpers import (
+    dataset_bytes,
+    open_index,
+    remotes_config,
+    send_files,
+    sop_uid_of,
+)
 from tests.test_cli import hpacs
 
 STUDY_GET = StudyRootQueryRetrieveInformationModelGet
@@ -64,11 +70,8 @@ def ws(tmp_path_factory):
     base = tmp_path_factory.mktemp("window")
     dest = start_server(base / "dest", ae_title="HPACSB")
     py_port, drop_port = free_port(), free_port()
-    config = base / "hpacs.toml"
-    config.write_text(
-        f'[[remote]]\nae_title = "HPACSB"\nhost = "127.0.0.1"\nport = {dest.dicom_port}\n\n'
-        f'[[remote]]\nae_title = "PYSCP"\nhost = "127.0.0.1"\nport = {py_port}\n\n'
-        f'[[remote]]\nae_title = "DROPPER"\nhost = "127.0.0.1"\nport = {drop_port}\n')
+    config = remotes_config(base / "hpacs.toml", {"HPACSB": dest.dicom_port, "PYSCP": py_port,
+                                                   "DROPPER": drop_port})
     srv = start_server(base / "data", "--config", str(config))
     paths = [write(make_ct(9, 1, se, n, size=16), base / "files")
              for se in (1, 2) for n in range(1, N // 2 + 1)]

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 from hpacs.dicom.part10 import read_file_meta
 from tests.conftest import ROOT, free_port, start_server, storage_test_files, wait_for
 from tests.factories import uid, write
-from tests.interop.helpers import dataset_bytes, open_index
+from tests.interop.helpers import dataset_bytes, open_index, remotes_config
 from tests.store.test_lifecycle import make_ct, make_dx, make_mr
 
 pytestmark = pytest.mark.interop
@@ -110,9 +110,7 @@ def twins(tmp_path_factory):
         originals[sop] = path
     originals = {k: v for k, v in originals.items() if k not in twice}
     dest_port = free_port()
-    config = base / "hpacs.toml"
-    config.write_text(f'[[remote]]\nae_title = "STORESCP"\nhost = "127.0.0.1"\n'
-                      f"port = {dest_port}\n")
+    config = remotes_config(base / "hpacs.toml", {"STORESCP": dest_port})
     hot = start_server(base / "hot", "--config", str(config), env=NO_PROMOTION)
     cold = start_server(base / "cold", "--config", str(config), env=NO_PROMOTION)
     yield Twins(hot, cold, originals, dest_port)
