@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 DuplicatePolicy = Literal["keep", "replace", "reject"]
 Durability = Literal["files", "sync"]
+SendfilePolicy = Literal["auto", "always", "never"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,12 @@ class DicomConfig:
     #: operations a peer may invoke on us without waiting. 1 turns it off (one at a time, what
     #: every peer that proposes no window gets anyway; values below 1 count as 1).
     async_window: int = 16
+    #: When a stored data set goes from the page cache to the socket by ``sendfile`` on
+    #: C-GET, C-MOVE and ``hpacs send``: "auto" only while more than one C-STORE may be
+    #: outstanding (an asynchronous operations window: there it cuts the server's CPU per
+    #: study ~30 %; one at a time, to dcmtk receivers writing files, it measured 0.84-0.96x
+    #: of the buffered path), "always", or "never".
+    sendfile: SendfilePolicy = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +223,10 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
             if isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             return tuple(str(v) for v in value)
-        if annotation in {"DuplicatePolicy", "Durability"}:
+        if annotation in {"DuplicatePolicy", "Durability", "SendfilePolicy"}:
             allowed = {"DuplicatePolicy": ("keep", "replace", "reject"),
-                       "Durability": ("files", "sync")}[annotation]
+                       "Durability": ("files", "sync"),
+                       "SendfilePolicy": ("auto", "always", "never")}[annotation]
             if value not in allowed:
                 raise ValueError(f"must be one of {', '.join(allowed)}")
             return value

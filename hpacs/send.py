@@ -194,9 +194,11 @@ def association_batches(items: list[StoredInstance]) -> list[list[StoredInstance
 
 async def send_items(items: list[StoredInstance], dest: RemoteAE, calling_ae: str,
                      timeout: float, progress=None, *, allow_lossy: bool = False,
-                     workers: int = 2, async_window: int = 1) -> SendReport:
+                     workers: int = 2, async_window: int = 1,
+                     sendfile: str = "auto") -> SendReport:
     """C-STORE every item to ``dest``, one association per batch of <= 128 contexts, up to
-    ``async_window`` C-STOREs outstanding where the destination grants that window.
+    ``async_window`` C-STOREs outstanding where the destination grants that window (data sets
+    by ``sendfile`` as ``dicom.sendfile`` says).
 
     An association lost mid-instance fails that instance and the rest go on a new association;
     one that cannot be established fails everything not sent yet."""
@@ -212,7 +214,7 @@ async def send_items(items: list[StoredInstance], dest: RemoteAE, calling_ae: st
         while pending:
             scu = StorageSCU(dest.host, dest.port, called_ae=dest.ae_title,
                              calling_ae=calling_ae, contexts=storage_contexts(pending),
-                             timeout=timeout, async_window=async_window)
+                             timeout=timeout, async_window=async_window, sendfile=sendfile)
             try:
                 await scu.connect()
             except AssociationFailed as exc:
@@ -353,7 +355,8 @@ async def _send_items(config: Config, args: argparse.Namespace, dest: RemoteAE,
         report = await send_items(items, dest, calling_ae, args.timeout, progress=bar.update,
                                   allow_lossy=config.pixels.allow_lossy_transcode,
                                   workers=config.pixels.transcode_workers,
-                                  async_window=config.dicom.async_window)
+                                  async_window=config.dicom.async_window,
+                                  sendfile=config.dicom.sendfile)
     warn = f", {report.warnings} with warning status" if report.warnings else ""
     skip = f", {len(skipped)} files skipped" if skipped else ""
     if report.window > 1:

@@ -32,7 +32,7 @@ from hpacs.dimse.retrieve import (
     store_request,
 )
 from hpacs.log import get_logger
-from hpacs.net.filesend import SocketSink
+from hpacs.net.filesend import SocketSink, sendfile_wanted
 from hpacs.net.storage_scu import (
     AssociationFailed,
     SendError,
@@ -265,13 +265,18 @@ class RetrieveService:
                 with contextlib.suppress(LocalProtocolError):
                     held += self.conn.send_data_buffers(context_id, True, subops.pending())
 
+    def _get_region(self) -> bool:
+        """This C-GET's data sets may go by ``sendfile`` (``dicom.sendfile`` and its window)."""
+        return self._get_sink().usable and sendfile_wanted(
+            self.server.config.dicom.sendfile, self._sub_window)
+
     def _open_ahead(self, items: list[StoredInstance], choices: list,
                     i: int) -> asyncio.Future | None:
         """Start opening (reading, or transcoding) item ``i`` if it can be sent."""
         if i >= len(items) or choices[i] is None:
             return None
         return start_open(items[i], choices[i][1], allow_lossy=self._allow_lossy,
-                          workers=self._transcode_workers, region=self._get_sink().usable)
+                          workers=self._transcode_workers, region=self._get_region())
 
     def _write_held(self, held: list) -> None:
         """Write a held pending response now (nothing follows it to carry it)."""
@@ -352,7 +357,8 @@ class RetrieveService:
                 scu = StorageSCU(remote.host, remote.port, called_ae=remote.ae_title,
                                  calling_ae=config.server.ae_title, contexts=contexts,
                                  timeout=config.dicom.acse_timeout,
-                                 async_window=config.dicom.async_window)
+                                 async_window=config.dicom.async_window,
+                                 sendfile=config.dicom.sendfile)
                 group.create_task(self._move_association(scu, plan, subops, context_id,
                                                          message_id, originator, remote))
         leftover = plan.leftover()

@@ -32,7 +32,7 @@ from hpacs.dimse import commands as cmd
 from hpacs.dimse.assembler import CommandReceived, DimseError, MessageAssembler
 from hpacs.dimse.retrieve import store_request
 from hpacs.log import get_logger
-from hpacs.net.filesend import SocketSink, dataset_offset_fast, resident
+from hpacs.net.filesend import SocketSink, dataset_offset_fast, resident, sendfile_wanted
 from hpacs.pixels.transcode import TranscodeError
 from hpacs.pixels.workers import run_transcode, transcoded_dataset
 from hpacs.store.tiers import open_source
@@ -339,6 +339,7 @@ class StorageSCU:
         max_pdu_length: int = 1 << 20,
         timeout: float = 30.0,
         async_window: int = 1,
+        sendfile: str = "auto",
     ) -> None:
         self.host = host
         self.port = port
@@ -350,6 +351,7 @@ class StorageSCU:
         ]
         self.timeout = timeout
         self.async_window = max(1, async_window)
+        self.sendfile_policy = sendfile  # ``dicom.sendfile``
         self.conn = Connection(Role.REQUESTOR, max_pdu_length=max_pdu_length)
         self.assembler = MessageAssembler()
         self._reader: asyncio.StreamReader | None = None
@@ -381,8 +383,10 @@ class StorageSCU:
 
     @property
     def sendfile(self) -> bool:
-        """Data sets sent as stored can go by ``sendfile`` (a plain TCP connection)."""
-        return self._sink is not None and self._sink.usable
+        """Data sets sent as stored can go by ``sendfile``: a plain TCP connection, and
+        ``dicom.sendfile`` allows it with the window the destination granted."""
+        return (self._sink is not None and self._sink.usable
+                and sendfile_wanted(self.sendfile_policy, self.window))
 
     @property
     def window(self) -> int:

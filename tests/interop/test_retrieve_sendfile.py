@@ -57,7 +57,9 @@ class Archive:
 def archive(tmp_path_factory):
     base = tmp_path_factory.mktemp("sendfile")
     dest_port = free_port()
-    config = remotes_config(base / "hpacs.toml", {"STORESCP": dest_port})
+    # "always": one C-STORE at a time (dcmtk, pynetdicom) "auto" would not use sendfile
+    config = remotes_config(base / "hpacs.toml", {"STORESCP": dest_port},
+                            head='[dicom]\nsendfile = "always"\n\n')
     srv = start_server(base / "data", "--config", str(config))
     paths = [write(make_ct(5, 1, 1, n, size=size), base / "files")
              for n, size in enumerate(SIZES, 1)]

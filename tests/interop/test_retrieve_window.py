@@ -169,7 +169,10 @@ def test_get_keeps_the_window_outstanding(ws, window, outstanding):
     assert len(pendings) == N - 1 and echo == 0
     remaining = [p.NumberOfRemainingSuboperations for p in pendings]
     assert remaining == sorted(remaining, reverse=True) and remaining[-1] == 1
-    assert f'"window": {outstanding}' in ws.srv.log().rsplit('"get.done"', 1)[1].split("\n")[0]
+    done = ws.srv.log().rsplit('"get.done"', 1)[1].split("\n")[0]
+    assert f'"window": {outstanding}' in done
+    # dicom.sendfile = "auto": data sets by sendfile only while several may be outstanding
+    assert f'"sendfile": {N if outstanding > 1 else 0},' in done
 
 
 def test_get_refusals_mid_window_are_listed_exactly(ws):
@@ -259,6 +262,7 @@ def test_move_to_a_second_hpacs_with_the_window(ws):
     assert [r.Status for r, _ in results[:-1]] == [0xFF00] * (N - 1)
     done = ws.srv.log().rsplit('"move.done"', 1)[1].split("\n")[0]
     assert f'"window": {SERVER_WINDOW}' in done
+    assert f'"sendfile": {N},' in done  # "auto" under the granted window
     # acknowledged means durable and indexed on the destination, bytes unchanged
     assert _index_has(ws.dest.data_dir, ws.uids) == []
     from tests.interop.helpers import stored_dataset_bytes
