@@ -310,6 +310,8 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
         if receiver is not None:
             if trace.ON:
                 trace.stamp(receiver.trace, "data0")
+                if last:  # before the hand-off: the writer thread may be done before we return
+                    trace.stamp(receiver.trace, "last")
             receiver.write_parts(parts, last)
             backlog = self.server.config.dicom.disk_backlog_bytes
             if receiver.sink.queued_bytes > backlog and not self._reading_paused:
@@ -401,7 +403,7 @@ class Association(FindService, RetrieveService, asyncio.BufferedProtocol):
             self.server.metrics.instances("refused").inc()
             self._respond(context_id, store_refused(request, code, comment))
             return
-        if trace.ON:
+        if trace.ON:  # stamped in _on_data already unless the last fragment came empty
             trace.stamp(receiver.trace, "last")
         # create_task, not ensure_future: no Python-level type checks for each instance
         task = asyncio.get_running_loop().create_task(
