@@ -47,11 +47,11 @@ def write_all(fd: int, chunks: Sequence) -> int:
             written = os.writev(fd, views[:_IOV_MAX])
         except InterruptedError:
             continue
-        _advance(views, written)
+        advance(views, written)
     return total
 
 
-def _advance(views: list[memoryview], written: int) -> None:
+def advance(views: list[memoryview], written: int) -> None:
     """Drop from ``views`` the ``written`` bytes that went out (a partly written view trimmed)."""
     while written and views:
         if written >= len(views[0]):
@@ -117,7 +117,7 @@ def _pwrite_all(fd: int, views: list, offset: int) -> None:
         except InterruptedError:
             continue
         offset += written
-        _advance(views, written)
+        advance(views, written)
 
 
 class _FileState:

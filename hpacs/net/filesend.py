@@ -24,6 +24,7 @@ import socket
 import ssl
 import struct
 
+from hpacs._ext.fileio import advance  # the one short-write advance (pure Python)
 from hpacs.log import get_logger
 
 log = get_logger("hpacs.scu")
@@ -187,11 +188,7 @@ class SocketSink:
             except BlockingIOError:
                 await self._writable()
                 continue
-            while views and sent >= len(views[0]):
-                sent -= len(views[0])
-                views.pop(0)
-            if sent:
-                views[0] = views[0][sent:]
+            advance(views, sent)
 
     async def _writable(self) -> None:
         """Wait until the socket takes more, without blocking the loop; ConnectionError when
