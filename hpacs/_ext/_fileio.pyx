@@ -925,3 +925,53 @@ cdef class Stream:
             pthread_mutex_lock(&s.lock)
             _defer_or_queue(s, job.file, job)
             pthread_mutex_unlock(&s.lock)
+
+
+# -- page-cache residency (the sendfile path of C-GET / C-MOVE, hpacs.net.filesend) ----------
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long long offset)
+    int munmap(void *addr, size_t length)
+    int mincore(void *addr, size_t length, unsigned char *vec)
+    int PROT_READ
+    int MAP_SHARED
+    void *MAP_FAILED
+
+cdef extern from "<unistd.h>" nogil:
+    long sysconf(int name)
+    int _SC_PAGESIZE
+
+#: Whether :func:`resident` can say yes here (the twin: when libc has mincore).
+MINCORE = True
+#: mincore's vector for files up to 4 MiB of 4 KiB pages lives on the stack; larger ones calloc.
+DEF VEC_STACK = 1024
+
+
+def resident(int fd, Py_ssize_t size):
+    """True when the first ``size`` bytes of ``fd`` are all in the page cache (reading them
+    cannot wait for the disk); False when not, or unknown. One call, no GIL: mmap, mincore,
+    munmap (through ctypes, the twin's way, this was ~6 % of a windowed C-GET's loop CPU)."""
+    cdef void *addr
+    cdef size_t page, pages, i
+    cdef unsigned char stack_vec[VEC_STACK]
+    cdef unsigned char *vec = stack_vec
+    cdef bint ok = False
+    if size <= 0:
+        return False
+    with nogil:
+        page = <size_t>sysconf(_SC_PAGESIZE)
+        pages = (<size_t>size + page - 1) // page
+        addr = mmap(NULL, <size_t>size, PROT_READ, MAP_SHARED, fd, 0)
+        if addr != MAP_FAILED:
+            if pages > VEC_STACK:
+                vec = <unsigned char *>calloc(pages, 1)
+            if vec != NULL and mincore(addr, <size_t>size, vec) == 0:
+                ok = True
+                for i in range(pages):
+                    if not (vec[i] & 1):
+                        ok = False
+                        break
+            if vec != stack_vec and vec != NULL:
+                free(vec)
+            munmap(addr, <size_t>size)
+    return ok
