@@ -17,12 +17,11 @@ from hpacs.dimse.retrieve import (
     PATIENT_ROOT_GET,
     STUDY_ROOT_MOVE,
     SubOperations,
-    store_request,
-    store_request_generic,
     choose_context,
     parse_retrieve,
     store_outcome,
     store_request,
+    store_request_generic,
 )
 
 JPEG = "1.2.840.10008.1.2.4.50"
