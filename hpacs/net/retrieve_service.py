@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
 from pathlib import Path
 
 from hpacs.dimse import commands as cmd
@@ -211,7 +210,7 @@ class RetrieveService:
         try:
             for i, item in enumerate(items):
                 while window.full:
-                    self._get_answered(await window.wait(), context_id, subops, held)
+                    self._get_answered(await self._get_wait(window), context_id, subops, held)
                 self._get_answered(window.done(), context_id, subops, held)
                 reason = self._stop_reason(message_id)
                 if reason is not None:
@@ -249,19 +248,41 @@ class RetrieveService:
                          held: list) -> None:
         """Await every outstanding sub-operation, writing each pending response at once."""
         while len(window):
-            self._get_answered(await window.wait(), context_id, subops, held)
+            self._get_answered(await self._get_wait(window), context_id, subops, held)
             self._write_held(held)
         self._write_held(held)
 
+    async def _get_wait(self, window: Outstanding) -> list:
+        """Answered sub-operations: at least one, or, when none answered within
+        ``dicom.idle_timeout``, every outstanding one given up (failed; each of them has
+        then waited at least that long for its response)."""
+        answered = await window.wait(self.server.config.dicom.idle_timeout)
+        if answered or not len(window):
+            return answered
+        expired = window.expire()
+        gone = {id(fut) for _, fut in expired}
+        for mid in [m for m, w in self._store_waiters.items() if id(w) in gone]:
+            del self._store_waiters[mid]
+        log.warning("get.response_timeout", ae=self.calling_ae, outstanding=len(expired))
+        return expired
+
     def _get_answered(self, answered: list, context_id: int, subops: SubOperations,
                       held: list) -> None:
-        """Count answered sub-operations ((SOP Instance UID, outcome or finished task)) and
-        queue a pending response for each while some remain."""
+        """Count answered sub-operations ((SOP Instance UID, outcome or the finished future of
+        the peer's C-STORE-RSP)) and queue a pending response while some remain.
+
+        One C-STORE outstanding (no window): a pending response after each sub-operation,
+        as before. Under a window, one pending response for all the sub-operations answered
+        since the last one went out: a held (unwritten) one is replaced by the newer counts.
+        PS3.4 C.4.3.3 makes pending responses optional; the final response's counts are
+        exact either way (checked with pynetdicom, dcmtk getscu)."""
         for uid, outcome in answered:
             if not isinstance(outcome, str):
-                outcome = outcome.result()
+                outcome = _store_rsp_outcome(outcome)
             subops.record(uid, outcome)
             if subops.remaining and not self.conn.closed:
+                if self._sub_window != 1:
+                    held.clear()  # only pending responses wait there: superseded
                 with contextlib.suppress(LocalProtocolError):
                     held += self.conn.send_data_buffers(context_id, True, subops.pending())
 
@@ -285,10 +306,11 @@ class RetrieveService:
             held.clear()
 
     async def _get_invoke(self, item: StoredInstance, context_id: int, opening: asyncio.Future,
-                          held: list) -> str | Awaitable[str]:
+                          held: list) -> str | asyncio.Future:
         """Invoke one C-GET sub-operation: our C-STORE-RQ on the peer's association (after
         ``held``, pending responses, in the same write). Returns the outcome when it failed
-        before going out, else the awaitable of its outcome (the peer's C-STORE-RSP)."""
+        before going out, else the future of the peer's C-STORE-RSP command (an exception
+        when the association goes; the idle timeout is :meth:`_get_wait`'s)."""
         try:
             opened = await opening
         except SendError as exc:
@@ -319,17 +341,7 @@ class RetrieveService:
             deferred, self._deferred = self._deferred, []
             for bufs in deferred:
                 self._write_buffers(bufs)
-        return self._get_response(message_id, waiter)
-
-    async def _get_response(self, message_id: int, waiter: asyncio.Future) -> str:
-        """The outcome of one invoked sub-operation; failed when its response does not come
-        within ``dicom.idle_timeout`` or the association goes."""
-        try:
-            response = await asyncio.wait_for(waiter, self.server.config.dicom.idle_timeout)
-        except (TimeoutError, ConnectionError):
-            self._store_waiters.pop(message_id, None)
-            return "failed"
-        return store_outcome(int(response.get(cmd.STATUS, status.PROCESSING_FAILURE)))
+        return waiter  # the C-STORE-RSP, matched by Message ID (no task per sub-operation)
 
     async def _move_suboperations(self, context_id: int, request: cmd.Command, message_id: int,
                                   remote, items: list[StoredInstance],
@@ -530,6 +542,14 @@ class _MovePlan:
         out = sorted(self._returned) + list(range(self._next, len(self.items)))
         self._returned, self._next = [], len(self.items)
         return out
+
+
+def _store_rsp_outcome(response: asyncio.Future) -> str:
+    """The outcome of a C-GET sub-operation from the future of its C-STORE-RSP: failed when
+    the association went or its response was given up."""
+    if response.cancelled() or response.exception() is not None:
+        return "failed"
+    return store_outcome(int(response.result().get(cmd.STATUS, status.PROCESSING_FAILURE)))
 
 
 def _close_opened(task: asyncio.Future) -> None:
