@@ -62,6 +62,23 @@ class RetrieveService:
     #: Data sets the last C-GET/C-MOVE sent by ``sendfile`` (logged with its outcome).
     _sub_sendfile = 0
 
+    #: The last C-MOVE's sub-associations still to release (after its final response).
+    _to_release: list[StorageSCU] | None = None
+    #: ms from the first sub-association's connect to its A-ASSOCIATE-AC (last C-MOVE).
+    _sub_connect_ms: float | None = None
+
+    def _release_sub_associations(self) -> int:
+        """Release the C-MOVE's sub-associations in the background, after its final response
+        went out: the C-MOVE SCU need not wait for the A-RELEASE exchange with the destination
+        (PS3.4 C.4.2.3 asks for the final response once the sub-operations are complete; the
+        sub-association's release is not one of them). Returns how many."""
+        scus, self._to_release = self._to_release or [], None
+        for scu in scus:
+            task = asyncio.ensure_future(scu.release())
+            _RELEASING.add(task)
+            task.add_done_callback(_RELEASING.discard)
+        return len(scus)
+
     def _get_sink(self) -> SocketSink:
         if self._sink is None:
             self._sink = SocketSink(self.transport)
@@ -116,6 +133,7 @@ class RetrieveService:
             return
         started = time.perf_counter()
         items = await self._list_instances(rq.query)
+        listed = time.perf_counter()
         subops = SubOperations(request, rsp_field, total=len(items),
                                explicit_vr=rq.explicit_vr, little_endian=rq.little_endian)
         if self.conn.closed:
@@ -128,18 +146,27 @@ class RetrieveService:
             cancelled = await self._get_suboperations(context_id, message_id, items, subops)
         else:
             assert remote is not None
-            cancelled, comment = await self._move_suboperations(
-                context_id, request, message_id, remote, items, subops)
+            try:
+                cancelled, comment = await self._move_suboperations(
+                    context_id, request, message_id, remote, items, subops)
+            except BaseException:
+                self._release_sub_associations()
+                raise
         if self.conn.closed:
+            self._release_sub_associations()
             return
         final, ident = subops.final(cancelled, comment)
         self._respond(context_id, final, ident)
+        released = self._release_sub_associations()
         log.info("get.done" if is_get else "move.done", ae=self.calling_ae, qr_level=rq.level,
                  destination=remote.ae_title if remote else None, total=subops.total,
                  completed=subops.completed, failed=subops.failed, warning=subops.warning,
                  status=hex(subops.final_status(cancelled)), window=self._sub_window,
                  sendfile=self._sub_sendfile, sendfile_waits=self._get_sink().waits - waits,
-                 ms=round((time.perf_counter() - started) * 1000, 2))
+                 ms=round((time.perf_counter() - started) * 1000, 2),
+                 **({} if is_get else {"list_ms": round((listed - started) * 1000, 2),
+                                       "connect_ms": self._sub_connect_ms,
+                                       "released_after": released}))
 
     async def _list_instances(self, query) -> list[StoredInstance]:
         """Every instance the query selects (UIDs and paths only, never data), page by page."""
@@ -364,6 +391,11 @@ class RetrieveService:
         wanted = max(1, min(config.dicom.move_associations, len(items)))
         plan = _MovePlan(items)
         originator = (self.calling_ae, message_id)
+        self._sub_connect_ms = None
+        # one sub-association: released after the final response; several: each as soon as
+        # it is out of instances (a destination serving one association at a time may hold
+        # the others' A-ASSOCIATE until then)
+        self._to_release = [] if wanted == 1 else None
         async with asyncio.TaskGroup() as group:
             for _ in range(wanted):
                 scu = StorageSCU(remote.host, remote.port, called_ae=remote.ae_title,
@@ -387,6 +419,7 @@ class RetrieveService:
                                 remote) -> None:
         """One sub-association: connect, send what is left in ``plan``, release at once (a
         destination serving one association at a time then accepts the next one)."""
+        connecting = time.perf_counter()
         try:
             await scu.connect()
         except AssociationFailed as exc:
@@ -395,12 +428,20 @@ class RetrieveService:
             plan.comment = plan.comment or f"destination {remote.ae_title}: {exc}"
             await scu.release()
             return
+        if self._sub_connect_ms is None:
+            self._sub_connect_ms = round((time.perf_counter() - connecting) * 1000, 2)
+        later = False
         try:
             await self._move_worker(scu, plan, subops, context_id, message_id, originator,
                                     remote)
+            # sent everything: released after the final C-MOVE response
+            later = self._to_release is not None and plan.exhausted and scu.alive
         finally:
             self._sub_sendfile += scu.sent_by_sendfile
-            await scu.release()
+            if later:
+                self._to_release.append(scu)  # type: ignore[union-attr]
+            else:
+                await scu.release()
 
     async def _move_worker(self, scu: StorageSCU, plan: _MovePlan, subops: SubOperations,
                            context_id: int, message_id: int, originator: tuple[str, int],
@@ -477,7 +518,9 @@ class RetrieveService:
     async def _move_answered(self, answered: list, context_id: int, subops: SubOperations,
                              plan: _MovePlan, remote, scu: StorageSCU) -> None:
         """Count answered sub-operations ((SOP Instance UID, outcome or finished task giving
-        the C-STORE-RSP status)), each followed by a pending C-MOVE response."""
+        the C-STORE-RSP status)), each followed by a pending C-MOVE response; under a window
+        (several C-STOREs outstanding) one pending response for the ones answered together
+        (optional responses, PS3.4 C.4.2.1.5; the counts stay exact)."""
         for uid, outcome in answered:
             if not isinstance(outcome, str):
                 try:
@@ -486,6 +529,9 @@ class RetrieveService:
                     self._move_lost(scu, plan, remote, exc)
                     outcome = "failed"
             subops.record(uid, outcome)
+            if scu.window == 1:
+                await self._move_pending(context_id, subops)
+        if scu.window != 1 and answered:
             await self._move_pending(context_id, subops)
 
     def _move_open(self, scu: StorageSCU,
@@ -537,11 +583,20 @@ class _MovePlan:
     def give_back(self, i: int) -> None:
         self._returned.append(i)
 
+    @property
+    def exhausted(self) -> bool:
+        """Every instance was taken (no other worker waits for one)."""
+        return not self._returned and self._next >= len(self.items)
+
     def leftover(self) -> list[int]:
         """Indexes no worker sent (and nobody will)."""
         out = sorted(self._returned) + list(range(self._next, len(self.items)))
         self._returned, self._next = [], len(self.items)
         return out
+
+
+#: Sub-association releases under way after their C-MOVE's final response (kept referenced).
+_RELEASING: set[asyncio.Future] = set()
 
 
 def _store_rsp_outcome(response: asyncio.Future) -> str:

@@ -265,7 +265,14 @@ def test_move_to_a_second_hpacs_with_the_window(ws):
     assoc.release()
     status, _ = results[-1]
     assert status.Status == 0 and status.NumberOfCompletedSuboperations == N
-    assert [r.Status for r, _ in results[:-1]] == [0xFF00] * (N - 1)
+    # under the window, the sub-operations answered together share one pending response
+    # (optional, PS3.4 C.4.2.1.5), each with exact, advancing counts
+    pendings = [r for r, _ in results[:-1]]
+    assert pendings and all(r.Status == 0xFF00 for r in pendings) and len(pendings) <= N - 1
+    remaining = [r.NumberOfRemainingSuboperations for r in pendings]
+    assert remaining == sorted(set(remaining), reverse=True) and min(remaining) >= 1
+    assert all(r.NumberOfCompletedSuboperations + r.NumberOfRemainingSuboperations == N
+               for r in pendings)
     done = ws.srv.log().rsplit('"move.done"', 1)[1].split("\n")[0]
     assert f'"window": {SERVER_WINDOW}' in done
     assert f'"sendfile": {N},' in done  # "auto" under the granted window
@@ -283,20 +290,31 @@ def test_move_to_pynetdicom_answering_no_window_gets_everything(ws):
         got.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
+    ended: list[str] = []
     scp = AE(ae_title="PYSCP")
     scp.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     server = scp.start_server(("127.0.0.1", ws.py_port), block=False,
-                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+                              evt_handlers=[(evt.EVT_C_STORE, on_store),
+                                            (evt.EVT_RELEASED, lambda e: ended.append("release")),
+                                            (evt.EVT_ABORTED, lambda e: ended.append("abort"))])
     try:
         ae = AE(ae_title="PYMOVE")
         ae.add_requested_context(STUDY_MOVE)
         assoc = ae.associate("127.0.0.1", ws.srv.dicom_port, ae_title=ws.srv.ae_title)
         results = list(assoc.send_c_move(study_identifier(), "PYSCP", STUDY_MOVE))
         assoc.release()
+        deadline = time.monotonic() + 10
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         server.shutdown()
     assert results[-1][0].Status == 0 and sorted(got) == sorted(ws.uids)
-    assert '"window": 1' in ws.srv.log().rsplit('"move.done"', 1)[1].split("\n")[0]
+    # one C-STORE at a time: a pending response after each sub-operation
+    assert [r.NumberOfRemainingSuboperations for r, _ in results[:-1]] == list(range(N - 1, 0, -1))
+    done = ws.srv.log().rsplit('"move.done"', 1)[1].split("\n")[0]
+    assert '"window": 1' in done
+    # the sub-association is released (not aborted) after the final response went out
+    assert '"released_after": 1' in done and ended == ["release"]
 
 
 def test_hpacs_send_to_hpacs_with_the_window(ws, tmp_path):
