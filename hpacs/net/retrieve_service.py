@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from pathlib import Path
 
 from hpacs.dimse import commands as cmd
 from hpacs.dimse import status
@@ -169,17 +169,16 @@ class RetrieveService:
                                        "released_after": released}))
 
     async def _list_instances(self, query) -> list[StoredInstance]:
-        """Every instance the query selects (UIDs and paths only, never data), page by page."""
-        db = self.server.ingestor.db
-        data_dir = Path(self.server.ingestor.hot.data_dir)
+        """Every instance the query selects (UIDs and paths only, never data), page by page:
+        the instance entries of the matches' rows as they are (an IMAGE-level query: the
+        match's own row is its instance entry; no merged attributes, no second look-up)."""
+        data_dir = os.fspath(self.server.ingestor.hot.data_dir)
+        tiers = self.server.tiers
         out: list[StoredInstance] = []
-        pages = self.server.query_engine.pages(query, page_size=256)
+        pages = self.server.query_engine.row_pages(query, page_size=256, views=False)
         try:
             for page in pages:
-                for match in page:
-                    entry = db.get_instance(match["SOPInstanceUID"])
-                    if entry is not None:
-                        out.append(stored_instance(entry, data_dir, self.server.tiers))
+                out += [stored_instance(rows[-1], data_dir, tiers) for rows in page]
                 await asyncio.sleep(0)
                 if self.conn.closed:
                     break
