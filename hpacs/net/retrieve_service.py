@@ -37,6 +37,7 @@ from hpacs.net.storage_scu import (
     SendError,
     StorageSCU,
     StoredInstance,
+    response_status,
     send_instance,
     start_open,
     storage_contexts,
@@ -457,8 +458,8 @@ class RetrieveService:
         try:
             while ahead is not None:
                 while window.full:
-                    await self._move_answered(await window.wait(), context_id, subops, plan,
-                                              remote, scu)
+                    await self._move_answered(await self._move_wait(window, scu), context_id,
+                                              subops, plan, remote, scu)
                 await self._move_answered(window.done(), context_id, subops, plan, remote,
                                           scu)
                 reason = self._stop_reason(message_id)
@@ -486,7 +487,7 @@ class RetrieveService:
                     continue
                 try:
                     response = await scu.invoke(item, sub_context, opened,
-                                                move_originator=originator)
+                                                move_originator=originator, untimed=True)
                 except (AssociationFailed, OSError) as exc:
                     self._move_lost(scu, plan, remote, exc)
                     await self._move_answered([(item.sop_instance_uid, "failed")], context_id,
@@ -496,8 +497,8 @@ class RetrieveService:
                     opened.close()
                 window.add(item.sop_instance_uid, response)
             while len(window):
-                await self._move_answered(await window.wait(), context_id, subops, plan,
-                                          remote, scu)
+                await self._move_answered(await self._move_wait(window, scu), context_id,
+                                          subops, plan, remote, scu)
         finally:
             window.cancel()
             if ahead is not None:
@@ -505,6 +506,17 @@ class RetrieveService:
                 if ahead[2] is not None:
                     ahead[2].add_done_callback(_close_opened)
                     ahead[2].cancel()
+
+    @staticmethod
+    async def _move_wait(window: Outstanding, scu: StorageSCU) -> list:
+        """Answered sub-operations: at least one; when none came within the association's
+        timeout, it is aborted and every outstanding one fails with it (as a timed-out
+        response does on :meth:`StorageSCU.invoke`'s own awaitable)."""
+        answered = await window.wait(scu.timeout)
+        if answered or not len(window):
+            return answered
+        scu.abort("no C-STORE response in time")  # fails every outstanding response
+        return await window.wait()
 
     def _move_lost(self, scu: StorageSCU, plan: _MovePlan, remote, exc: Exception) -> None:
         """Log a lost sub-association once and name it in the C-MOVE's Error Comment."""
@@ -523,7 +535,7 @@ class RetrieveService:
         for uid, outcome in answered:
             if not isinstance(outcome, str):
                 try:
-                    outcome = store_outcome(outcome.result())
+                    outcome = store_outcome(response_status(outcome))
                 except (AssociationFailed, OSError) as exc:
                     self._move_lost(scu, plan, remote, exc)
                     outcome = "failed"

@@ -318,6 +318,12 @@ async def send_instance(
     return False
 
 
+def response_status(response: asyncio.Future) -> int:
+    """The status of a finished :meth:`StorageSCU.invoke` (``untimed``) response future;
+    raises :class:`AssociationFailed` as the timed one would."""
+    return int(response.result().get(cmd.STATUS, 0xC000))
+
+
 class AssociationFailed(Exception):
     """Could not establish the association (refused, rejected, timed out, aborted)."""
 
@@ -508,12 +514,18 @@ class StorageSCU:
                                         move_originator=move_originator))
 
     async def invoke(self, item: StoredInstance, context_id: int, opened: OpenedInstance, *,
-                     move_originator: tuple[str, int] | None = None) -> Awaitable[int]:
+                     move_originator: tuple[str, int] | None = None,
+                     untimed: bool = False) -> Awaitable[int]:
         """Send one instance (the whole message: one caller at a time) and return the
         awaitable of its C-STORE-RSP status, matched by Message ID whatever the order the
         responses come in; that awaitable raises :class:`AssociationFailed` when the
         association goes or no response comes within ``timeout`` (the association is then
-        aborted). Raises :class:`AssociationFailed` now when the association is gone."""
+        aborted). Raises :class:`AssociationFailed` now when the association is gone.
+
+        ``untimed``: the awaitable is the bare future of the response command (no task and
+        no timer per instance); the caller then owns the timeout (:meth:`abort` when none of
+        its outstanding responses came within :attr:`timeout`) and reads the status with
+        :func:`response_status`."""
         if self._dead is not None:
             raise AssociationFailed(self._dead)
         message_id = next(self._ids) & 0xFFFF or next(self._ids)
@@ -533,7 +545,7 @@ class StorageSCU:
         finally:
             held, self._held = self._held, []
             self._write(held)
-        return self._response(waiter)
+        return waiter if untimed else self._response(waiter)
 
     async def _response(self, waiter: asyncio.Future) -> int:
         try:
@@ -556,14 +568,14 @@ class StorageSCU:
         finally:
             await self._close()
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "aborted") -> None:
         with contextlib.suppress(LocalProtocolError):
             self._write([self.conn.abort()])
         if self._writer is not None:
             self._writer.close()
         if self._sink is not None:
             self._sink.close()
-        self._fail("aborted")
+        self._fail(reason)
 
     async def _close(self) -> None:
         if self._sink is not None:

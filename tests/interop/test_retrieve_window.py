@@ -507,3 +507,62 @@ def test_move_destination_lost_mid_window(ws):
     assert "DROPPER" in status.ErrorComment and echo.Status == 0
     lost = [line for line in ws.srv.log().splitlines() if '"move.association_lost"' in line]
     assert len(lost) == 1  # once per lost association, however many were in flight
+
+
+class _Mute(Receiver):
+    """A storage SCP (hpacs's upper layer) granting a window of 8 that never answers one
+    C-STORE and answers every other at once."""
+
+    def __init__(self, conn: Connection, policy: AcceptorPolicy, mute_uid: str,
+                 answered: list[str]) -> None:
+        super().__init__(conn, policy)
+        self.mute_uid = mute_uid
+        self.answered = answered
+
+    def _reply(self, context_id: int, response: bytes) -> None:
+        sop = cmd.decode_command(response).get(cmd.AFFECTED_SOP_INSTANCE_UID, "")
+        if sop != self.mute_uid:
+            self.answered.append(sop)
+            super()._reply(context_id, response)
+
+
+def test_move_destination_response_timeout_under_the_window(ws, tmp_path):
+    """A destination that leaves one C-STORE unanswered: after ``dicom.acse_timeout`` with
+    no response the sub-association is aborted (the responses are awaited as plain futures,
+    one timeout per wait), the unanswered ones fail, and the counts add up."""
+    port = free_port()
+    config = remotes_config(tmp_path / "hpacs.toml", {"MUTE": port})
+    config.write_text("[dicom]\nacse_timeout = 1.5\n\n" + config.read_text())
+    srv = start_server(tmp_path / "data", "--config", str(config))
+    loop = asyncio.new_event_loop()
+    answered: list[str] = []
+    mute = ws.uids[N // 2]
+    policy = AcceptorPolicy(ae_title="MUTE", max_pdu_length=MAX_PDU, async_window=WINDOW)
+    server = loop.run_until_complete(loop.create_server(
+        lambda: _Mute(Connection(Role.ACCEPTOR, max_pdu_length=MAX_PDU), policy, mute,
+                      answered), "127.0.0.1", port))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert set(send_files(srv, ws.paths).values()) == {0}
+        ae = AE(ae_title="PYMOVE")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(STUDY_MOVE)
+        assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title)
+        started = time.monotonic()
+        results = list(assoc.send_c_move(study_identifier(), "MUTE", STUDY_MOVE))
+        seconds = time.monotonic() - started
+        assoc.release()
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        assert srv.stop() == 0, srv.log()
+    status, identifier = results[-1]
+    assert status.Status == 0xB000 and 1.5 <= seconds < 15
+    completed, failed = status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations
+    assert completed == len(answered) and completed + failed == N and failed >= 1
+    listed = identifier.FailedSOPInstanceUIDList
+    listed = [listed] if isinstance(listed, str) else list(listed)
+    assert mute in listed and sorted(listed) == sorted(set(ws.uids) - set(answered))
+    assert "no C-STORE response in time" in status.ErrorComment
