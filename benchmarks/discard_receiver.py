@@ -113,7 +113,8 @@ class Receiver(asyncio.BufferedProtocol):
 
     Reads go into one reused 1 MiB buffer (``recv_into``: no new ``bytes`` per read, and
     reads up to 1 MiB instead of the loop's 256 KiB); nothing keeps a view of it past
-    :meth:`buffer_updated` (data PDVs are only counted, a command's bytes are copied)."""
+    :meth:`buffer_updated` (data PDVs are only counted, a command's bytes are copied). What one read
+    answers goes out in one write when it has been handled."""
 
     def __init__(self, conn: Connection, policy: AcceptorPolicy | None = None,
                  get_identifier: bytes | None = None, tally: Tally | None = None) -> None:
@@ -132,6 +133,7 @@ class Receiver(asyncio.BufferedProtocol):
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
         self._buffer = memoryview(bytearray(READ_SIZE))
+        self._batch: list | None = None  # writes held while a read is handled
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -141,7 +143,22 @@ class Receiver(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._buffer[:nbytes])
+        """Handle one read; what it answers (C-STORE-RSPs of the data sets it completed) goes
+        out in one write at the end, not a send per response."""
+        self._batch = []
+        try:
+            self.data_received(self._buffer[:nbytes])
+        finally:
+            self.flush_batch()
+            self._batch = None
+
+    def flush_batch(self) -> None:
+        """Write what the read being handled has answered so far (now, not at its end)."""
+        batch, self._batch = self._batch, None
+        if batch:
+            self._send_buffers(batch)
+        if batch is not None:
+            self._batch = []
 
     def data_received(self, data) -> None:
         for event in self.conn.receive_data(data):
@@ -228,16 +245,19 @@ class Receiver(asyncio.BufferedProtocol):
         self._send_buffers(self.conn.send_data_buffers(context_id, True, response))
 
     def _send(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        if data:
+            self._send_buffers([data])
 
     def _send_buffers(self, buffers: list) -> None:
-        if buffers and self.transport is not None and not self.transport.is_closing():
+        if self._batch is not None:
+            self._batch += buffers
+        elif buffers and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(buffers)
 
     def _flush(self) -> None:
         self._send(self.conn.data_to_send())
         if self.conn.closed and self.transport is not None:
+            self.flush_batch()
             self.transport.close()
 
     def _finish(self, result) -> None:

@@ -470,6 +470,7 @@ class _Dropping(Receiver):
         super()._reply(context_id, response)
         self.answered.append(cmd.decode_command(response).get(cmd.AFFECTED_SOP_INSTANCE_UID))
         if len(self.answered) == 3:
+            self.flush_batch()
             self.transport.close()  # after the three responses, which go out first
 
 
