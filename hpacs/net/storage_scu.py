@@ -372,6 +372,7 @@ class StorageSCU:
         self._dead: str | None = None
         self._sink: SocketSink | None = None
         self._held: list = []  # written while a sendfile was under way
+        self._granted: int | None = None  # the window, once the association is accepted
         #: Data sets sent by ``sendfile`` on this association.
         self.sent_by_sendfile = 0
 
@@ -398,7 +399,11 @@ class StorageSCU:
 
     @property
     def window(self) -> int:
-        """C-STOREs we may have outstanding on this association (what the acceptor granted)."""
+        """C-STOREs we may have outstanding on this association (what the acceptor granted;
+        read once established: the negotiation's derivation was ~2 % of a C-MOVE's loop CPU
+        when asked per sub-operation)."""
+        if self._granted is not None:
+            return self._granted
         return self.conn.we_may_invoke or self.async_window
 
     async def connect(self) -> None:
@@ -427,6 +432,7 @@ class StorageSCU:
         except TimeoutError:
             self.abort()
             raise AssociationFailed("no A-ASSOCIATE response in time") from None
+        self._granted = self.conn.we_may_invoke or self.async_window
 
     async def _read_loop(self) -> None:
         assert self._reader is not None
