@@ -47,7 +47,6 @@ def sendfile_wanted(policy: str, window: int) -> bool:
     return policy == "always"
 
 
-
 #: (0002,0000) File Meta Information Group Length, UL, 4 bytes, after the preamble and "DICM".
 _GROUP_LENGTH = b"DICM\x02\x00\x00\x00UL\x04\x00"
 _UL = struct.Struct("<I")
