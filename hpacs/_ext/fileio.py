@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import mmap
 import os
 import sys
 import threading
@@ -399,3 +400,55 @@ class Committer:
                 state.pending += 1  # what is deferred behind it waits for it in turn
             self._todo.append(job)
             self._cond.notify()
+
+
+# -- page-cache residency (hpacs.net.filesend) ----------------------------------------------
+
+def _mman_calls():
+    """libc's mmap/mincore/munmap through ctypes (Python exposes no mincore); None elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mmap_, mincore, munmap = libc.mmap, libc.mincore, libc.munmap
+    except (OSError, AttributeError):
+        return None
+    mmap_.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_int64]
+    mmap_.restype = ctypes.c_void_p
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    mincore.restype = ctypes.c_int
+    munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    munmap.restype = ctypes.c_int
+    return mmap_, mincore, munmap
+
+
+_LIBC = _mman_calls()
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_PAGE = mmap.PAGESIZE
+_vec = ctypes.create_string_buffer(1024)
+
+
+def resident(fd: int, size: int) -> bool:
+    """True when the first ``size`` bytes of the file are all in the page cache (reading
+    them cannot wait for the disk). False when unknown (no mincore here)."""
+    global _vec
+    if _LIBC is None or size <= 0:
+        return False
+    mmap_, mincore, munmap = _LIBC
+    addr = mmap_(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == _MAP_FAILED:
+        return False
+    try:
+        pages = (size + _PAGE - 1) // _PAGE
+        if len(_vec) < pages:
+            _vec = ctypes.create_string_buffer(pages * 2)
+        if mincore(addr, size, _vec) != 0:
+            return False
+        # bit 0 of each byte: that page is resident
+        return b"\x00" not in ctypes.string_at(_vec, pages).translate(_LOW_BIT)
+    finally:
+        munmap(addr, size)
+
+
+_LOW_BIT = bytes(b & 1 for b in range(256))
+#: Whether :func:`resident` can say yes here (the compiled module: always, Linux).
+MINCORE = _LIBC is not None

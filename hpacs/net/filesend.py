@@ -17,19 +17,21 @@ back by the caller (:attr:`SocketSink.busy`).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import mmap
 import os
 import socket
 import ssl
 import struct
 
+from hpacs._ext import load
 from hpacs._ext.fileio import advance  # the one short-write advance (pure Python)
 from hpacs.log import get_logger
 
 log = get_logger("hpacs.scu")
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+#: ``resident(fd, size)``: compiled (one call, no GIL) unless HPACS_PURE=1 (the ctypes twin).
+_fileio = load("fileio", "file I/O")[0]
+resident = _fileio.resident
 #: How often a wait for the socket looks whether the transport was closed meanwhile.
 _POLL_S = 0.5
 
@@ -44,53 +46,6 @@ def sendfile_wanted(policy: str, window: int) -> bool:
         return window != 1
     return policy == "always"
 
-
-def _libc_calls():
-    """libc's mmap/mincore/munmap through ctypes (Python exposes no mincore); None elsewhere."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        mmap_, mincore, munmap = libc.mmap, libc.mincore, libc.munmap
-    except (OSError, AttributeError):
-        return None
-    mmap_.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_int64]
-    mmap_.restype = ctypes.c_void_p
-    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    mincore.restype = ctypes.c_int
-    munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    munmap.restype = ctypes.c_int
-    return mmap_, mincore, munmap
-
-
-_LIBC = _libc_calls()
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_PAGE = mmap.PAGESIZE
-_vec = ctypes.create_string_buffer(1024)
-
-
-def resident(fd: int, size: int) -> bool:
-    """True when the first ``size`` bytes of the file are all in the page cache (reading
-    them cannot wait for the disk). False when unknown (no mincore here)."""
-    global _vec
-    if _LIBC is None or size <= 0:
-        return False
-    mmap_, mincore, munmap = _LIBC
-    addr = mmap_(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    if addr is None or addr == _MAP_FAILED:
-        return False
-    try:
-        pages = (size + _PAGE - 1) // _PAGE
-        if len(_vec) < pages:
-            _vec = ctypes.create_string_buffer(pages * 2)
-        if mincore(addr, size, _vec) != 0:
-            return False
-        # bit 0 of each byte: that page is resident
-        return b"\x00" not in ctypes.string_at(_vec, pages).translate(_LOW_BIT)
-    finally:
-        munmap(addr, size)
-
-
-_LOW_BIT = bytes(b & 1 for b in range(256))
 
 #: (0002,0000) File Meta Information Group Length, UL, 4 bytes, after the preamble and "DICM".
 _GROUP_LENGTH = b"DICM\x02\x00\x00\x00UL\x04\x00"
@@ -122,7 +77,7 @@ class SocketSink:
         self._fd = -1
         sock = transport.get_extra_info("socket") if transport is not None else None
         self.usable = bool(
-            sock is not None and hasattr(os, "sendfile") and _LIBC is not None
+            sock is not None and hasattr(os, "sendfile") and _fileio.MINCORE
             and transport.get_extra_info("sslcontext") is None  # type: ignore[union-attr]
             and not isinstance(sock, ssl.SSLSocket)
             and getattr(sock, "type", socket.SOCK_STREAM) == socket.SOCK_STREAM)

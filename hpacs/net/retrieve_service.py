@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
-from collections.abc import Awaitable
-from pathlib import Path
 
 from hpacs.dimse import commands as cmd
 from hpacs.dimse import status
@@ -38,6 +37,7 @@ from hpacs.net.storage_scu import (
     SendError,
     StorageSCU,
     StoredInstance,
+    response_status,
     send_instance,
     start_open,
     storage_contexts,
@@ -62,6 +62,23 @@ class RetrieveService:
     _sink: SocketSink | None = None
     #: Data sets the last C-GET/C-MOVE sent by ``sendfile`` (logged with its outcome).
     _sub_sendfile = 0
+
+    #: The last C-MOVE's sub-associations still to release (after its final response).
+    _to_release: list[StorageSCU] | None = None
+    #: ms from the first sub-association's connect to its A-ASSOCIATE-AC (last C-MOVE).
+    _sub_connect_ms: float | None = None
+
+    def _release_sub_associations(self) -> int:
+        """Release the C-MOVE's sub-associations in the background, after its final response
+        went out: the C-MOVE SCU need not wait for the A-RELEASE exchange with the destination
+        (PS3.4 C.4.2.3 asks for the final response once the sub-operations are complete; the
+        sub-association's release is not one of them). Returns how many."""
+        scus, self._to_release = self._to_release or [], None
+        for scu in scus:
+            task = asyncio.ensure_future(scu.release())
+            _RELEASING.add(task)
+            task.add_done_callback(_RELEASING.discard)
+        return len(scus)
 
     def _get_sink(self) -> SocketSink:
         if self._sink is None:
@@ -117,6 +134,7 @@ class RetrieveService:
             return
         started = time.perf_counter()
         items = await self._list_instances(rq.query)
+        listed = time.perf_counter()
         subops = SubOperations(request, rsp_field, total=len(items),
                                explicit_vr=rq.explicit_vr, little_endian=rq.little_endian)
         if self.conn.closed:
@@ -129,31 +147,39 @@ class RetrieveService:
             cancelled = await self._get_suboperations(context_id, message_id, items, subops)
         else:
             assert remote is not None
-            cancelled, comment = await self._move_suboperations(
-                context_id, request, message_id, remote, items, subops)
+            try:
+                cancelled, comment = await self._move_suboperations(
+                    context_id, request, message_id, remote, items, subops)
+            except BaseException:
+                self._release_sub_associations()
+                raise
         if self.conn.closed:
+            self._release_sub_associations()
             return
         final, ident = subops.final(cancelled, comment)
         self._respond(context_id, final, ident)
+        released = self._release_sub_associations()
         log.info("get.done" if is_get else "move.done", ae=self.calling_ae, qr_level=rq.level,
                  destination=remote.ae_title if remote else None, total=subops.total,
                  completed=subops.completed, failed=subops.failed, warning=subops.warning,
                  status=hex(subops.final_status(cancelled)), window=self._sub_window,
                  sendfile=self._sub_sendfile, sendfile_waits=self._get_sink().waits - waits,
-                 ms=round((time.perf_counter() - started) * 1000, 2))
+                 ms=round((time.perf_counter() - started) * 1000, 2),
+                 **({} if is_get else {"list_ms": round((listed - started) * 1000, 2),
+                                       "connect_ms": self._sub_connect_ms,
+                                       "released_after": released}))
 
     async def _list_instances(self, query) -> list[StoredInstance]:
-        """Every instance the query selects (UIDs and paths only, never data), page by page."""
-        db = self.server.ingestor.db
-        data_dir = Path(self.server.ingestor.hot.data_dir)
+        """Every instance the query selects (UIDs and paths only, never data), page by page:
+        the instance entries of the matches' rows as they are (an IMAGE-level query: the
+        match's own row is its instance entry; no merged attributes, no second look-up)."""
+        data_dir = os.fspath(self.server.ingestor.hot.data_dir)
+        tiers = self.server.tiers
         out: list[StoredInstance] = []
-        pages = self.server.query_engine.pages(query, page_size=256)
+        pages = self.server.query_engine.row_pages(query, page_size=256, views=False)
         try:
             for page in pages:
-                for match in page:
-                    entry = db.get_instance(match["SOPInstanceUID"])
-                    if entry is not None:
-                        out.append(stored_instance(entry, data_dir, self.server.tiers))
+                out += [stored_instance(rows[-1], data_dir, tiers) for rows in page]
                 await asyncio.sleep(0)
                 if self.conn.closed:
                     break
@@ -211,7 +237,7 @@ class RetrieveService:
         try:
             for i, item in enumerate(items):
                 while window.full:
-                    self._get_answered(await window.wait(), context_id, subops, held)
+                    self._get_answered(await self._get_wait(window), context_id, subops, held)
                 self._get_answered(window.done(), context_id, subops, held)
                 reason = self._stop_reason(message_id)
                 if reason is not None:
@@ -249,19 +275,41 @@ class RetrieveService:
                          held: list) -> None:
         """Await every outstanding sub-operation, writing each pending response at once."""
         while len(window):
-            self._get_answered(await window.wait(), context_id, subops, held)
+            self._get_answered(await self._get_wait(window), context_id, subops, held)
             self._write_held(held)
         self._write_held(held)
 
+    async def _get_wait(self, window: Outstanding) -> list:
+        """Answered sub-operations: at least one, or, when none answered within
+        ``dicom.idle_timeout``, every outstanding one given up (failed; each of them has
+        then waited at least that long for its response)."""
+        answered = await window.wait(self.server.config.dicom.idle_timeout)
+        if answered or not len(window):
+            return answered
+        expired = window.expire()
+        gone = {id(fut) for _, fut in expired}
+        for mid in [m for m, w in self._store_waiters.items() if id(w) in gone]:
+            del self._store_waiters[mid]
+        log.warning("get.response_timeout", ae=self.calling_ae, outstanding=len(expired))
+        return expired
+
     def _get_answered(self, answered: list, context_id: int, subops: SubOperations,
                       held: list) -> None:
-        """Count answered sub-operations ((SOP Instance UID, outcome or finished task)) and
-        queue a pending response for each while some remain."""
+        """Count answered sub-operations ((SOP Instance UID, outcome or the finished future of
+        the peer's C-STORE-RSP)) and queue a pending response while some remain.
+
+        One C-STORE outstanding (no window): a pending response after each sub-operation,
+        as before. Under a window, one pending response for all the sub-operations answered
+        since the last one went out: a held (unwritten) one is replaced by the newer counts.
+        PS3.4 C.4.3.3 makes pending responses optional; the final response's counts are
+        exact either way (checked with pynetdicom, dcmtk getscu)."""
         for uid, outcome in answered:
             if not isinstance(outcome, str):
-                outcome = outcome.result()
+                outcome = _store_rsp_outcome(outcome)
             subops.record(uid, outcome)
             if subops.remaining and not self.conn.closed:
+                if self._sub_window != 1:
+                    held.clear()  # only pending responses wait there: superseded
                 with contextlib.suppress(LocalProtocolError):
                     held += self.conn.send_data_buffers(context_id, True, subops.pending())
 
@@ -285,10 +333,11 @@ class RetrieveService:
             held.clear()
 
     async def _get_invoke(self, item: StoredInstance, context_id: int, opening: asyncio.Future,
-                          held: list) -> str | Awaitable[str]:
+                          held: list) -> str | asyncio.Future:
         """Invoke one C-GET sub-operation: our C-STORE-RQ on the peer's association (after
         ``held``, pending responses, in the same write). Returns the outcome when it failed
-        before going out, else the awaitable of its outcome (the peer's C-STORE-RSP)."""
+        before going out, else the future of the peer's C-STORE-RSP command (an exception
+        when the association goes; the idle timeout is :meth:`_get_wait`'s)."""
         try:
             opened = await opening
         except SendError as exc:
@@ -319,17 +368,7 @@ class RetrieveService:
             deferred, self._deferred = self._deferred, []
             for bufs in deferred:
                 self._write_buffers(bufs)
-        return self._get_response(message_id, waiter)
-
-    async def _get_response(self, message_id: int, waiter: asyncio.Future) -> str:
-        """The outcome of one invoked sub-operation; failed when its response does not come
-        within ``dicom.idle_timeout`` or the association goes."""
-        try:
-            response = await asyncio.wait_for(waiter, self.server.config.dicom.idle_timeout)
-        except (TimeoutError, ConnectionError):
-            self._store_waiters.pop(message_id, None)
-            return "failed"
-        return store_outcome(int(response.get(cmd.STATUS, status.PROCESSING_FAILURE)))
+        return waiter  # the C-STORE-RSP, matched by Message ID (no task per sub-operation)
 
     async def _move_suboperations(self, context_id: int, request: cmd.Command, message_id: int,
                                   remote, items: list[StoredInstance],
@@ -352,6 +391,11 @@ class RetrieveService:
         wanted = max(1, min(config.dicom.move_associations, len(items)))
         plan = _MovePlan(items)
         originator = (self.calling_ae, message_id)
+        self._sub_connect_ms = None
+        # one sub-association: released after the final response; several: each as soon as
+        # it is out of instances (a destination serving one association at a time may hold
+        # the others' A-ASSOCIATE until then)
+        self._to_release = [] if wanted == 1 else None
         async with asyncio.TaskGroup() as group:
             for _ in range(wanted):
                 scu = StorageSCU(remote.host, remote.port, called_ae=remote.ae_title,
@@ -375,6 +419,7 @@ class RetrieveService:
                                 remote) -> None:
         """One sub-association: connect, send what is left in ``plan``, release at once (a
         destination serving one association at a time then accepts the next one)."""
+        connecting = time.perf_counter()
         try:
             await scu.connect()
         except AssociationFailed as exc:
@@ -383,12 +428,20 @@ class RetrieveService:
             plan.comment = plan.comment or f"destination {remote.ae_title}: {exc}"
             await scu.release()
             return
+        if self._sub_connect_ms is None:
+            self._sub_connect_ms = round((time.perf_counter() - connecting) * 1000, 2)
+        later = False
         try:
             await self._move_worker(scu, plan, subops, context_id, message_id, originator,
                                     remote)
+            # sent everything: released after the final C-MOVE response
+            later = self._to_release is not None and plan.exhausted and scu.alive
         finally:
             self._sub_sendfile += scu.sent_by_sendfile
-            await scu.release()
+            if later:
+                self._to_release.append(scu)  # type: ignore[union-attr]
+            else:
+                await scu.release()
 
     async def _move_worker(self, scu: StorageSCU, plan: _MovePlan, subops: SubOperations,
                            context_id: int, message_id: int, originator: tuple[str, int],
@@ -405,8 +458,8 @@ class RetrieveService:
         try:
             while ahead is not None:
                 while window.full:
-                    await self._move_answered(await window.wait(), context_id, subops, plan,
-                                              remote, scu)
+                    await self._move_answered(await self._move_wait(window, scu), context_id,
+                                              subops, plan, remote, scu)
                 await self._move_answered(window.done(), context_id, subops, plan, remote,
                                           scu)
                 reason = self._stop_reason(message_id)
@@ -434,7 +487,7 @@ class RetrieveService:
                     continue
                 try:
                     response = await scu.invoke(item, sub_context, opened,
-                                                move_originator=originator)
+                                                move_originator=originator, untimed=True)
                 except (AssociationFailed, OSError) as exc:
                     self._move_lost(scu, plan, remote, exc)
                     await self._move_answered([(item.sop_instance_uid, "failed")], context_id,
@@ -444,8 +497,8 @@ class RetrieveService:
                     opened.close()
                 window.add(item.sop_instance_uid, response)
             while len(window):
-                await self._move_answered(await window.wait(), context_id, subops, plan,
-                                          remote, scu)
+                await self._move_answered(await self._move_wait(window, scu), context_id,
+                                          subops, plan, remote, scu)
         finally:
             window.cancel()
             if ahead is not None:
@@ -453,6 +506,17 @@ class RetrieveService:
                 if ahead[2] is not None:
                     ahead[2].add_done_callback(_close_opened)
                     ahead[2].cancel()
+
+    @staticmethod
+    async def _move_wait(window: Outstanding, scu: StorageSCU) -> list:
+        """Answered sub-operations: at least one; when none came within the association's
+        timeout, it is aborted and every outstanding one fails with it (as a timed-out
+        response does on :meth:`StorageSCU.invoke`'s own awaitable)."""
+        answered = await window.wait(scu.timeout)
+        if answered or not len(window):
+            return answered
+        scu.abort("no C-STORE response in time")  # fails every outstanding response
+        return await window.wait()
 
     def _move_lost(self, scu: StorageSCU, plan: _MovePlan, remote, exc: Exception) -> None:
         """Log a lost sub-association once and name it in the C-MOVE's Error Comment."""
@@ -465,15 +529,20 @@ class RetrieveService:
     async def _move_answered(self, answered: list, context_id: int, subops: SubOperations,
                              plan: _MovePlan, remote, scu: StorageSCU) -> None:
         """Count answered sub-operations ((SOP Instance UID, outcome or finished task giving
-        the C-STORE-RSP status)), each followed by a pending C-MOVE response."""
+        the C-STORE-RSP status)), each followed by a pending C-MOVE response; under a window
+        (several C-STOREs outstanding) one pending response for the ones answered together
+        (optional responses, PS3.4 C.4.2.1.5; the counts stay exact)."""
         for uid, outcome in answered:
             if not isinstance(outcome, str):
                 try:
-                    outcome = store_outcome(outcome.result())
+                    outcome = store_outcome(response_status(outcome))
                 except (AssociationFailed, OSError) as exc:
                     self._move_lost(scu, plan, remote, exc)
                     outcome = "failed"
             subops.record(uid, outcome)
+            if scu.window == 1:
+                await self._move_pending(context_id, subops)
+        if scu.window != 1 and answered:
             await self._move_pending(context_id, subops)
 
     def _move_open(self, scu: StorageSCU,
@@ -525,11 +594,28 @@ class _MovePlan:
     def give_back(self, i: int) -> None:
         self._returned.append(i)
 
+    @property
+    def exhausted(self) -> bool:
+        """Every instance was taken (no other worker waits for one)."""
+        return not self._returned and self._next >= len(self.items)
+
     def leftover(self) -> list[int]:
         """Indexes no worker sent (and nobody will)."""
         out = sorted(self._returned) + list(range(self._next, len(self.items)))
         self._returned, self._next = [], len(self.items)
         return out
+
+
+#: Sub-association releases under way after their C-MOVE's final response (kept referenced).
+_RELEASING: set[asyncio.Future] = set()
+
+
+def _store_rsp_outcome(response: asyncio.Future) -> str:
+    """The outcome of a C-GET sub-operation from the future of its C-STORE-RSP: failed when
+    the association went or its response was given up."""
+    if response.cancelled() or response.exception() is not None:
+        return "failed"
+    return store_outcome(int(response.result().get(cmd.STATUS, status.PROCESSING_FAILURE)))
 
 
 def _close_opened(task: asyncio.Future) -> None:

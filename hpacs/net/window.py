@@ -28,7 +28,8 @@ class Outstanding:
         return bool(self.size) and len(self._tasks) >= self.size
 
     def add(self, key: Any, response: Awaitable) -> None:
-        """Track ``response`` (a coroutine or future giving the sub-operation's outcome)."""
+        """Track ``response`` (a coroutine or future giving the sub-operation's outcome; a
+        future is tracked as it is, no task per sub-operation)."""
         self._tasks[asyncio.ensure_future(response)] = key
 
     def done(self) -> list[tuple[Any, asyncio.Future]]:
@@ -38,11 +39,19 @@ class Outstanding:
             del self._tasks[task]
         return finished
 
-    async def wait(self) -> list[tuple[Any, asyncio.Future]]:
-        """At least one finished response (none if nothing is outstanding)."""
+    async def wait(self, timeout: float | None = None) -> list[tuple[Any, asyncio.Future]]:
+        """At least one finished response (none if nothing is outstanding, or when none
+        finished within ``timeout`` seconds)."""
         if self._tasks and not any(task.done() for task in self._tasks):
-            await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(list(self._tasks), timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
         return self.done()
+
+    def expire(self) -> list[tuple[Any, asyncio.Future]]:
+        """Give up on every outstanding response (cancelled, taken out): (key, future)."""
+        expired = list(self._tasks.items())
+        self.cancel()
+        return [(key, task) for task, key in expired]
 
     def cancel(self) -> None:
         """Stop awaiting whatever is left (the caller gave up on the association)."""

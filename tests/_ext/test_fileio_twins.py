@@ -462,3 +462,27 @@ def test_stream_commit_runs_after_its_presync_on_the_same_thread(tmp_path, mod, 
     assert list(tmp_path.glob("*.part")) == []
     for _token, written, presynced, taken, synced, renamed in committer.traces:
         assert 0 < written <= presynced <= taken <= synced <= renamed
+
+
+@pytest.mark.parametrize("mod", TWINS)
+def test_resident_follows_the_page_cache(tmp_path, mod):
+    """Both say whether every page of the first ``size`` bytes is cached, the compiled one
+    also past its on-stack vector (files over 4 MiB)."""
+    for size in (1, 4096, 526_000, (6 << 20) + 17):
+        path = tmp_path / f"f{size}.bin"
+        path.write_bytes(os.urandom(size))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert mod.MINCORE
+            assert mod.resident(fd, size)
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+            assert mod.resident(fd, size) is False
+            os.pread(fd, size // 2, 0)  # the first half (and read-ahead) back
+            if size // 2:
+                assert mod.resident(fd, size // 2)
+            os.pread(fd, size, 0)
+            assert mod.resident(fd, size)
+            assert mod.resident(fd, 0) is False
+        finally:
+            os.close(fd)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -19,6 +21,7 @@ from hpacs.dimse.retrieve import (
     parse_retrieve,
     store_outcome,
     store_request,
+    store_request_generic,
 )
 
 JPEG = "1.2.840.10008.1.2.4.50"
@@ -129,3 +132,33 @@ def test_store_request_carries_move_originator():
     assert c[cmd.MESSAGE_ID] == 70000 & 0xFFFF
     assert c[cmd.MOVE_ORIGINATOR_AE_TITLE] == "ORIG" and c[cmd.MOVE_ORIGINATOR_MESSAGE_ID] == 5
     assert c[cmd.AFFECTED_SOP_INSTANCE_UID] == "1.2.3"
+
+
+# ----------------------------------------------------- packed sub-operation commands (oracle)
+_UIDS = st.text("0123456789.", min_size=1, max_size=64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(mid=st.integers(0, 0x1FFFF), sop_class=_UIDS, sop=_UIDS,
+       originator=st.none() | st.tuples(st.text("ABCDEFGHIJKLMNOP _-0123", min_size=1,
+                                                max_size=16), st.integers(0, 0xFFFF)))
+def test_store_request_packed_is_the_generic_encoding(mid, sop_class, sop, originator):
+    packed = store_request(mid, sop_class, sop, move_originator=originator)
+    assert packed == store_request_generic(mid, sop_class, sop, move_originator=originator)
+    decoded = cmd.decode_command(packed)
+    assert decoded[cmd.MESSAGE_ID] == mid & 0xFFFF
+    assert decoded[cmd.AFFECTED_SOP_INSTANCE_UID] == sop
+
+
+@settings(max_examples=200, deadline=None)
+@given(field=st.sampled_from([cmd.CommandField.C_GET_RSP, cmd.CommandField.C_MOVE_RSP]),
+       mid=st.integers(0, 0xFFFF), sop_class=_UIDS, total=st.integers(0, 70_000),
+       outcomes=st.lists(st.sampled_from(["completed", "failed", "warning"]), max_size=40))
+def test_pending_packed_is_the_generic_encoding(field, mid, sop_class, total, outcomes):
+    request = {cmd.COMMAND_FIELD: int(field) & 0x0FFF, cmd.MESSAGE_ID: mid,
+               cmd.AFFECTED_SOP_CLASS_UID: sop_class}
+    subops = SubOperations(request, field, total=total + len(outcomes))
+    for i, outcome in enumerate(outcomes):
+        subops.record(f"1.2.{i}", outcome)
+        assert subops.pending() == cmd.response_to(request, field, 0xFF00,
+                                                   subops._counts(True))

@@ -166,9 +166,15 @@ def test_get_keeps_the_window_outstanding(ws, window, outstanding):
     assert status.NumberOfFailedSuboperations == status.NumberOfWarningSuboperations == 0
     assert sorted(received) == sorted(ws.uids)  # every instance, each once
     assert queued == [outstanding - 1]  # the C-STORE-RQs that came in behind the first
-    assert len(pendings) == N - 1 and echo == 0
+    assert echo == 0
+    # one pending response per sub-operation without a window; under one, the sub-operations
+    # answered together share one (PS3.4 C.4.3.3: pending responses are optional), the counts
+    # of each exact and strictly advancing
+    assert len(pendings) == N - 1 if outstanding == 1 else 1 <= len(pendings) <= N - 1
     remaining = [p.NumberOfRemainingSuboperations for p in pendings]
-    assert remaining == sorted(remaining, reverse=True) and remaining[-1] == 1
+    assert remaining == sorted(set(remaining), reverse=True) and min(remaining) >= 1
+    assert all(p.NumberOfCompletedSuboperations + p.NumberOfRemainingSuboperations == N
+               for p in pendings)
     done = ws.srv.log().rsplit('"get.done"', 1)[1].split("\n")[0]
     assert f'"window": {outstanding}' in done
     # dicom.sendfile = "auto": data sets by sendfile only while several may be outstanding
@@ -259,7 +265,14 @@ def test_move_to_a_second_hpacs_with_the_window(ws):
     assoc.release()
     status, _ = results[-1]
     assert status.Status == 0 and status.NumberOfCompletedSuboperations == N
-    assert [r.Status for r, _ in results[:-1]] == [0xFF00] * (N - 1)
+    # under the window, the sub-operations answered together share one pending response
+    # (optional, PS3.4 C.4.2.1.5), each with exact, advancing counts
+    pendings = [r for r, _ in results[:-1]]
+    assert pendings and all(r.Status == 0xFF00 for r in pendings) and len(pendings) <= N - 1
+    remaining = [r.NumberOfRemainingSuboperations for r in pendings]
+    assert remaining == sorted(set(remaining), reverse=True) and min(remaining) >= 1
+    assert all(r.NumberOfCompletedSuboperations + r.NumberOfRemainingSuboperations == N
+               for r in pendings)
     done = ws.srv.log().rsplit('"move.done"', 1)[1].split("\n")[0]
     assert f'"window": {SERVER_WINDOW}' in done
     assert f'"sendfile": {N},' in done  # "auto" under the granted window
@@ -277,20 +290,31 @@ def test_move_to_pynetdicom_answering_no_window_gets_everything(ws):
         got.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
+    ended: list[str] = []
     scp = AE(ae_title="PYSCP")
     scp.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
     server = scp.start_server(("127.0.0.1", ws.py_port), block=False,
-                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+                              evt_handlers=[(evt.EVT_C_STORE, on_store),
+                                            (evt.EVT_RELEASED, lambda e: ended.append("release")),
+                                            (evt.EVT_ABORTED, lambda e: ended.append("abort"))])
     try:
         ae = AE(ae_title="PYMOVE")
         ae.add_requested_context(STUDY_MOVE)
         assoc = ae.associate("127.0.0.1", ws.srv.dicom_port, ae_title=ws.srv.ae_title)
         results = list(assoc.send_c_move(study_identifier(), "PYSCP", STUDY_MOVE))
         assoc.release()
+        deadline = time.monotonic() + 10
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         server.shutdown()
     assert results[-1][0].Status == 0 and sorted(got) == sorted(ws.uids)
-    assert '"window": 1' in ws.srv.log().rsplit('"move.done"', 1)[1].split("\n")[0]
+    # one C-STORE at a time: a pending response after each sub-operation
+    assert [r.NumberOfRemainingSuboperations for r, _ in results[:-1]] == list(range(N - 1, 0, -1))
+    done = ws.srv.log().rsplit('"move.done"', 1)[1].split("\n")[0]
+    assert '"window": 1' in done
+    # the sub-association is released (not aborted) after the final response went out
+    assert '"released_after": 1' in done and ended == ["release"]
 
 
 def test_hpacs_send_to_hpacs_with_the_window(ws, tmp_path):
@@ -446,6 +470,7 @@ class _Dropping(Receiver):
         super()._reply(context_id, response)
         self.answered.append(cmd.decode_command(response).get(cmd.AFFECTED_SOP_INSTANCE_UID))
         if len(self.answered) == 3:
+            self.flush_batch()
             self.transport.close()  # after the three responses, which go out first
 
 
@@ -483,3 +508,62 @@ def test_move_destination_lost_mid_window(ws):
     assert "DROPPER" in status.ErrorComment and echo.Status == 0
     lost = [line for line in ws.srv.log().splitlines() if '"move.association_lost"' in line]
     assert len(lost) == 1  # once per lost association, however many were in flight
+
+
+class _Mute(Receiver):
+    """A storage SCP (hpacs's upper layer) granting a window of 8 that never answers one
+    C-STORE and answers every other at once."""
+
+    def __init__(self, conn: Connection, policy: AcceptorPolicy, mute_uid: str,
+                 answered: list[str]) -> None:
+        super().__init__(conn, policy)
+        self.mute_uid = mute_uid
+        self.answered = answered
+
+    def _reply(self, context_id: int, response: bytes) -> None:
+        sop = cmd.decode_command(response).get(cmd.AFFECTED_SOP_INSTANCE_UID, "")
+        if sop != self.mute_uid:
+            self.answered.append(sop)
+            super()._reply(context_id, response)
+
+
+def test_move_destination_response_timeout_under_the_window(ws, tmp_path):
+    """A destination that leaves one C-STORE unanswered: after ``dicom.acse_timeout`` with
+    no response the sub-association is aborted (the responses are awaited as plain futures,
+    one timeout per wait), the unanswered ones fail, and the counts add up."""
+    port = free_port()
+    config = remotes_config(tmp_path / "hpacs.toml", {"MUTE": port})
+    config.write_text("[dicom]\nacse_timeout = 1.5\n\n" + config.read_text())
+    srv = start_server(tmp_path / "data", "--config", str(config))
+    loop = asyncio.new_event_loop()
+    answered: list[str] = []
+    mute = ws.uids[N // 2]
+    policy = AcceptorPolicy(ae_title="MUTE", max_pdu_length=MAX_PDU, async_window=WINDOW)
+    server = loop.run_until_complete(loop.create_server(
+        lambda: _Mute(Connection(Role.ACCEPTOR, max_pdu_length=MAX_PDU), policy, mute,
+                      answered), "127.0.0.1", port))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert set(send_files(srv, ws.paths).values()) == {0}
+        ae = AE(ae_title="PYMOVE")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(STUDY_MOVE)
+        assoc = ae.associate("127.0.0.1", srv.dicom_port, ae_title=srv.ae_title)
+        started = time.monotonic()
+        results = list(assoc.send_c_move(study_identifier(), "MUTE", STUDY_MOVE))
+        seconds = time.monotonic() - started
+        assoc.release()
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        assert srv.stop() == 0, srv.log()
+    status, identifier = results[-1]
+    assert status.Status == 0xB000 and 1.5 <= seconds < 15
+    completed, failed = status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations
+    assert completed == len(answered) and completed + failed == N and failed >= 1
+    listed = identifier.FailedSOPInstanceUIDList
+    listed = [listed] if isinstance(listed, str) else list(listed)
+    assert mute in listed and sorted(listed) == sorted(set(ws.uids) - set(answered))
+    assert "no C-STORE response in time" in status.ErrorComment

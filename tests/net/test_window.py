@@ -45,3 +45,19 @@ def test_zero_is_unlimited(size: int) -> None:
         window.cancel()
 
     asyncio.run(run())
+
+
+def test_wait_times_out_and_expire_gives_up():
+    async def main():
+        loop = asyncio.get_running_loop()
+        window = Outstanding(2)
+        late, never = loop.create_future(), loop.create_future()
+        window.add("late", late)
+        window.add("never", never)
+        assert await window.wait(0.01) == [] and len(window) == 2
+        late.set_result("ok")
+        assert [(k, f.result()) for k, f in await window.wait(5)] == [("late", "ok")]
+        expired = window.expire()
+        assert [k for k, _ in expired] == ["never"] and never.cancelled() and not len(window)
+
+    asyncio.run(main())
