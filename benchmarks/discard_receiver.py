@@ -15,6 +15,11 @@ answers each C-STORE-RQ with success the moment that fragment arrives:
   each ``--syntax``; ``--window N`` proposes performing up to N C-STOREs at once); prints
   the final counts, bytes, its own clock and CPU as JSON, and exits 0 only if the C-GET
   succeeded with the expected count;
+- ``python -m benchmarks.discard_receiver move HOST PORT --aec AE --dest AE --study UID``: C-MOVE
+  SCU (Study Root, STUDY level) moving the study to ``--dest``; prints the final counts and its
+  own clock, connect to release, as JSON (``benchmarks.retrieve``'s ``fmove`` cells: movescu's
+  start-up, 30-50 ms on this machine, is then not in the time), exits 0 only if the C-MOVE
+  succeeded with the expected count;
 - :class:`FindSCU` (used by ``benchmarks.query`` and ``hpacs bench query``): sequential C-FINDs on
   one association that count the pending responses and never decode an identifier, so a query
   with 1,000 matches costs the client a few µs per match (pynetdicom: ~1 ms, dcmtk findscu ~26 µs).
@@ -58,6 +63,7 @@ from hpacs.ul import (
 MAX_PDU = 1 << 20
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 #: Pending statuses of C-FIND/C-GET responses (PS3.4 C.4.1.1.4: 0xFF01 = optional keys unsupported).
 PENDING = (status.PENDING, 0xFF01)
@@ -100,6 +106,10 @@ class Tally:
             os.pwrite(self.fd, b"%20d\n" % self.count, 0)
 
 
+#: Responses to what a requestor sent, counted while pending, the final one ends ``done``.
+_REQUESTED_RSP = (cmd.CommandField.C_FIND_RSP, cmd.CommandField.C_GET_RSP,
+                  cmd.CommandField.C_MOVE_RSP)
+
 #: Bytes the receiver asks the socket for per read (one reused buffer, see Receiver.get_buffer).
 READ_SIZE = 1 << 20
 
@@ -107,8 +117,9 @@ READ_SIZE = 1 << 20
 class Receiver(asyncio.BufferedProtocol):
     """One association: answers C-STORE (and C-ECHO) requests, discards every data set.
 
-    As a requestor it sends C-GET/C-FIND requests (:meth:`request`; with ``get_identifier``
-    the C-GET goes out once accepted), counts their pending responses in ``pending_responses``
+    As a requestor it sends C-GET/C-MOVE/C-FIND requests (:meth:`request`; with
+    ``get_identifier`` the C-GET, or with ``move_destination`` too the C-MOVE, goes out once
+    accepted), counts their pending responses in ``pending_responses``
     and finishes ``done`` with the final response's command.
 
     Reads go into one reused 1 MiB buffer (``recv_into``: no new ``bytes`` per read, and
@@ -117,10 +128,12 @@ class Receiver(asyncio.BufferedProtocol):
     answers goes out in one write when it has been handled."""
 
     def __init__(self, conn: Connection, policy: AcceptorPolicy | None = None,
-                 get_identifier: bytes | None = None, tally: Tally | None = None) -> None:
+                 get_identifier: bytes | None = None, tally: Tally | None = None,
+                 move_destination: str | None = None) -> None:
         self.conn = conn
         self.policy = policy
         self.get_identifier = get_identifier
+        self.move_destination = move_destination
         self.tally = tally
         self.data_bytes = 0
         self.transport: asyncio.Transport | None = None
@@ -170,7 +183,12 @@ class Receiver(asyncio.BufferedProtocol):
             elif isinstance(event, AssociationAccepted):
                 if not self.accepted.done():
                     self.accepted.set_result(None)
-                if self.get_identifier is not None:
+                if self.get_identifier is None:
+                    pass
+                elif self.move_destination is not None:
+                    self.request(STUDY_ROOT_MOVE, cmd.CommandField.C_MOVE_RQ,
+                                 self.get_identifier, self.move_destination)
+                else:
                     self.request(STUDY_ROOT_GET, cmd.CommandField.C_GET_RQ, self.get_identifier)
             elif isinstance(event, AssociationRejected):
                 error = RuntimeError(f"rejected: {event.reject}")
@@ -199,8 +217,7 @@ class Receiver(asyncio.BufferedProtocol):
             return
         if pdv.is_last and not self.command:
             field, code = response_status(pdv.data)
-            if code in PENDING and field in (cmd.CommandField.C_FIND_RSP,
-                                             cmd.CommandField.C_GET_RSP):
+            if code in PENDING and field in _REQUESTED_RSP:
                 self.pending_responses += 1  # the common case, without decoding the command
                 return
         self.command += pdv.data
@@ -214,29 +231,33 @@ class Receiver(asyncio.BufferedProtocol):
         elif field == cmd.CommandField.C_ECHO_RQ:
             self._reply(pdv.context_id, cmd.response_to(
                 command, cmd.CommandField.C_ECHO_RSP, status.SUCCESS))
-        elif field in (cmd.CommandField.C_GET_RSP, cmd.CommandField.C_FIND_RSP):
+        elif field in _REQUESTED_RSP:
             if command.get(cmd.STATUS) in PENDING:
                 self.pending_responses += 1
             else:
                 self._finish(command)
 
-    def request(self, sop_class: str, field: int, identifier: bytes) -> asyncio.Future:
-        """Send a C-GET/C-FIND request with ``identifier`` (encoded in the context's transfer
-        syntax) on the context accepted for ``sop_class``; returns the future of its final
-        response (``done``), with ``pending_responses`` counted from zero."""
+    def request(self, sop_class: str, field: int, identifier: bytes,
+                move_destination: str | None = None) -> asyncio.Future:
+        """Send a C-GET/C-MOVE/C-FIND request with ``identifier`` (encoded in the context's
+        transfer syntax) on the context accepted for ``sop_class``; returns the future of its
+        final response (``done``), with ``pending_responses`` counted from zero."""
         context_id = next(cid for cid, (abstract, _) in self.conn.accepted_contexts.items()
                           if abstract == sop_class)
         self.message_id += 1
         self.pending_responses = 0
         if self.done.done():
             self.done = asyncio.get_running_loop().create_future()
-        request = cmd.encode_command({
+        elements = {
             cmd.COMMAND_FIELD: int(field),
             cmd.AFFECTED_SOP_CLASS_UID: sop_class,
             cmd.MESSAGE_ID: self.message_id,
             cmd.PRIORITY: 0,
             cmd.COMMAND_DATA_SET_TYPE: 0x0000,
-        })
+        }
+        if move_destination is not None:
+            elements[cmd.MOVE_DESTINATION] = move_destination
+        request = cmd.encode_command(elements)
         self._send_buffers(self.conn.send_data_buffers(context_id, True, request)
                            + self.conn.send_data_buffers(context_id, False, identifier))
         return self.done
@@ -368,38 +389,62 @@ def identifier(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+async def _retrieve(host: str, port: int, receiver: Receiver, request: AssociateRequest,
+                    expect: int | None, received) -> int:
+    """Connect, run the request ``receiver`` sends once accepted, release; print the final
+    counts and the clock (connect to release) as JSON. 0 only for a Success with ``expect``
+    instances (``received(receiver, final)`` counts them)."""
+    loop = asyncio.get_running_loop()
+    started, cpu0 = time.perf_counter(), time.process_time()
+    transport, _ = await loop.create_connection(lambda: receiver, host, port)
+    transport.write(receiver.conn.request_association(request))
+    final = await asyncio.wait_for(receiver.done, 600)
+    with contextlib.suppress(Exception):
+        transport.write(receiver.conn.release_request())
+        await asyncio.wait_for(receiver.closed, 5)  # the peer's A-RELEASE-RP, then close
+    transport.close()
+    count = received(receiver, final)
+    print(json.dumps({"status": hex(final.get(cmd.STATUS, -1)),
+                      "completed": final.get(cmd.COMPLETED_SUBOPERATIONS, 0),
+                      "failed": final.get(cmd.FAILED_SUBOPERATIONS, 0),
+                      "received": count, "bytes": receiver.data_bytes,
+                      "pending_responses": receiver.pending_responses,
+                      "window": list(receiver.conn.async_window),
+                      "ms": round((time.perf_counter() - started) * 1000, 2),
+                      "cpu_ms": round((time.process_time() - cpu0) * 1000, 2)}))
+    ok = final.get(cmd.STATUS) == status.SUCCESS and (expect is None or count == expect)
+    return 0 if ok else 1
+
+
 async def get(host: str, port: int, aec: str, aet: str, study: str, sop_classes: list[str],
               expect: int | None, max_pdu: int = MAX_PDU, syntaxes: tuple[str, ...] = (),
               window: int = 1) -> int:
-    loop = asyncio.get_running_loop()
-    started, cpu0 = time.perf_counter(), time.process_time()
-    conn = Connection(Role.REQUESTOR, max_pdu_length=max_pdu)
     contexts = [PresentationContext(1, STUDY_ROOT_GET, UNCOMPRESSED[:1])]
     offered = tuple(dict.fromkeys((*syntaxes, *UNCOMPRESSED)))
     contexts += [PresentationContext(3 + 2 * i, uid, offered)
                  for i, uid in enumerate(sop_classes)]
-    receiver = Receiver(conn, get_identifier=_study_identifier(study))
-    transport, _ = await loop.create_connection(lambda: receiver, host, port)
-    transport.write(conn.request_association(AssociateRequest(
+    conn = Connection(Role.REQUESTOR, max_pdu_length=max_pdu)
+    request = AssociateRequest(
         called_ae=aec, calling_ae=aet, presentation_contexts=tuple(contexts),
         max_pdu_length=max_pdu, role_selections=tuple(
             RoleSelection(uid, False, True) for uid in sop_classes),
         # one C-GET invoked; up to `window` of the server's C-STOREs performed at once
-        async_ops_window=(1, window) if window != 1 else None)))
-    final = await asyncio.wait_for(receiver.done, 600)
-    with contextlib.suppress(Exception):
-        transport.write(conn.release_request())
-        await asyncio.wait_for(receiver.closed, 5)  # the peer's A-RELEASE-RP, then close
-    transport.close()
-    completed = final.get(cmd.COMPLETED_SUBOPERATIONS, 0)
-    print(json.dumps({"status": hex(final.get(cmd.STATUS, -1)), "completed": completed,
-                      "failed": final.get(cmd.FAILED_SUBOPERATIONS, 0),
-                      "received": receiver.stored, "bytes": receiver.data_bytes,
-                      "window": list(conn.async_window),
-                      "ms": round((time.perf_counter() - started) * 1000, 2),
-                      "cpu_ms": round((time.process_time() - cpu0) * 1000, 2)}))
-    ok = final.get(cmd.STATUS) == status.SUCCESS and (expect is None or receiver.stored == expect)
-    return 0 if ok else 1
+        async_ops_window=(1, window) if window != 1 else None)
+    return await _retrieve(host, port, Receiver(conn, get_identifier=_study_identifier(study)),
+                           request, expect, lambda receiver, _final: receiver.stored)
+
+
+async def move(host: str, port: int, aec: str, aet: str, study: str, dest: str,
+               expect: int | None) -> int:
+    """A C-MOVE of ``study`` to ``dest``: the instances arrive there, so the count checked is
+    the final response's Completed (the benchmark also counts what the destination got)."""
+    conn = Connection(Role.REQUESTOR, max_pdu_length=MAX_PDU)
+    request = AssociateRequest(
+        called_ae=aec, calling_ae=aet, max_pdu_length=MAX_PDU,
+        presentation_contexts=(PresentationContext(1, STUDY_ROOT_MOVE, UNCOMPRESSED[:1]),))
+    receiver = Receiver(conn, get_identifier=_study_identifier(study), move_destination=dest)
+    return await _retrieve(host, port, receiver, request, expect,
+                           lambda _receiver, final: final.get(cmd.COMPLETED_SUBOPERATIONS, 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,6 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--window", type=int, default=1,
                    help="propose performing up to N of the server's C-STOREs at once "
                         "(asynchronous operations window; 1 = propose none, as dcmtk)")
+    m = sub.add_parser("move")
+    m.add_argument("host")
+    m.add_argument("port", type=int)
+    m.add_argument("--aec", required=True)
+    m.add_argument("--aet", default="BENCHGET")
+    m.add_argument("--dest", required=True, help="the move destination's AE title")
+    m.add_argument("--study", required=True)
+    m.add_argument("--expect", type=int)
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -437,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(args.port, args.ae, args.count_file, args.window))
         return 0
+    if args.mode == "move":
+        return asyncio.run(move(args.host, args.port, args.aec, args.aet, args.study,
+                                args.dest, args.expect))
     return asyncio.run(get(args.host, args.port, args.aec, args.aet, args.study,
                            args.sop_class or [CT_IMAGE_STORAGE], args.expect, args.max_pdu,
                            tuple(args.syntax), args.window))

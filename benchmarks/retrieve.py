@@ -18,6 +18,10 @@ receiver (the report names the receiver of every number):
   ``benchmarks/discard_receiver.py scp`` (``discard``, any number of associations at once).
   (movescu moving to itself with ``--port`` takes ~1.4 s for either server: a client artefact,
   so separate destinations are used.)
+- C-MOVE by the fast SCU (``fmove`` cells, "C-MOVE study (fast SCU)"): the same moves to the
+  discard receivers and the second hpacs, requested by ``benchmarks/discard_receiver.py move``
+  and timed by its own clock, connect to release, like the C-GET ``discard`` cells: movescu's
+  own start-up (30-50 ms here, as long as echoscu's) is then not in the time.
 
 The C-MOVE cells also time ``dcmtk-storescu``: dcmtk's ``storescu`` sending the study's files
 straight to the same destination, no archive in between. It is the floor the destination and a
@@ -71,6 +75,10 @@ MOVE_DESTINATIONS = {"ignore": "DISCARD", "ignore-128k": "DISCARD128K", "files":
 RECEIVERS = ("ignore", "ignore-128k", "files", "discard", "discard-w8", "hpacs")
 #: Receivers that are C-MOVE destinations only (a second hpacs is no C-GET SCU).
 MOVE_ONLY = ("hpacs",)
+#: C-MOVE destinations the fast C-MOVE SCU (``fmove`` cells) moves to.
+FAST_MOVE_RECEIVERS = ("discard", "discard-w8", "hpacs")
+#: mode -> operation label of the report
+MODES = (("get", "C-GET study"), ("move", "C-MOVE study"), ("fmove", "C-MOVE study (fast SCU)"))
 #: Window the ``discard-w8`` receiver proposes (C-GET) and grants (C-MOVE destination).
 RECEIVER_WINDOW = 8
 STORESCU = "dcmtk-storescu"  # the C-MOVE cells' reference: the files sent with no archive
@@ -102,6 +110,14 @@ def retrieve_once(peer: peers_mod.Peer, study: str, mode: str, receiver: str,
                   files_dest: peers_mod.Peer, expect: int) -> tuple[float, int | None]:
     """(wall seconds, instances received or None when not counted) of one C-GET or C-MOVE."""
     keys = ["-S", "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+    if mode == "fmove":
+        wall, stdout = _timed([
+            sys.executable, "-m", "benchmarks.discard_receiver", "move", peer.host,
+            str(peer.port), "--aec", peer.ae_title, "--aet", GET_AE, "--study", study,
+            "--dest", MOVE_DESTINATIONS[receiver], "--expect", str(expect)])
+        result = json.loads(stdout.strip().splitlines()[-1])  # its own clock, as for C-GET
+        return result["ms"] / 1000, (None if receiver.startswith("discard")
+                                     else result["completed"])
     with tempfile.TemporaryDirectory(prefix="bench-retrieve-") as out:
         if mode == "get":
             if receiver.startswith("discard"):
@@ -217,17 +233,20 @@ def run(args: argparse.Namespace) -> dict:
         for name, peer in servers.items():
             print(f"loading {len(paths)} instances into {name}: "
                   f"{load(peer, paths):.1f} s", flush=True)
-        cells = [(mode, receiver) for mode in ("get", "move") for receiver in RECEIVERS
-                 if mode == "move" or receiver not in MOVE_ONLY]
+        cells = [(mode, receiver) for mode, _ in MODES for receiver in RECEIVERS
+                 if (mode == "move" or receiver not in MOVE_ONLY)
+                 and (mode != "fmove" or receiver in FAST_MOVE_RECEIVERS)]
         for rnd in range(args.rounds):
             items = [*servers.items(), (STORESCU, None)]
             order = items if rnd % 2 == 0 else items[::-1]
             # cell-major: every server runs a cell before the next cell starts (interleaved)
             for mode, receiver in cells:
                 for name, peer in order:
-                    if mode == "get" and (name.startswith("hpacs-m") or peer is None):
-                        continue  # move_associations only changes C-MOVE; storescu only sends
-                    before = dests[receiver].stored_count() if mode == "move" else None
+                    if mode == "get" and name.startswith("hpacs-m"):
+                        continue  # move_associations only changes C-MOVE
+                    if mode != "move" and peer is None:
+                        continue  # storescu only sends: its cells are the movescu ones
+                    before = dests[receiver].stored_count() if mode != "get" else None
                     cpu0 = cpu_seconds(peer.proc.pid) if peer is not None else None
                     if peer is None:
                         wall, n = store_direct(paths, dests[receiver], receiver, files)
@@ -236,7 +255,7 @@ def run(args: argparse.Namespace) -> dict:
                                                 len(paths))
                     if receiver.startswith("discard") and before is not None:
                         n = dests[receiver].stored_count() - before
-                    elif receiver == "hpacs" and mode == "move":
+                    elif receiver == "hpacs" and mode != "get":
                         n = dests[receiver].stored_count()  # one file per instance, replaced
                     if n is not None and n != len(paths):
                         raise RuntimeError(f"{name} {mode} {receiver}: {n} instances, "
@@ -258,7 +277,7 @@ def markdown(report: dict) -> str:
     head = " | ".join(f"{s} ms" for s in servers)
     lines = [f"| operation | receiver | {head} | hpacs advantage |",
              "|---|---|" + "---|" * len(servers) + "---|"]
-    for mode, label in (("get", "C-GET"), ("move", "C-MOVE")):
+    for mode, label in MODES:
         for receiver in RECEIVERS:
             cell = {}
             for server in servers:
@@ -278,12 +297,12 @@ def markdown(report: dict) -> str:
             ref, new = cell.get("hpacs-ref"), cell.get("hpacs")
             if ref and new:
                 adv.append(f"hpacs vs hpacs-ref {fmt_ratio(ratio(ref.median, new.median))}")
-            lines.append(f"| {label} study | {receiver} | {' | '.join(texts)} | "
+            lines.append(f"| {label} | {receiver} | {' | '.join(texts)} | "
                          f"{', '.join(adv)} |")
     lines += ["", "Server process CPU ms per operation, median (min-max) over rounds (user + "
               "system, all threads; clock ticks of 10 ms):", "",
               f"| operation | receiver | {head} |", "|---|---|" + "---|" * len(servers)]
-    for mode, label in (("get", "C-GET"), ("move", "C-MOVE")):
+    for mode, label in MODES:
         for receiver in RECEIVERS:
             texts = []
             for server in servers:
@@ -293,7 +312,7 @@ def markdown(report: dict) -> str:
                 c = summarize(values) if values else None
                 texts.append(f"{c.median:.0f} ({c.min:.0f}-{c.max:.0f})" if c else "-")
             if any(t != "-" for t in texts):
-                lines.append(f"| {label} study | {receiver} | {' | '.join(texts)} |")
+                lines.append(f"| {label} | {receiver} | {' | '.join(texts)} |")
     return "\n".join(lines)
 
 

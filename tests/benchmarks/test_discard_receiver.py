@@ -23,8 +23,10 @@ def test_discard_receiver_gets_and_receives_a_move(tmp_path):
     config.write_text("[dicom]\nmove_associations = 2\n\n[[remote]]\n"
                       f'ae_title = "FASTDISCARD"\nhost = "127.0.0.1"\nport = {dest_port}\n')
     srv = start_server(tmp_path / "data", "--config", str(config))
+    count_file = tmp_path / "count"
     scp = subprocess.Popen([sys.executable, "-m", "benchmarks.discard_receiver", "scp",
-                            "--port", str(dest_port), "--ae", "FASTDISCARD", "--window", "8"])
+                            "--port", str(dest_port), "--ae", "FASTDISCARD", "--window", "8",
+                            "--count-file", str(count_file)])
     try:
         paths = [write(make_ct(5, 1, 1, n, size=32), tmp_path / "files") for n in range(1, 6)]
         assert set(send_files(srv, paths).values()) == {0}
@@ -52,6 +54,23 @@ def test_discard_receiver_gets_and_receives_a_move(tmp_path):
              "-k", f"StudyInstanceUID={study}"], capture_output=True, text=True, timeout=60)
         log = moved.stdout + moved.stderr
         assert moved.returncode == 0 and "Received Final Move Response (Success)" in log, log
+        assert int(count_file.read_text()) == 5
+        # the fast C-MOVE SCU: the same move, its final counts and clock as JSON
+        moved = subprocess.run(
+            [sys.executable, "-m", "benchmarks.discard_receiver", "move", "127.0.0.1",
+             str(srv.dicom_port), "--aec", srv.ae_title, "--dest", "FASTDISCARD",
+             "--study", study, "--expect", "5"], capture_output=True, text=True, timeout=60)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        result = json.loads(moved.stdout.strip().splitlines()[-1])
+        assert (result["status"], result["completed"], result["failed"]) == ("0x0", 5, 0)
+        assert result["received"] == 5 and result["ms"] > 0
+        assert int(count_file.read_text()) == 10  # the destination got them all again
+        failed = subprocess.run(
+            [sys.executable, "-m", "benchmarks.discard_receiver", "move", "127.0.0.1",
+             str(srv.dicom_port), "--aec", srv.ae_title, "--dest", "NOSUCHAE",
+             "--study", study], capture_output=True, text=True, timeout=60)
+        assert failed.returncode == 1  # 0xA801, move destination unknown
+        assert json.loads(failed.stdout.strip().splitlines()[-1])["status"] == "0xa801"
     finally:
         scp.terminate()
         scp.wait(10)
