@@ -234,7 +234,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"loading {len(paths)} instances into {name}: "
                   f"{load(peer, paths):.1f} s", flush=True)
         cells = [(mode, receiver) for mode, _ in MODES for receiver in RECEIVERS
-                 if (mode == "move" or receiver not in MOVE_ONLY)
+                 if (mode != "get" or receiver not in MOVE_ONLY)
                  and (mode != "fmove" or receiver in FAST_MOVE_RECEIVERS)]
         for rnd in range(args.rounds):
             items = [*servers.items(), (STORESCU, None)]
