@@ -245,3 +245,154 @@ cdef class RecordBuilder:
             issuer if type(issuer) is str else str(issuer),
             transfer_syntax, path, size, stored_at, patient, study, series, instance,
         )
+
+
+# ------------------------------------------------------------------ the index apply fast path
+from cpython.object cimport Py_EQ, PyObject_RichCompareBool
+from cpython.set cimport PySet_Add
+from libc.string cimport memcpy
+
+cdef object _MISSING = object()
+cdef bytes _INSTANCES = b"instances", _PATIENTS = b"patients", _STUDIES = b"studies"
+cdef bytes _SERIES = b"series"
+
+
+cdef bint _covers(dict have, dict new) except -1:
+    cdef PyObject* old
+    for k, v in new.items():
+        old = PyDict_GetItem(have, k)
+        if old == NULL or not PyObject_RichCompareBool(v, <object>old, Py_EQ):
+            return False
+    return True
+
+
+cdef inline void _inc(dict counts, object k) except *:
+    cdef PyObject* old = PyDict_GetItem(counts, k)
+    new = (<object>old if old != NULL else 0) + 1
+    if new <= 0:
+        counts.pop(k, None)
+    else:
+        counts[k] = new
+
+
+cdef bytes _activity(object st):
+    """``hpacs.index.db.activity_key``: max(last_stored, last_access, 0.0) as a big-endian
+    double (Python's ``max``: the first of equal values wins)."""
+    cdef object m = st.last_stored
+    cdef object a = st.last_access
+    cdef double d
+    cdef unsigned long long u
+    cdef unsigned char out[8]
+    cdef int i
+    if a > m:
+        m = a
+    if 0.0 > m:
+        m = 0.0
+    d = m
+    memcpy(&u, &d, 8)
+    for i in range(8):
+        out[i] = (u >> (56 - 8 * i)) & 0xff
+    return (<char*>out)[:8]
+
+
+cdef class Applier:
+    """Compiled twin of ``recordkit.Applier`` (see there: the steady state of
+    ``IndexDB.apply``, and ``WriteBatch.flush``)."""
+
+    cdef object dbs, decoders, entry_type, order_key, patient_key, encode
+    cdef object db_instances, db_patients, db_studies, db_series, db_hot, db_order
+    cdef object dec_instances, dec_patients, dec_studies, dec_series
+
+    def __init__(self, dict dbs, dict decoders, entry_type, order_key, patient_key, encode):
+        self.dbs = dbs
+        self.decoders = decoders
+        self.entry_type = entry_type
+        self.order_key = order_key
+        self.patient_key = patient_key
+        self.encode = encode
+        self.db_instances = dbs.get(_INSTANCES)
+        self.db_patients = dbs.get(_PATIENTS)
+        self.db_studies = dbs.get(_STUDIES)
+        self.db_series = dbs.get(_SERIES)
+        self.db_hot = dbs.get(b"ix_hot_activity")
+        self.db_order = dbs.get(b"series_instances")
+        self.dec_instances = decoders[_INSTANCES]
+        self.dec_patients = decoders[_PATIENTS]
+        self.dec_studies = decoders[_STUDIES]
+        self.dec_series = decoders[_SERIES]
+
+    cdef object _get(self, dict cache, object txn, object dbi, object dec, bytes k):
+        cdef PyObject* found = PyDict_GetItem(cache, k)
+        if found != NULL:
+            return <object>found
+        raw = txn.get(k, db=dbi)
+        row = None if raw is None else dec.decode(raw)
+        cache[k] = row
+        return row
+
+    def apply(self, w, rec):
+        cdef dict caches = w._cache
+        cdef dict inst_cache = caches[_INSTANCES]
+        cdef object txn = w.txn
+        cdef bytes sop = rec.sop_instance_uid.encode()
+        if self.db_hot is None:
+            return False
+        if self._get(inst_cache, txn, self.db_instances, self.dec_instances, sop) is not None:
+            return False
+        patient_id = rec.patient_id
+        issuer = rec.issuer_of_patient_id
+        cdef bytes pkey = self.patient_key(patient_id, issuer)
+        p = self._get(caches[_PATIENTS], txn, self.db_patients, self.dec_patients, pkey)
+        if p is None or not _covers(p.attrs, rec.patient):
+            return False
+        study_uid = rec.study_uid
+        cdef bytes study_k = study_uid.encode()
+        st = self._get(caches[_STUDIES], txn, self.db_studies, self.dec_studies, study_k)
+        if (st is None or st.patient_id != patient_id or st.issuer != issuer
+                or not _covers(st.attrs, rec.study)):
+            return False
+        cdef bytes series_k = rec.series_uid.encode()
+        se = self._get(caches[_SERIES], txn, self.db_series, self.dec_series, series_k)
+        if se is None or se.study_uid != study_uid or not _covers(se.attrs, rec.series):
+            return False
+        stored_at = rec.stored_at
+        listed = False
+        if stored_at > st.last_stored:
+            listed = txn.delete(_activity(st), study_k, db=self.db_hot)
+            st.last_stored = stored_at
+        cold = rec.cold
+        if cold is None or listed:
+            txn.put(_activity(st), study_k, db=self.db_hot, dupdata=False)
+        sop_class = rec.sop_class_uid
+        se.n_instances += 1
+        _inc(se.sop_classes, sop_class)
+        st.n_instances += 1
+        _inc(st.sop_classes, sop_class)
+        p.n_instances += 1
+        instance = rec.instance
+        txn.put(series_k, self.order_key(instance.get("InstanceNumber")) + sop,
+                db=self.db_order, dupdata=True)
+        inst_cache[sop] = self.entry_type(
+            rec.sop_instance_uid, sop_class, rec.series_uid, rec.transfer_syntax_uid,
+            rec.path, rec.size, stored_at, instance, cold,
+        )
+        dirty = w._dirty
+        PySet_Add(dirty, (_SERIES, series_k))
+        PySet_Add(dirty, (_STUDIES, study_k))
+        PySet_Add(dirty, (_PATIENTS, pkey))
+        PySet_Add(dirty, (_INSTANCES, sop))
+        return True
+
+    def flush(self, w):
+        cdef object txn = w.txn
+        cdef dict dbs = self.dbs
+        cdef dict cache = w._cache
+        cdef object encode = self.encode
+        dirty = w._dirty
+        for dbname, k in dirty:
+            row = (<dict>cache[dbname])[k]
+            if row is None:
+                txn.delete(k, db=dbs[dbname])
+            else:
+                txn.put(k, encode(row), db=dbs[dbname])
+        dirty.clear()

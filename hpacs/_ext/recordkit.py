@@ -124,3 +124,115 @@ class RecordBuilder:
             issuer if isinstance(issuer, str) else str(issuer),
             transfer_syntax, path, size, stored_at, patient, study, series, instance,
         )  # fmt: skip
+
+
+# ------------------------------------------------------------------ the index apply fast path
+_MISSING: Final = object()
+
+
+def _covers(have: dict, new: dict) -> bool:
+    """Merging ``new`` into ``have`` would change nothing."""
+    for k, v in new.items():
+        old = have.get(k, _MISSING)
+        if old is _MISSING or (old is not v and v != old):  # str, int, list[int]
+            return False
+    return True
+
+
+def _inc(counts: dict[str, int], k: str) -> None:
+    new = counts.get(k, 0) + 1
+    if new <= 0:
+        counts.pop(k, None)
+    else:
+        counts[k] = new
+
+
+class Applier:
+    """The steady state of ``hpacs.index.db.IndexDB.apply``, for one index environment: a new
+    instance whose patient, study and series rows exist, with the parents it names and every
+    attribute it carries already stored (the 2nd..Nth instance of a series). ``apply`` then
+    writes exactly what the general method writes (last-stored clock and ``ix_hot_activity``
+    entry, counts, the series order entry, the instance row) and returns True; in any other
+    case it writes nothing and returns False: the caller runs the general method. ``flush``
+    is ``WriteBatch.flush``: the dirty cached rows encoded and put (None: deleted).
+
+    ``dbs``: the environment's DBI handles by name; ``decoders``: msgpack decoders of the four
+    level rows by db name; ``entry_type``: the instance row (``InstanceEntry``);
+    ``order_key`` and ``patient_key``: the index's key functions; ``encode``: the row encoder.
+    """
+
+    def __init__(self, dbs: dict[bytes, Any], decoders: dict[bytes, Any], entry_type: type,
+                 order_key: Any, patient_key: Any, encode: Any) -> None:
+        self.dbs = dbs
+        self.decoders = decoders
+        self.entry_type = entry_type
+        self.order_key = order_key
+        self.patient_key = patient_key
+        self.encode = encode
+
+    def _get(self, w: Any, name: bytes, k: bytes) -> Any:
+        cache = w._cache[name]
+        row = cache.get(k, _MISSING)
+        if row is _MISSING:
+            raw = w.txn.get(k, db=self.dbs[name])
+            row = None if raw is None else self.decoders[name].decode(raw)
+            cache[k] = row
+        return row
+
+    def apply(self, w: Any, rec: Any) -> bool:
+        if b"ix_hot_activity" not in self.dbs:  # a read-only index from before it
+            return False
+        sop = rec.sop_instance_uid.encode()
+        if self._get(w, b"instances", sop) is not None:
+            return False
+        pkey = self.patient_key(rec.patient_id, rec.issuer_of_patient_id)
+        p = self._get(w, b"patients", pkey)
+        if p is None or not _covers(p.attrs, rec.patient):
+            return False
+        study_k = rec.study_uid.encode()
+        st = self._get(w, b"studies", study_k)
+        if (st is None or st.patient_id != rec.patient_id
+                or st.issuer != rec.issuer_of_patient_id or not _covers(st.attrs, rec.study)):
+            return False
+        series_k = rec.series_uid.encode()
+        se = self._get(w, b"series", series_k)
+        if se is None or se.study_uid != rec.study_uid or not _covers(se.attrs, rec.series):
+            return False
+        txn, dbs, dirty = w.txn, self.dbs, w._dirty
+        listed = False
+        if rec.stored_at > st.last_stored:
+            listed = txn.delete(_activity(st), study_k, db=dbs[b"ix_hot_activity"])
+            st.last_stored = rec.stored_at
+        if rec.cold is None or listed:  # put without duplicates: a no-op when it is there
+            txn.put(_activity(st), study_k, db=dbs[b"ix_hot_activity"], dupdata=False)
+        se.n_instances += 1
+        _inc(se.sop_classes, rec.sop_class_uid)
+        st.n_instances += 1
+        _inc(st.sop_classes, rec.sop_class_uid)
+        p.n_instances += 1
+        txn.put(series_k, self.order_key(rec.instance.get("InstanceNumber")) + sop,
+                db=dbs[b"series_instances"], dupdata=True)
+        w._cache[b"instances"][sop] = self.entry_type(
+            rec.sop_instance_uid, rec.sop_class_uid, rec.series_uid, rec.transfer_syntax_uid,
+            rec.path, rec.size, rec.stored_at, rec.instance, rec.cold,
+        )  # fmt: skip
+        dirty.add((b"series", series_k))
+        dirty.add((b"studies", study_k))
+        dirty.add((b"patients", pkey))
+        dirty.add((b"instances", sop))
+        return True
+
+    def flush(self, w: Any) -> None:
+        txn, dbs, cache, encode = w.txn, self.dbs, w._cache, self.encode
+        for dbname, k in w._dirty:
+            row = cache[dbname][k]
+            if row is None:
+                txn.delete(k, db=dbs[dbname])
+            else:
+                txn.put(k, encode(row), db=dbs[dbname])
+        w._dirty.clear()
+
+
+def _activity(st: Any) -> bytes:
+    """``hpacs.index.db.activity_key``: the study's last activity as a sortable key."""
+    return struct.pack(">d", max(st.last_stored, st.last_access, 0.0))

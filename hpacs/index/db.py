@@ -56,7 +56,10 @@ from typing import Any, Final
 import lmdb
 import msgspec
 
+from hpacs._ext import load
 from hpacs.index.schema import InstanceRecord, Value
+
+_kit, APPLY_COMPILED = load("recordkit", "index apply")
 
 SCHEMA_VERSION: Final = 1
 DURABILITY_MODES: Final = ("files", "sync")
@@ -290,14 +293,8 @@ class WriteBatch:
         self.txn.delete(k, v, db=self.db.dbs[dbname])
 
     def flush(self) -> None:
-        txn, dbs = self.txn, self.db.dbs
-        for dbname, k in self._dirty:
-            row = self._cache[dbname][k]
-            if row is None:
-                txn.delete(k, db=dbs[dbname])
-            else:
-                txn.put(k, _ENC.encode(row), db=dbs[dbname])
-        self._dirty.clear()
+        """Encode and put every dirty row (None: delete it); compiled (``hpacs._ext``)."""
+        self.db._applier.flush(self)
 
 
 def _inc(counts: dict[str, int], k: str, n: int = 1) -> bool:
@@ -372,6 +369,8 @@ class IndexDB:
                 raise IndexSchemaError(f"index schema {_DEC_ANY.decode(raw)} != {SCHEMA_VERSION}")
             if not readonly and txn.get(b"hot_activity", db=self.dbs[b"meta"]) is None:
                 self._build_hot_activity(txn)
+        self._applier = _kit.Applier(self.dbs, _DEC, InstanceEntry, order_key, patient_key,
+                                     _ENC.encode)
 
     def _build_hot_activity(self, txn: lmdb.Transaction) -> None:
         """Fill ``ix_hot_activity`` from the rows (once, for an index that predates it)."""
@@ -429,8 +428,17 @@ class IndexDB:
     def apply(self, w: WriteBatch, rec: InstanceRecord) -> InstanceRecord | None:
         """Upsert ``rec`` by SOP Instance UID; returns what was stored before (None if new).
 
-        Idempotent: re-applying an identical record writes nothing.
+        Idempotent: re-applying an identical record writes nothing. The steady state of an
+        ingest (a new instance of a series already indexed, nothing new about its parents) is
+        applied by the compiled ``Applier`` (``hpacs._ext._recordkit``), which writes exactly
+        what :meth:`apply_general` would; everything else goes to :meth:`apply_general`.
         """
+        if self._applier.apply(w, rec):
+            return None
+        return self.apply_general(w, rec)
+
+    def apply_general(self, w: WriteBatch, rec: InstanceRecord) -> InstanceRecord | None:
+        """:meth:`apply` for every case: new rows, moves, re-sent instances."""
         sop = rec.sop_instance_uid.encode()
         old: InstanceEntry | None = w.get(b"instances", sop)
         previous = self._assemble(w, old) if old is not None else None
@@ -461,11 +469,12 @@ class IndexDB:
         elif (st.patient_id, st.issuer) != (rec.patient_id, rec.issuer_of_patient_id):
             self._move_study(w, st, p, pkey)
         self._set_study_attrs(w, study_k, st, rec.study)
+        listed = False
         if rec.stored_at > st.last_stored:
-            w.dup_delete(b"ix_hot_activity", activity_key(st), study_k)
+            listed = w.txn.delete(activity_key(st), study_k, db=self.dbs[b"ix_hot_activity"])
             st.last_stored = rec.stored_at
             w.put(b"studies", study_k, st)
-        if rec.cold is None:
+        if rec.cold is None or listed:  # listed: it may hold hot instances, keep it listed
             self._list_hot(w, st)
 
         # series
