@@ -50,7 +50,6 @@ import hashlib
 import os
 import struct
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Final
 
 import lmdb
@@ -264,11 +263,31 @@ class WriteBatch:
     """One write transaction with a row cache: rows touched many times in a batch (the series
     and study of a burst of instances) are decoded and encoded once, at :meth:`flush`."""
 
+    __slots__ = ("_cache", "_dirty", "db", "txn")
+
     def __init__(self, db: IndexDB, txn: lmdb.Transaction) -> None:
         self.db = db
         self.txn = txn
-        self._cache: dict[bytes, dict[bytes, Any]] = {n: {} for n in LEVEL_DBS.values()}
+        self._cache: dict[bytes, dict[bytes, Any]] = {
+            b"patients": {}, b"studies": {}, b"series": {}, b"instances": {}}
         self._dirty: set[tuple[bytes, bytes]] = set()
+
+    def __enter__(self) -> WriteBatch:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """Flush and commit on success; abort on an exception (nothing of it is visible).
+        A class, not a generator context manager: one per transaction (per instance on one
+        association), ~3 µs less."""
+        if exc_type is not None:
+            self.txn.abort()
+            return
+        try:
+            self.flush()
+        except BaseException:
+            self.txn.abort()
+            raise
+        self.txn.commit()
 
     def get(self, dbname: bytes, k: bytes) -> Any:
         cache = self._cache[dbname]
@@ -417,13 +436,10 @@ class IndexDB:
             t.put(name.encode(), _ENC.encode(value), db=self.dbs[b"meta"])
 
     # ------------------------------------------------------------------ writes
-    @contextmanager
-    def write(self) -> Iterator[WriteBatch]:
-        """A write transaction for :meth:`apply`; commits (after flushing rows) on success."""
-        with self.env.begin(write=True) as txn:
-            batch = WriteBatch(self, txn)
-            yield batch
-            batch.flush()
+    def write(self) -> WriteBatch:
+        """``with db.write() as w``: a write transaction for :meth:`apply`; commits (after
+        flushing rows) on success, aborts on an exception."""
+        return WriteBatch(self, self.env.begin(write=True))
 
     def apply(self, w: WriteBatch, rec: InstanceRecord) -> InstanceRecord | None:
         """Upsert ``rec`` by SOP Instance UID; returns what was stored before (None if new).
