@@ -50,13 +50,15 @@ import hashlib
 import os
 import struct
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Final
 
 import lmdb
 import msgspec
 
+from hpacs._ext import load
 from hpacs.index.schema import InstanceRecord, Value
+
+_kit, APPLY_COMPILED = load("recordkit", "index apply")
 
 SCHEMA_VERSION: Final = 1
 DURABILITY_MODES: Final = ("files", "sync")
@@ -261,11 +263,31 @@ class WriteBatch:
     """One write transaction with a row cache: rows touched many times in a batch (the series
     and study of a burst of instances) are decoded and encoded once, at :meth:`flush`."""
 
+    __slots__ = ("_cache", "_dirty", "db", "txn")
+
     def __init__(self, db: IndexDB, txn: lmdb.Transaction) -> None:
         self.db = db
         self.txn = txn
-        self._cache: dict[bytes, dict[bytes, Any]] = {n: {} for n in LEVEL_DBS.values()}
+        self._cache: dict[bytes, dict[bytes, Any]] = {
+            b"patients": {}, b"studies": {}, b"series": {}, b"instances": {}}
         self._dirty: set[tuple[bytes, bytes]] = set()
+
+    def __enter__(self) -> WriteBatch:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """Flush and commit on success; abort on an exception (nothing of it is visible).
+        A class, not a generator context manager: one per transaction (per instance on one
+        association), ~3 µs less."""
+        if exc_type is not None:
+            self.txn.abort()
+            return
+        try:
+            self.flush()
+        except BaseException:
+            self.txn.abort()
+            raise
+        self.txn.commit()
 
     def get(self, dbname: bytes, k: bytes) -> Any:
         cache = self._cache[dbname]
@@ -290,14 +312,8 @@ class WriteBatch:
         self.txn.delete(k, v, db=self.db.dbs[dbname])
 
     def flush(self) -> None:
-        txn, dbs = self.txn, self.db.dbs
-        for dbname, k in self._dirty:
-            row = self._cache[dbname][k]
-            if row is None:
-                txn.delete(k, db=dbs[dbname])
-            else:
-                txn.put(k, _ENC.encode(row), db=dbs[dbname])
-        self._dirty.clear()
+        """Encode and put every dirty row (None: delete it); compiled (``hpacs._ext``)."""
+        self.db._applier.flush(self)
 
 
 def _inc(counts: dict[str, int], k: str, n: int = 1) -> bool:
@@ -372,6 +388,8 @@ class IndexDB:
                 raise IndexSchemaError(f"index schema {_DEC_ANY.decode(raw)} != {SCHEMA_VERSION}")
             if not readonly and txn.get(b"hot_activity", db=self.dbs[b"meta"]) is None:
                 self._build_hot_activity(txn)
+        self._applier = _kit.Applier(self.dbs, _DEC, InstanceEntry, order_key, patient_key,
+                                     _ENC.encode)
 
     def _build_hot_activity(self, txn: lmdb.Transaction) -> None:
         """Fill ``ix_hot_activity`` from the rows (once, for an index that predates it)."""
@@ -418,19 +436,25 @@ class IndexDB:
             t.put(name.encode(), _ENC.encode(value), db=self.dbs[b"meta"])
 
     # ------------------------------------------------------------------ writes
-    @contextmanager
-    def write(self) -> Iterator[WriteBatch]:
-        """A write transaction for :meth:`apply`; commits (after flushing rows) on success."""
-        with self.env.begin(write=True) as txn:
-            batch = WriteBatch(self, txn)
-            yield batch
-            batch.flush()
+    def write(self) -> WriteBatch:
+        """``with db.write() as w``: a write transaction for :meth:`apply`; commits (after
+        flushing rows) on success, aborts on an exception."""
+        return WriteBatch(self, self.env.begin(write=True))
 
     def apply(self, w: WriteBatch, rec: InstanceRecord) -> InstanceRecord | None:
         """Upsert ``rec`` by SOP Instance UID; returns what was stored before (None if new).
 
-        Idempotent: re-applying an identical record writes nothing.
+        Idempotent: re-applying an identical record writes nothing. The steady state of an
+        ingest (a new instance of a series already indexed, nothing new about its parents) is
+        applied by the compiled ``Applier`` (``hpacs._ext._recordkit``), which writes exactly
+        what :meth:`apply_general` would; everything else goes to :meth:`apply_general`.
         """
+        if self._applier.apply(w, rec):
+            return None
+        return self.apply_general(w, rec)
+
+    def apply_general(self, w: WriteBatch, rec: InstanceRecord) -> InstanceRecord | None:
+        """:meth:`apply` for every case: new rows, moves, re-sent instances."""
         sop = rec.sop_instance_uid.encode()
         old: InstanceEntry | None = w.get(b"instances", sop)
         previous = self._assemble(w, old) if old is not None else None
@@ -461,11 +485,12 @@ class IndexDB:
         elif (st.patient_id, st.issuer) != (rec.patient_id, rec.issuer_of_patient_id):
             self._move_study(w, st, p, pkey)
         self._set_study_attrs(w, study_k, st, rec.study)
+        listed = False
         if rec.stored_at > st.last_stored:
-            w.dup_delete(b"ix_hot_activity", activity_key(st), study_k)
+            listed = w.txn.delete(activity_key(st), study_k, db=self.dbs[b"ix_hot_activity"])
             st.last_stored = rec.stored_at
             w.put(b"studies", study_k, st)
-        if rec.cold is None:
+        if rec.cold is None or listed:  # listed: it may hold hot instances, keep it listed
             self._list_hot(w, st)
 
         # series

@@ -3,8 +3,9 @@
 The header scanner hands us raw element values (stream byte order, padding intact, no VR: implicit
 VR streams carry none), so the VR of every wanted tag comes from pydicom's dictionary, computed
 once at import. Decoding is the ingest hot path (once per instance): a per-tag table picks one of
-three decoders, and text takes an ASCII/no-escape fast path before falling back to pydicom's
-charset machinery (``decode_bytes``), which handles ISO 2022 code extensions.
+four decoders, run by the compiled record builder (``hpacs._ext._recordkit``, twin
+``hpacs._ext.recordkit``); text in a one-byte or UTF-8 character set is decoded there, the rest
+by pydicom's charset machinery (``decode_bytes``), which handles ISO 2022 code extensions.
 
 Values kept: strings as the DICOM string (multi-values joined with ``\\``, trailing spaces/NULs
 stripped, leading ones too for the non-text VRs), binary integers (US/UL/SS/SL) as ``int`` or
@@ -13,15 +14,13 @@ stripped, leading ones too for the non-text VRs), binary integers (US/UL/SS/SL) 
 
 from __future__ import annotations
 
-import re
-import struct
 from typing import Any, Final
 
 import msgspec
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.valuerep import TEXT_VR_DELIMS
 
-from hpacs.dicom.text import decode_pn, decode_text, encodings_for
+from hpacs._ext import load
+from hpacs._ext.recordkit import INT, INT_FORMATS, PLAIN, PN, SPECIFIC_CHARACTER_SET, TEXT
 from hpacs.dicom.transfer_syntax import EXPLICIT_VR_BE
 
 PATIENT: Final = "patient"
@@ -60,21 +59,11 @@ LEVEL_KEYWORDS: Final[dict[str, tuple[str, ...]]] = {
     ),
 }  # fmt: skip
 
-SPECIFIC_CHARACTER_SET: Final = 0x00080005
-_UID_TAGS: Final = {
-    "SOPInstanceUID": 0x00080018,
-    "SOPClassUID": 0x00080016,
-    "StudyInstanceUID": 0x0020000D,
-    "SeriesInstanceUID": 0x0020000E,
-}
-_UID_RE: Final = re.compile(r"[0-9.]{1,64}")
+__all__ = ["ATTRS", "ATTRS_BY_KEYWORD", "BUILDER", "COMPILED", "INSTANCE", "LEVELS",
+           "LEVEL_KEYWORDS", "PATIENT", "SERIES", "SPECIFIC_CHARACTER_SET", "STUDY",
+           "WANTED_TAGS", "Attr", "InstanceRecord", "RecordError", "Value", "record_from_scan"]
 
-# decoder kinds
-_PLAIN, _TEXT, _PN, _INT = 0, 1, 2, 3
 _TEXT_VRS: Final = {"LO", "SH", "ST", "LT", "UT", "UC"}
-_SINGLE_VALUED_TEXT: Final = {"ST", "LT", "UT"}  # backslash is data there, not a delimiter
-_INT_FORMATS: Final = {"US": ("H", False), "UL": ("I", False), "SS": ("h", True),
-                       "SL": ("i", True)}  # fmt: skip
 
 Value = str | int | list[int]
 
@@ -139,12 +128,12 @@ _LEVEL_INDEX: Final = {lvl: i for i, lvl in enumerate(LEVELS)}
 
 def _kind(vr: str) -> int:
     if vr == "PN":
-        return _PN
+        return PN
     if vr in _TEXT_VRS:
-        return _TEXT
-    if vr in _INT_FORMATS:
-        return _INT
-    return _PLAIN
+        return TEXT
+    if vr in INT_FORMATS:
+        return INT
+    return PLAIN
 
 
 # tag -> (keyword, kind, vr, level indexes): tuples are the fastest thing to unpack per element
@@ -153,32 +142,9 @@ _DECODERS: Final[dict[int, tuple[str, int, str, tuple[int, ...]]]] = {
     for a in ATTRS.values()
 }
 
-def _decode(raw: bytes, kind: int, vr: str, encodings: tuple[str, ...]) -> Value:
-    if kind == _PLAIN:
-        s = raw.decode("latin-1")
-        if "\\" in s:
-            return "\\".join([p.strip(" \0") for p in s.split("\\")])
-        return s.strip(" \0")
-    if kind == _PN:
-        if b"\\" in raw:
-            return "\\".join([decode_pn(p.rstrip(b" \0"), encodings) for p in raw.split(b"\\")])
-        return decode_pn(raw.rstrip(b" \0"), encodings)
-    if vr not in _SINGLE_VALUED_TEXT and b"\\" in raw:
-        return "\\".join(
-            [decode_text(p.rstrip(b" \0"), encodings, TEXT_VR_DELIMS) for p in raw.split(b"\\")]
-        )
-    return decode_text(raw.rstrip(b" \0"), encodings, TEXT_VR_DELIMS)
-
-
-def _decode_int(raw: bytes, vr: str, little_endian: bool) -> int | list[int] | None:
-    code, signed = _INT_FORMATS[vr]
-    width = 2 if code in "Hh" else 4
-    n = len(raw) // width
-    if n == 0:
-        return None
-    if n == 1:
-        return int.from_bytes(raw[:width], "little" if little_endian else "big", signed=signed)
-    return list(struct.unpack(("<" if little_endian else ">") + code * n, raw[: n * width]))
+_kit, COMPILED = load("recordkit", "record builder")
+#: Scanned values to records: compiled unless ``HPACS_PURE=1`` (``hpacs._ext.recordkit``).
+BUILDER: Final = _kit.RecordBuilder(_DECODERS, InstanceRecord, RecordError)
 
 
 def record_from_scan(
@@ -193,54 +159,8 @@ def record_from_scan(
     """Decode the scanner's raw values into a record; raises RecordError on missing/bad UIDs.
 
     ``little_endian`` is the data set's byte order; when omitted it follows ``transfer_syntax``
-    (only Explicit VR Big Endian is big endian).
+    (only Explicit VR Big Endian is big endian). The decoding rules: ``hpacs._ext.recordkit``.
     """
     if little_endian is None:
         little_endian = transfer_syntax != EXPLICIT_VR_BE
-    encodings = encodings_for(values.get(SPECIFIC_CHARACTER_SET))
-    levels: tuple[dict[str, Value], ...] = ({}, {}, {}, {})
-    decoders = _DECODERS
-    for tag, raw in values.items():
-        spec = decoders.get(tag)
-        if spec is None or not raw:
-            continue
-        keyword, kind, vr, where = spec
-        if kind == _INT:
-            value: Value | None = _decode_int(raw, vr, little_endian)
-        else:
-            value = _decode(raw, kind, vr, encodings)
-        if value is None or value == "":
-            continue
-        for i in where:
-            levels[i][keyword] = value
-    patient, study, series, instance = levels
-
-    uids = (
-        instance.get("SOPInstanceUID"),
-        instance.get("SOPClassUID"),
-        study.get("StudyInstanceUID"),
-        series.get("SeriesInstanceUID"),
-    )
-    for keyword, uid in zip(_UID_TAGS, uids, strict=True):
-        if not uid:
-            raise RecordError(f"missing {keyword} ({_UID_TAGS[keyword]:08X})")
-        if not isinstance(uid, str) or _UID_RE.fullmatch(uid) is None:
-            raise RecordError(f"invalid {keyword} {uid!r}")
-    pid = patient.get("PatientID", "")
-    issuer = patient.get("IssuerOfPatientID", "")
-    return InstanceRecord(
-        sop_instance_uid=uids[0],  # type: ignore[arg-type]
-        sop_class_uid=uids[1],  # type: ignore[arg-type]
-        study_uid=uids[2],  # type: ignore[arg-type]
-        series_uid=uids[3],  # type: ignore[arg-type]
-        patient_id=pid if isinstance(pid, str) else str(pid),
-        issuer_of_patient_id=issuer if isinstance(issuer, str) else str(issuer),
-        transfer_syntax_uid=transfer_syntax,
-        path=path,
-        size=size,
-        stored_at=stored_at,
-        patient=patient,
-        study=study,
-        series=series,
-        instance=instance,
-    )
+    return BUILDER.build(values, transfer_syntax, path, size, stored_at, little_endian)
