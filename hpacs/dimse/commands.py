@@ -177,7 +177,7 @@ def encode_command(command: Command) -> bytes:
         raw = _encode_value(tag, value)
         parts.append(_HEADER.pack(0, tag, len(raw)) + raw)
     body = b"".join(parts)
-    return _HEADER.pack(0, 0, 4) + _UL.pack(len(body)) + body
+    return command_set(body)
 
 
 #: The four US elements every response without a data set has, in tag order (between the
@@ -185,11 +185,19 @@ def encode_command(command: Command) -> bytes:
 _RSP_US = struct.Struct("<" + "HHIH" * 4)
 
 
-def _ui_element(tag: int, value: Any) -> bytes:
+def ui_element(tag: int, value: Any) -> bytes:
+    """One UI element of a command set (Implicit VR LE, NUL-padded to even length), for the
+    commands packed directly on hot paths."""
     raw = str(value).encode("ascii", "replace")
     if len(raw) % 2:
         raw += b"\0"
     return _HEADER.pack(0, tag, len(raw)) + raw
+
+
+def command_set(body: bytes) -> bytes:
+    """A command set from its elements after CommandGroupLength (tag order): the length
+    element put in front."""
+    return _HEADER.pack(0, 0, 4) + _UL.pack(len(body)) + body
 
 
 def _plain_response(request: Command, command_field: int, status: int) -> bytes:
@@ -198,14 +206,14 @@ def _plain_response(request: Command, command_field: int, status: int) -> bytes:
     sop_class = request.get(AFFECTED_SOP_CLASS_UID)
     sop_instance = request.get(AFFECTED_SOP_INSTANCE_UID)
     body = b"".join((
-        _ui_element(AFFECTED_SOP_CLASS_UID, sop_class) if sop_class else b"",
+        ui_element(AFFECTED_SOP_CLASS_UID, sop_class) if sop_class else b"",
         _RSP_US.pack(0, COMMAND_FIELD, 2, int(command_field),
                      0, MESSAGE_ID_BEING_RESPONDED_TO, 2, request.get(MESSAGE_ID, 0),
                      0, COMMAND_DATA_SET_TYPE, 2, NO_DATASET,
                      0, STATUS, 2, status),
-        _ui_element(AFFECTED_SOP_INSTANCE_UID, sop_instance) if sop_instance else b"",
+        ui_element(AFFECTED_SOP_INSTANCE_UID, sop_instance) if sop_instance else b"",
     ))
-    return _HEADER.pack(0, 0, 4) + _UL.pack(len(body)) + body
+    return command_set(body)
 
 
 def response_to(

@@ -54,8 +54,10 @@ from hpacs.dimse.commands import (
     WARNING_SUBOPERATIONS,
     Command,
     CommandField,
+    command_set,
     encode_command,
     response_to,
+    ui_element,
 )
 from hpacs.dimse.find import (
     PATIENT_ROOT_FIND,
@@ -291,13 +293,6 @@ _ORIGINATOR_ID = struct.Struct("<HHIH")
 _UL_VALUE = struct.Struct("<I")
 
 
-def _ui(tag: int, value: str) -> bytes:
-    raw = value.encode("ascii", "replace")
-    if len(raw) % 2:
-        raw += b"\0"
-    return _ELEMENT.pack(0, tag, len(raw)) + raw
-
-
 def _pending_head(request: Command, response_field: int) -> bytes:
     """The bytes of a pending response before its counts, CommandGroupLength included: the
     elements before the counts never change within one C-GET/C-MOVE (tags below (0000,1020))."""
@@ -310,20 +305,19 @@ def store_request(message_id: int, sop_class: str, sop_instance: str, *,
     """A C-STORE-RQ command set (sub-operation of a C-GET, or of a C-MOVE with its originator),
     packed directly: the same bytes as ``encode_command`` (tests/dimse/test_retrieve_unit.py), one
     per sub-operation."""
-    body = [_ui(AFFECTED_SOP_CLASS_UID, sop_class),
+    body = [ui_element(AFFECTED_SOP_CLASS_UID, sop_class),
             _STORE_US.pack(0, COMMAND_FIELD, 2, int(CommandField.C_STORE_RQ),
                            0, MESSAGE_ID, 2, message_id & 0xFFFF,
                            0, PRIORITY, 2, 0,
                            0, COMMAND_DATA_SET_TYPE, 2, DATASET_PRESENT),
-            _ui(AFFECTED_SOP_INSTANCE_UID, sop_instance)]
+            ui_element(AFFECTED_SOP_INSTANCE_UID, sop_instance)]
     if move_originator is not None:
         ae = move_originator[0].encode("ascii", "replace")
         if len(ae) % 2:
             ae += b" "
         body += [_ELEMENT.pack(0, MOVE_ORIGINATOR_AE_TITLE, len(ae)), ae,
                  _ORIGINATOR_ID.pack(0, MOVE_ORIGINATOR_MESSAGE_ID, 2, move_originator[1])]
-    data = b"".join(body)
-    return _ELEMENT.pack(0, 0, 4) + _UL_VALUE.pack(len(data)) + data
+    return command_set(b"".join(body))
 
 
 def store_request_generic(message_id: int, sop_class: str, sop_instance: str, *,
