@@ -8,8 +8,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE, _config
-from pynetdicom.presentation import build_context
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import build_context, build_role
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from hpacs.dicom.part10 import read_file_meta
 from hpacs.index.db import IndexDB
@@ -56,6 +58,41 @@ def send_files(server, paths: list[Path]) -> dict[Path, int]:
                     statuses[path] = status.Status if "Status" in status else -1
             assoc.release()
     return statuses
+
+
+def pynetdicom_get(port: int, called: str, studies, sop_classes,
+                   max_pdu: int | None = None) -> tuple[dict[str, bytes], list[list[int]]]:
+    """C-GET each study by pynetdicom on one association (Study Root; SCP role for
+    ``sop_classes`` in Explicit VR LE): the data sets received by SOP Instance UID, as sent,
+    and each C-GET's statuses in order."""
+    received: dict[str, bytes] = {}
+
+    def on_store(event):
+        received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    ae = AE(ae_title="PYGET")
+    if max_pdu is not None:
+        ae.maximum_pdu_size = max_pdu
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class in sop_classes:
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title=called,
+                         ext_neg=[build_role(c, scp_role=True) for c in sop_classes],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    statuses = []
+    try:
+        for study in studies:
+            ident = pydicom.Dataset()
+            ident.QueryRetrieveLevel = "STUDY"
+            ident.StudyInstanceUID = study
+            statuses.append([s.Status for s, _ in assoc.send_c_get(
+                ident, StudyRootQueryRetrieveInformationModelGet)])
+    finally:
+        assoc.release()
+    return received, statuses
 
 
 def dataset_bytes(path: Path) -> bytes:

@@ -11,17 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE, evt
-from pynetdicom.presentation import build_role
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+from pydicom.uid import CTImageStorage
 
 from tests.conftest import free_port, start_server
 from tests.factories import make_ct, uid, write
 from tests.interop.helpers import (
     RecordingProxy,
     dataset_bytes,
+    pynetdicom_get,
     remotes_config,
     send_files,
     sop_uid_of,
@@ -98,28 +95,9 @@ def test_getscu_receives_the_stored_bytes_by_sendfile(archive, tmp_path, pdu):
 
 
 def test_pynetdicom_1mib_pdu_receives_the_stored_bytes(archive):
-    received: dict[str, bytes] = {}
-
-    def on_store(event):
-        received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
-        return 0x0000
-
-    ae = AE(ae_title="PYGET")
-    ae.maximum_pdu_size = 1 << 20
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", archive.srv.dicom_port, ae_title=archive.srv.ae_title,
-                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    ident = Dataset()
-    ident.QueryRetrieveLevel = "STUDY"
-    ident.StudyInstanceUID = STUDY
-    statuses = [s.Status for s, _ in assoc.send_c_get(
-        ident, StudyRootQueryRetrieveInformationModelGet)]
-    assoc.release()
-    assert statuses[-1] == 0x0000
+    received, statuses = pynetdicom_get(archive.srv.dicom_port, archive.srv.ae_title, [STUDY],
+                                        [CTImageStorage], max_pdu=1 << 20)
+    assert statuses[0][-1] == 0x0000
     assert len(received) == len(SIZES)
     for sop, data in received.items():
         assert data == archive.stored(sop)

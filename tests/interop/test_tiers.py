@@ -11,19 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
-from pynetdicom import AE, evt
-from pynetdicom.presentation import build_role
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+from pydicom.uid import CTImageStorage, MRImageStorage
 
 from hpacs.dicom.part10 import read_file_meta
 from tests.conftest import ROOT, free_port, start_server, storage_test_files, wait_for
 from tests.factories import uid, write
-from tests.interop.helpers import dataset_bytes, open_index, remotes_config
+from tests.interop.helpers import dataset_bytes, open_index, pynetdicom_get, remotes_config
 from tests.store.test_lifecycle import make_ct, make_dx, make_mr
 
 pytestmark = pytest.mark.interop
@@ -201,30 +197,10 @@ def test_frames_rendered_metadata_and_wado_uri_match_hot(twins):
 
 
 def test_pynetdicom_c_get_from_cold(twins):
-    received: dict[str, bytes] = {}
-
-    def on_store(event):
-        received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
-        return 0
-
-    ae = AE(ae_title="PYGET")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    roles = []
-    for sop_class in (CTImageStorage, MRImageStorage, DX):
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
-        roles.append(build_role(sop_class, scp_role=True))
-    assoc = ae.associate("127.0.0.1", twins.cold.dicom_port, ae_title="HPACS", ext_neg=roles,
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    assert assoc.is_established
-    for study in SYNTHETIC:
-        ident = pydicom.Dataset()
-        ident.QueryRetrieveLevel = "STUDY"
-        ident.StudyInstanceUID = study
-        statuses = [s.Status for s, _ in assoc.send_c_get(
-            ident, StudyRootQueryRetrieveInformationModelGet)]
-        assert statuses[-1] == 0x0000, statuses
-    assoc.release()
+    received, statuses = pynetdicom_get(twins.cold.dicom_port, "HPACS", SYNTHETIC,
+                                        (CTImageStorage, MRImageStorage, DX))
+    for study_statuses in statuses:
+        assert study_statuses[-1] == 0x0000, statuses
     assert set(received) == SYNTHETIC_SOPS
     for sop, data in received.items():
         assert data == dataset_bytes(twins.originals[sop]), sop
