@@ -36,6 +36,7 @@ from benchmarks.ingest import (
     DEFAULT_WORKDIR,
     drive,
     machine_info,
+    split,
     warm,
     write_report,
 )
@@ -112,13 +113,13 @@ def analyse(records: list[dict]) -> dict:
 
 
 def one_round(paths: list[Path], rundir: Path, timeout: float,
-              tree: Path | None = None) -> tuple[list[dict], float]:
+              tree: Path | None = None, assocs: int = 1) -> tuple[list[dict], float]:
     rundir.mkdir(parents=True)
     trace_file = rundir / "trace.jsonl"
     os.sync()
     with peers_mod.hpacs(rundir, tree=tree,
                          env={"HPACS_INGEST_TRACE": str(trace_file)}) as peer:
-        wall, _cpu, codes = drive(peer, [paths], timeout=timeout)
+        wall, _cpu, codes = drive(peer, split(paths, assocs), timeout=timeout)
         stored = peer.stored_count()
     if any(codes) or stored != len(paths):
         raise RuntimeError(f"send failed: exit codes {codes}, {stored} of {len(paths)} stored")
@@ -139,7 +140,9 @@ def markdown(report: dict) -> str:
         lines.append(f"{name}: files/s per round "
                      + ", ".join(f"{x:.0f}" for x in side["files_per_s"])
                      + f"; {side['analysis']['instances']} instances traced  ")
-    lines.append("One association (dcmtk storescu); ms per instance, median (p90).")
+    n = m.get("assocs", 1)
+    lines.append(("One association" if n == 1 else f"{n} concurrent associations")
+                 + " (dcmtk storescu); ms per instance, median (p90).")
     lines += ["", "| stage | on the cycle's path | " + " | ".join(names) + " |",
               "|---|:---:|" + "---:|" * len(names)]
 
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--assocs", type=int, default=1,
+                    help="concurrent storescu associations (1); stages stay per instance")
     ap.add_argument("--reference", default=None,
                     help="git ref of an A/B reference side (it must have the tracer)")
     args = ap.parse_args(argv)
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                   "command": "python -m benchmarks.ingest_timeline " + " ".join(argv),
                   "commit": _commit(), "machine": machine_info(), "rounds": args.rounds,
-                  "files": len(paths)}
+                  "files": len(paths), "assocs": args.assocs}
     if args.reference:
         tree = work / "reference"
         meta["reference"] = peers_mod.reference_tree(args.reference, tree, build=True)
@@ -198,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(args.rounds):
         order = list(trees) if rnd % 2 == 0 else list(reversed(trees))
         for k, name in enumerate(order):
-            recs, rate = one_round(paths, work / f"r{rnd}-{k}", args.timeout, trees[name])
+            recs, rate = one_round(paths, work / f"r{rnd}-{k}", args.timeout, trees[name],
+                                   args.assocs)
             for rec in recs:
                 rec["assoc"] = f"{rnd}-{rec['assoc']}"
             records[name] += recs
