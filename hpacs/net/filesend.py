@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import ssl
 import struct
 
 from hpacs._ext import load
 from hpacs._ext.fileio import advance  # the one short-write advance (pure Python)
 from hpacs.log import get_logger
+from hpacs.net.plain import can_sendfile, plain_tcp_socket
 
 log = get_logger("hpacs.scu")
 
@@ -75,13 +75,8 @@ class SocketSink:
         self._close_after = False  # close() came while busy: close when the send ends
         self._sock: socket.socket | None = None
         self._fd = -1
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        self.usable = bool(
-            sock is not None and hasattr(os, "sendfile") and _fileio.MINCORE
-            and transport.get_extra_info("sslcontext") is None  # type: ignore[union-attr]
-            and not isinstance(sock, ssl.SSLSocket)
-            and getattr(sock, "type", socket.SOCK_STREAM) == socket.SOCK_STREAM)
-        self._transport_fd = sock.fileno() if self.usable else -1
+        self.usable = bool(can_sendfile(transport) and _fileio.MINCORE)
+        self._transport_fd = plain_tcp_socket(transport).fileno() if self.usable else -1  # type: ignore[union-attr]
 
     def ready(self) -> bool:
         t = self.transport

@@ -17,10 +17,11 @@ import asyncio
 import io
 import os
 import select
-import ssl
 from typing import BinaryIO
 
 from aiohttp import web
+
+from hpacs.net import plain
 
 READ_CHUNK = 1 << 20
 _WRITABLE_TIMEOUT_S = 60.0
@@ -47,11 +48,7 @@ def source_size(f: BinaryIO) -> int:
 
 
 def can_sendfile(request: web.Request) -> bool:
-    transport = request.transport
-    if transport is None or transport.get_extra_info("sslcontext") is not None:
-        return False
-    sock = transport.get_extra_info("socket")
-    return sock is not None and not isinstance(sock, ssl.SSLSocket) and hasattr(os, "sendfile")
+    return plain.can_sendfile(request.transport)
 
 
 def _blocking_sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> None:
