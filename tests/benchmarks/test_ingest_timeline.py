@@ -36,3 +36,17 @@ def test_load_links_each_instance_to_the_next_command_of_its_association(tmp_pat
     assert loaded == {(1, 1.0): 2.0, (1, 2.0): 3.0, (1, 3.0): None, (2, 1.5): None}
     values = ingest_timeline.stage_values(ingest_timeline.load(path), "responded", "next")
     assert [round(v, 6) for v in values] == [500.0]
+
+
+def test_timeline_over_several_associations_links_instances_per_association(tmp_path):
+    code = ingest_timeline.main(["--files", "12", "--rounds", "1", "--assocs", "3", "--workdir",
+                                 str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    assert code == 0
+    (report_path,) = (tmp_path / "out").glob("ingest-timeline-*.json")
+    report = json.loads(report_path.read_text())
+    assert report["meta"]["assocs"] == 3
+    analysis = report["sides"]["hpacs"]["analysis"]
+    assert analysis["instances"] == 12
+    client = next(s for s in analysis["stages"] if s["stage"].startswith("client"))
+    assert client["n"] == 12 - 3  # every instance but the last of each association
+    assert "3 concurrent associations (dcmtk storescu)" in report["markdown"]
