@@ -24,7 +24,7 @@ import struct
 from hpacs._ext import load
 from hpacs._ext.fileio import advance  # the one short-write advance (pure Python)
 from hpacs.log import get_logger
-from hpacs.net.plain import can_sendfile, plain_tcp_socket
+from hpacs.net.plain import HAS_SENDFILE, plain_tcp_socket
 
 log = get_logger("hpacs.scu")
 
@@ -75,8 +75,9 @@ class SocketSink:
         self._close_after = False  # close() came while busy: close when the send ends
         self._sock: socket.socket | None = None
         self._fd = -1
-        self.usable = bool(can_sendfile(transport) and _fileio.MINCORE)
-        self._transport_fd = plain_tcp_socket(transport).fileno() if self.usable else -1  # type: ignore[union-attr]
+        sock = plain_tcp_socket(transport)
+        self.usable = sock is not None and HAS_SENDFILE and bool(_fileio.MINCORE)
+        self._transport_fd = sock.fileno() if sock is not None and self.usable else -1
 
     def ready(self) -> bool:
         t = self.transport

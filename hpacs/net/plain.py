@@ -12,6 +12,9 @@ import os
 import socket
 import ssl
 
+#: This platform has ``os.sendfile``.
+HAS_SENDFILE = hasattr(os, "sendfile")
+
 
 def plain_tcp_socket(transport: asyncio.BaseTransport | None) -> socket.socket | None:
     """The transport's socket when it is a plain (non-TLS) stream socket, else None."""
@@ -27,4 +30,4 @@ def plain_tcp_socket(transport: asyncio.BaseTransport | None) -> socket.socket |
 
 def can_sendfile(transport: asyncio.BaseTransport | None) -> bool:
     """``os.sendfile`` may write to this transport's socket."""
-    return hasattr(os, "sendfile") and plain_tcp_socket(transport) is not None
+    return HAS_SENDFILE and plain_tcp_socket(transport) is not None
