@@ -26,6 +26,9 @@ receiver (the report names the receiver of every number):
 The C-MOVE cells also time ``dcmtk-storescu``: dcmtk's ``storescu`` sending the study's files
 straight to the same destination, no archive in between. It is the floor the destination and a
 dcmtk sender set together, the yardstick for both servers' C-MOVE (and, closely, C-GET) times.
+They also time ``floor-sender`` (``benchmarks/store_floor.py``): the study encoded in memory
+beforehand and sent one C-STORE at a time, by its own clock from connect to release, the least
+any archive's window-less C-MOVE through that destination can take.
 
 ``--move-associations 1,4`` also runs, for the C-MOVE cells, one more hpacs per value other than
 1 with ``dicom.move_associations`` set to it (its own data directory, same study).
@@ -82,6 +85,9 @@ MODES = (("get", "C-GET study"), ("move", "C-MOVE study"), ("fmove", "C-MOVE stu
 #: Window the ``discard-w8`` receiver proposes (C-GET) and grants (C-MOVE destination).
 RECEIVER_WINDOW = 8
 STORESCU = "dcmtk-storescu"  # the C-MOVE cells' reference: the files sent with no archive
+FLOOR = "floor-sender"  # benchmarks/store_floor.py: the quickest window-less sender there is
+#: The pseudo-servers of the C-MOVE cells: they send the files to the destination themselves.
+SENDERS = (STORESCU, FLOOR)
 DCMTK_MAX_PDU = 131072
 
 
@@ -155,6 +161,23 @@ def store_direct(paths: list[Path], dest: peers_mod.Peer, receiver: str,
     wall, _ = _timed([peers_mod.dcmtk("storescu"), "-aet", GET_AE, "-aec", dest.ae_title,
                       dest.host, str(dest.port), *map(str, paths)])
     return wall, _count_files(files_dest.data_dir) if receiver == "files" else None
+
+
+def store_floor(paths: list[Path], dest: peers_mod.Peer, receiver: str,
+                files_dest: peers_mod.Peer) -> tuple[float, int | None]:
+    """(seconds, instances received or None) of ``benchmarks.store_floor`` sending ``paths``
+    to the C-MOVE cell's destination, by its own clock (connect to release: every instance
+    encoded beforehand, one C-STORE outstanding): the least any archive's C-MOVE through that
+    destination can take."""
+    if receiver == "files":
+        shutil.rmtree(files_dest.data_dir)
+        files_dest.data_dir.mkdir()
+    _, stdout = _timed([sys.executable, "-m", "benchmarks.store_floor", dest.host,
+                        str(dest.port), "--aec", dest.ae_title, "--aet", GET_AE,
+                        *map(str, paths)])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    return (result["ms"] / 1000,
+            _count_files(files_dest.data_dir) if receiver == "files" else None)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -237,7 +260,7 @@ def run(args: argparse.Namespace) -> dict:
                  if (mode != "get" or receiver not in MOVE_ONLY)
                  and (mode != "fmove" or receiver in FAST_MOVE_RECEIVERS)]
         for rnd in range(args.rounds):
-            items = [*servers.items(), (STORESCU, None)]
+            items = [*servers.items(), *((sender, None) for sender in SENDERS)]
             order = items if rnd % 2 == 0 else items[::-1]
             # cell-major: every server runs a cell before the next cell starts (interleaved)
             for mode, receiver in cells:
@@ -245,10 +268,12 @@ def run(args: argparse.Namespace) -> dict:
                     if mode == "get" and name.startswith("hpacs-m"):
                         continue  # move_associations only changes C-MOVE
                     if mode != "move" and peer is None:
-                        continue  # storescu only sends: its cells are the movescu ones
+                        continue  # the senders only send: their cells are the movescu ones
                     before = dests[receiver].stored_count() if mode != "get" else None
                     cpu0 = cpu_seconds(peer.proc.pid) if peer is not None else None
-                    if peer is None:
+                    if name == FLOOR:
+                        wall, n = store_floor(paths, dests[receiver], receiver, files)
+                    elif peer is None:
                         wall, n = store_direct(paths, dests[receiver], receiver, files)
                     else:
                         wall, n = retrieve_once(peer, uids["study"], mode, receiver, files,
@@ -273,7 +298,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def markdown(report: dict) -> str:
     servers = sorted({r["server"] for r in report["rounds"]},
-                     key=lambda s: (s == STORESCU, s == "orthanc", s != "hpacs", s))
+                     key=lambda s: (s in SENDERS, s == "orthanc", s != "hpacs", s))
     head = " | ".join(f"{s} ms" for s in servers)
     lines = [f"| operation | receiver | {head} | hpacs advantage |",
              "|---|---|" + "---|" * len(servers) + "---|"]
@@ -292,7 +317,7 @@ def markdown(report: dict) -> str:
             adv = []
             for server in servers:
                 c = cell[server]
-                if server not in ("orthanc", STORESCU) and c and o:
+                if server not in ("orthanc", *SENDERS) and c and o:
                     adv.append(f"{server} {fmt_ratio(ratio(o.median, c.median))}")
             ref, new = cell.get("hpacs-ref"), cell.get("hpacs")
             if ref and new:
