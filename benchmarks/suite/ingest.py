@@ -6,6 +6,12 @@ closed loop: the next C-STORE leaves when the previous response came). Measured:
 and MB/s (start signal to last response), every C-STORE's latency, the server's CPU (whole
 process tree) and the load generators' CPU per instance, the disk's busy share. Afterwards the
 server must hold exactly the instances it acknowledged (hpacs: its index; Orthanc: REST).
+
+Then the disk alone (``benchmarks.fsync_floor``): files of the corpus's mean instance size made
+durable the way an archive that acknowledges only durable data must (write with writeback
+started as it goes, fdatasync, rename, directory fsync), with one stream and with as many
+streams as the most modalities tested (at most 8). That is the ceiling of durable ingest on
+this disk whatever the server, beside which the measured peak reads as a share.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
+from benchmarks import fsync_floor
 from benchmarks.stats import summarize
 from benchmarks.suite import common, plots, servers
 from benchmarks.suite.loadgen import Load, LoadRun
@@ -229,10 +236,34 @@ def run(opts) -> dict:
     report["ok"] = all(c["ok"] for c in cells)
     report["summary"] = aggregate(cells)
     report["sizing"] = sizing(report["summary"])
+    report["disk_ceiling"] = disk_ceiling(
+        work / "disk-floor", report["corpus"]["total_bytes"] // max(1, report["corpus"]["count"]),
+        max(opts.modalities), files=20 if report["quick"] else 200)
+    if report["sizing"]:
+        ceiling = report["disk_ceiling"]["streams"][-1]["files_per_s"]
+        report["sizing"]["peak_over_disk_ceiling"] = report["sizing"]["instances_per_s"] / ceiling
     if "orthanc" in opts.servers:
         report["sizing_orthanc"] = sizing(report["summary"], "orthanc")
     report["plots"] = make_plots(report, Path(opts.out))
     return report
+
+
+#: Streams of the disk ceiling at most (more modalities than this share the same journal).
+CEILING_STREAMS_MAX = 8
+
+
+def disk_ceiling(work: Path, size: int, modalities: int, files: int = 200) -> dict:
+    """What the disk alone takes to make files of ``size`` bytes durable: one stream, and
+    ``min(modalities, 8)`` streams at once (each step's median ms per file, files/s)."""
+    streams = []
+    for n in sorted({1, max(1, min(modalities, CEILING_STREAMS_MAX))}):
+        common.log(f"disk ceiling: {n} stream(s) of {files} files of {size / 1e3:.0f} KB")
+        floor = fsync_floor.run(work, files, size, runs=1, writeback=True, writers=n)
+        streams.append({"streams": n, "files_per_s": floor["files_per_s_ceiling"],
+                        "ms_per_file": {step: floor["ms_per_file"][step]["median"]
+                                        for step in fsync_floor.STEPS}})
+    shutil.rmtree(work, ignore_errors=True)
+    return {"size": size, "files": files, "streams": streams}
 
 
 def make_plots(report: dict, out: Path) -> dict[str, str]:
@@ -344,6 +375,7 @@ def sizing_md(report: dict) -> list[str]:
         f"; the last step of the modality sweep scaled throughput "
         f"{common.fmt_ratio(scal)}. (Server CPU is counted against what the server can use: "
         "one core for hpacs's event loop, every core for Orthanc.)",
+        *disk_ceiling_md(report),
         *common.distortion(s["other_cores"]),
     ]
     o = report.get("sizing_orthanc")
@@ -352,6 +384,26 @@ def sizing_md(report: dict) -> list[str]:
                      f"{o['modalities_within_target']} modalities within the target, "
                      f"first to saturate: {common.saturation_text(o['resource_shares'])}.")
     return lines
+
+
+def disk_ceiling_md(report: dict) -> list[str]:
+    """The disk's own durable-write ceiling, and the peak's share of it."""
+    c = report.get("disk_ceiling")
+    if not c:
+        return []
+    one, many = c["streams"][0], c["streams"][-1]
+    steps = one["ms_per_file"]
+    text = (f"- Disk ceiling (the disk alone, no server): {one['files_per_s']:.0f} files of "
+            f"{c['size'] / 1e3:.0f} KB made durable per second by one stream (write "
+            f"{steps['write']:.2f} + fdatasync {steps['fdatasync']:.2f} + rename and directory "
+            f"fsync {steps['rename_dirfsync']:.2f} ms each)")
+    if many is not one:
+        text += f", {many['files_per_s']:.0f} by {many['streams']} at once"
+    share = (report.get("sizing") or {}).get("peak_over_disk_ceiling")
+    if share is not None:
+        text += (f"; the peak above is {share * 100:.0f} % of it (near 100 %: a faster disk, "
+                 "not more cores, raises ingest here)")
+    return [text + "."]
 
 
 def _s(d: dict, digits: int = 1) -> str:

@@ -32,6 +32,16 @@ def lines(reports: dict[str, dict]) -> list[str]:
             f"{'>= ' if ing['modalities_target_open_ended'] else ''}"
             f"{ing['modalities_within_target']} | ingest |",
             f"| first resource to saturate (ingest) | {_sat(ing)} | ingest |"]
+    disk = reports.get("ingest", {}).get("disk_ceiling")
+    if disk:
+        one, many = disk["streams"][0], disk["streams"][-1]
+        share = ing.get("peak_over_disk_ceiling")
+        out.append(
+            f"| the disk's durable-write ceiling | {one['files_per_s']:.0f} files/s of "
+            f"{disk['size'] / 1e3:.0f} KB by one stream, {many['files_per_s']:.0f} by "
+            f"{many['streams']}"
+            + (f"; ingest peak = {share * 100:.0f} % of it" if share is not None else "")
+            + " | ingest |")
     ret = reports.get("retrieve", {}).get("sizing") or {}
     if ret:
         out += [f"| concurrent viewers within target | {'>= ' if ret['open_ended'] else ''}"

@@ -96,7 +96,10 @@ def test_sizing_page_collects_every_scenario(tmp_path):
             "instances_per_s": 300.0, "mb_per_s": 150.0, "instances_per_s_per_core": 150.0,
             "instances_per_day": 25.92e6, "gb_per_day": 12960.0, "hot_store_days_per_tb": 0.08,
             "modalities_within_target": 8, "modalities_target_open_ended": False,
-            "first_to_saturate": "server CPU"}},
+            "first_to_saturate": "server CPU", "peak_over_disk_ceiling": 0.5},
+            "disk_ceiling": {"size": 526000, "files": 200, "streams": [
+                {"streams": 1, "files_per_s": 400.0, "ms_per_file": {}},
+                {"streams": 8, "files_per_s": 600.0, "ms_per_file": {}}]}},
         "retrieve": {**base, "sizing": {"viewers_within_target": 4, "open_ended": True,
                                         "first_to_saturate": "disk"}},
         "mixed": {**base, "sizing": {"viewers": 4, "rate_achieved": 49.5,
@@ -106,6 +109,8 @@ def test_sizing_page_collects_every_scenario(tmp_path):
     }
     text = sizing.write(tmp_path, reports).read_text()
     assert "| modalities sending at once within target | 8 | ingest |" in text
+    assert ("| the disk's durable-write ceiling | 400 files/s of 526 KB by one stream, 600 by 8; "
+            "ingest peak = 50 % of it | ingest |") in text
     assert "| concurrent viewers within target | >= 4 | retrieve |" in text
     assert "OVER target" in text and "25.92 M" in text and "100000 instances" in text
     assert "[ingest](ingest.md)" in text and "Quick mode" in text

@@ -93,6 +93,17 @@ def test_ingest_quick_against_orthanc(tmp_path, workdir):
     assert data["sizing"]["largest_tested"] == 2
     assert data["sizing"]["first_to_saturate"] in ("server CPU", "load generator CPU", "disk")
     assert "## Sizing (ingest)" in md and "| orthanc | 2 |" in md
+    # the disk alone, measured on the same file system: one stream and two (the modalities)
+    disk = data["disk_ceiling"]
+    assert disk["size"] == data["corpus"]["total_bytes"] // count
+    assert [d["streams"] for d in disk["streams"]] == [1, 2]
+    for d in disk["streams"]:
+        steps = d["ms_per_file"]
+        assert d["files_per_s"] > 0 and all(steps[k] > 0 for k in ("write", "fdatasync"))
+        assert steps["total"] >= steps["fdatasync"]
+    assert data["sizing"]["peak_over_disk_ceiling"] == pytest.approx(
+        data["sizing"]["instances_per_s"] / disk["streams"][-1]["files_per_s"])
+    assert "Disk ceiling (the disk alone, no server)" in md and "by 2 at once" in md
 
 
 def test_query_quick(tmp_path, workdir):
