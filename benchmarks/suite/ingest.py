@@ -240,7 +240,7 @@ def run(opts) -> dict:
         work / "disk-floor", report["corpus"]["total_bytes"] // max(1, report["corpus"]["count"]),
         max(opts.modalities), files=20 if report["quick"] else 200)
     if report["sizing"]:
-        ceiling = report["disk_ceiling"]["streams"][-1]["files_per_s"]
+        ceiling = max(d["files_per_s"] for d in report["disk_ceiling"]["streams"])
         report["sizing"]["peak_over_disk_ceiling"] = report["sizing"]["instances_per_s"] / ceiling
     if "orthanc" in opts.servers:
         report["sizing_orthanc"] = sizing(report["summary"], "orthanc")
