@@ -114,7 +114,12 @@ def test_getscu_behind_a_slow_reader_gets_every_byte(archive, tmp_path):
     finally:
         proxy.close()
     done = archive.last_done("get.done")
-    assert (done["completed"], done["failed"], done["sendfile"]) == (len(SIZES), 0, len(SIZES))
+    assert (done["completed"], done["failed"]) == (len(SIZES), 0)
+    # a data set goes by sendfile only when the transport holds no bytes and every page of
+    # its file is cached (send_instance, _open_region); else it is read and written, which is
+    # as correct. Once in CI (session 10) one of the 8 went that way behind this slow reader,
+    # so only "most by sendfile, with partial writes" is this test's to hold
+    assert 1 <= done["sendfile"] <= len(SIZES)
     assert done["sendfile_waits"] > 0  # the socket filled: partial sendfile writes waited
 
 
