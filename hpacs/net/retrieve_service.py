@@ -62,6 +62,8 @@ class RetrieveService:
     _sink: SocketSink | None = None
     #: Data sets the last C-GET/C-MOVE sent by ``sendfile`` (logged with its outcome).
     _sub_sendfile = 0
+    #: Cached files read and written instead, the transport still holding earlier bytes.
+    _sub_sendfile_busy = 0
 
     #: The last C-MOVE's sub-associations still to release (after its final response).
     _to_release: list[StorageSCU] | None = None
@@ -141,7 +143,7 @@ class RetrieveService:
             return
         comment = ""
         self._sub_window = self._get_window() if is_get else 1
-        self._sub_sendfile = 0
+        self._sub_sendfile = self._sub_sendfile_busy = 0
         waits = self._get_sink().waits
         if is_get:
             cancelled = await self._get_suboperations(context_id, message_id, items, subops)
@@ -163,7 +165,8 @@ class RetrieveService:
                  destination=remote.ae_title if remote else None, total=subops.total,
                  completed=subops.completed, failed=subops.failed, warning=subops.warning,
                  status=hex(subops.final_status(cancelled)), window=self._sub_window,
-                 sendfile=self._sub_sendfile, sendfile_waits=self._get_sink().waits - waits,
+                 sendfile=self._sub_sendfile, sendfile_busy=self._sub_sendfile_busy,
+                 sendfile_waits=self._get_sink().waits - waits,
                  ms=round((time.perf_counter() - started) * 1000, 2),
                  **({} if is_get else {"list_ms": round((listed - started) * 1000, 2),
                                        "connect_ms": self._sub_connect_ms,
@@ -350,11 +353,14 @@ class RetrieveService:
         self._streaming = True
         before = held[:]
         held.clear()  # written with the command, or lost with the association
+        region = opened.fd is not None  # cached: sendfile unless the transport holds bytes
         try:
             if await send_instance(self.conn, self._write_buffers, self._wait_writable,
                                    context_id, command, opened, before=before,
                                    sink=self._get_sink()):
                 self._sub_sendfile += 1
+            elif region:
+                self._sub_sendfile_busy += 1
         except LocalProtocolError:
             self._store_waiters.pop(message_id, None)
             return "failed"
